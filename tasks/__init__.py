@@ -1,0 +1,26 @@
+"""Huey tasks: thin wrappers that load an operation by id and call a service.
+
+``bind(app)`` builds the Huey instance from ``HUEY_URL``, registers the tasks on it and
+installs it as the app's doorbell. Entry points (``wsgi.py``, ``tasks/worker.py``) call it.
+"""
+
+from __future__ import annotations
+
+from flask import Flask
+from huey import Huey
+
+from webapp.services.doorbell import set_doorbell
+
+from .cli import register_cli
+from .queue import HueyDoorbell, huey_from_url
+from .runtime import register_tasks
+
+
+def bind(app: Flask) -> Huey:
+    """Create the app's Huey instance, register Backstop's tasks, and ring through it."""
+    huey = huey_from_url(app.config["HUEY_URL"], name=app.config["HUEY_NAME"])
+    run_operation = register_tasks(huey, app)
+    set_doorbell(HueyDoorbell(huey, run_operation))
+    app.extensions["backstop.huey"] = huey
+    register_cli(app, huey)
+    return huey

@@ -1,0 +1,173 @@
+"""Fixtures: an app on a real backend (SQLite + SqliteHuey, or PostgreSQL + RedisHuey) and real workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import flask_migrate
+import pytest
+
+import tasks
+import tests.support.handlers  # noqa: F401  (registers the test handlers here too)
+from tests.support import servers
+from webapp import create_app
+from webapp.extensions import db
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Fast engine timings so the end-to-end tests finish in seconds.
+FAST = {
+    "RECONCILE_INTERVAL_SECONDS": "1",
+    "REDELIVER_AFTER_SECONDS": "1",
+    "RECONCILE_LEASE_SECONDS": "10",
+    "WORKER_SHUTDOWN_TIMEOUT": "10",
+}
+
+
+@dataclass
+class Backend:
+    """Where one test's data and queue live, as environment variables for any process."""
+
+    name: str
+    database_url: str
+    huey_url: str
+    huey_name: str
+    tmp: Path
+    extra: dict = field(default_factory=dict)
+
+    def env(self, **overrides) -> dict:
+        """Environment for a worker or CLI process on this backend."""
+        env = dict(os.environ)
+        env.update(BACKSTOP_ENV="test", DATABASE_URL=self.database_url, HUEY_URL=self.huey_url,
+                   HUEY_NAME=self.huey_name, BACKSTOP_HANDLER_MODULES="tests.support.handlers",
+                   PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", **FAST)
+        env.update(self.extra)
+        env.update({k: str(v) for k, v in overrides.items()})
+        return env
+
+    def config(self, **overrides) -> dict:
+        """Flask config overrides matching :meth:`env`."""
+        config = {
+            "TESTING": True, "BACKSTOP_ENV": "test", "SECRET_KEY": "test-secret",
+            "SQLALCHEMY_DATABASE_URI": self.database_url, "HUEY_URL": self.huey_url,
+            "HUEY_NAME": self.huey_name, "RECONCILE_INTERVAL_SECONDS": 1.0,
+            "REDELIVER_AFTER_SECONDS": 1.0, "RECONCILE_LEASE_SECONDS": 10.0,
+        }
+        config.update(overrides)
+        return config
+
+
+def _sqlite_backend(tmp_path: Path) -> Backend:
+    return Backend("sqlite", f"sqlite:///{tmp_path / 'backstop.sqlite3'}",
+                   f"sqlite:///{tmp_path / 'huey.sqlite3'}", f"q{uuid.uuid4().hex[:8]}", tmp_path)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=[pytest.mark.postgres, pytest.mark.redis])])
+def backend(request, tmp_path):
+    """Each end-to-end test runs on SQLite + SqliteHuey and on PostgreSQL + RedisHuey."""
+    if request.param == "sqlite":
+        yield _sqlite_backend(tmp_path)
+        return
+    servers.require_server("Redis", servers.REDIS_HOST, servers.REDIS_PORT)
+    url = servers.create_postgres_database()
+    name = f"q{uuid.uuid4().hex[:8]}"
+    try:
+        yield Backend("postgres", url, f"redis://{servers.REDIS_HOST}:{servers.REDIS_PORT}/0", name, tmp_path)
+    finally:
+        servers.flush_redis_queue(name)
+        servers.drop_postgres_database(url)
+
+
+@pytest.fixture
+def sqlite_backend(tmp_path):
+    """SQLite + SqliteHuey only, for tests about the engine's logic rather than the backend."""
+    return _sqlite_backend(tmp_path)
+
+
+def make_app(backend: Backend, **overrides):
+    """An app on ``backend`` with its schema migrated to head."""
+    app = create_app(backend.config(**overrides))
+    tasks.bind(app)
+    with app.app_context():
+        flask_migrate.upgrade()
+    return app
+
+
+@pytest.fixture
+def app(backend):
+    """App on the parametrised backend, inside an app context."""
+    app = make_app(backend)
+    with app.app_context():
+        yield app
+        db.session.remove()
+        db.engine.dispose()
+
+
+@pytest.fixture
+def sqlite_app(sqlite_backend):
+    """App on SQLite + SqliteHuey, inside an app context."""
+    app = make_app(sqlite_backend)
+    with app.app_context():
+        yield app
+        db.session.remove()
+        db.engine.dispose()
+
+
+class Worker:
+    """A real ``flask --app wsgi worker`` process."""
+
+    def __init__(self, backend: Backend, label: str, **env):
+        self.log_path = backend.tmp / f"worker-{label}.log"
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "flask", "--app", "wsgi", "worker", "-w", "2"],
+            cwd=ROOT, env=backend.env(**env), stdout=self._log, stderr=subprocess.STDOUT,
+        )
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 20) -> int:
+        """Send ``sig`` and wait for the process to exit."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+    def output(self) -> str:
+        """Everything the worker printed so far."""
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def start_worker(request):
+    """Start real workers for a backend; stop them (and show their logs on failure) afterwards."""
+    started: list[Worker] = []
+
+    def start(backend: Backend, label: str | None = None, **env) -> Worker:
+        worker = Worker(backend, label or str(len(started)), **env)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            print(f"--- {worker.log_path.name} ---\n{worker.output()[-5000:]}")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the item so fixtures can tell whether the test failed."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report

@@ -1,0 +1,21 @@
+"""Waiting on real processes: poll a condition until a deadline, never a bare sleep."""
+
+from __future__ import annotations
+
+import time
+
+
+class Timeout(AssertionError):
+    """A condition did not become true before its deadline."""
+
+
+def wait_for(condition, *, timeout: float = 20.0, interval: float = 0.05, message: str = "condition"):
+    """Call ``condition`` until it returns something truthy, and return that; fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise Timeout(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)

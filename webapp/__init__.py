@@ -1,0 +1,57 @@
+"""Backstop: purchases, Stripe webhooks and email, with every side effect made reliable."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from . import config as config_module
+from .database import configure_engine_options
+from .extensions import db, migrate
+from .logs import configure_logging
+
+
+def create_app(overrides: dict | None = None) -> Flask:
+    """Build the Flask app from the environment, then ``overrides`` (tests pass theirs)."""
+    app = Flask(__name__, instance_path=str(config_module.INSTANCE_DIR),
+                template_folder=str(config_module.PROJECT_ROOT / "templates"),
+                static_folder=str(config_module.PROJECT_ROOT / "static"))
+    app.config.update(config_module.from_environment())
+    app.config.update(overrides or {})
+    config_module.check_required(app.config)
+    configure_logging(app.config["LOG_FORMAT"])
+    configure_engine_options(app)
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(config_module.PROJECT_ROOT / "migrations"),
+                     render_as_batch=True, compare_type=True)
+
+    from . import models  # noqa: F401  (register the models on the metadata)
+    from .services.registry import import_handler_modules
+
+    import_handler_modules(_split(app.config.get("BACKSTOP_HANDLER_MODULES")))
+    _register_blueprints(app)
+    _register_cli(app)
+    logging.getLogger("backstop").debug("app created for %s", app.config["BACKSTOP_ENV"])
+    return app
+
+
+def _split(value) -> list[str]:
+    if not value:
+        return []
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return list(value)
+
+
+def _register_blueprints(app: Flask) -> None:
+    from .blueprints.health import bp as health_bp
+
+    app.register_blueprint(health_bp)
+
+
+def _register_cli(app: Flask) -> None:
+    from .cli import register
+
+    register(app)

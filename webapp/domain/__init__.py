@@ -1,0 +1,4 @@
+"""Pure rules of Backstop: operation states, retry policies and error classes.
+
+Nothing in this package touches the database, Flask or the queue.
+"""

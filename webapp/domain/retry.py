@@ -1,0 +1,108 @@
+"""Retry policies: how many attempts an operation gets and how long to wait between them."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from .errors import ErrorKind
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse ``"500ms"``, ``"5s"``, ``"5m"``, ``"2h"`` or ``"1d"`` into a timedelta."""
+    text = text.strip().lower()
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+    for suffix in ("ms", "s", "m", "h", "d"):
+        if text.endswith(suffix):
+            number = text[: -len(suffix)]
+            break
+    else:
+        suffix, number = "s", text
+    try:
+        value = float(number)
+    except ValueError:
+        raise ValueError(f"not a duration: {text!r}") from None
+    if value < 0:
+        raise ValueError(f"a duration cannot be negative: {text!r}")
+    return timedelta(seconds=value * units[suffix])
+
+
+def parse_ladder(text: str) -> tuple[timedelta, ...]:
+    """Parse an explicit ladder such as ``"1s, 5s, 30s, 5m, 30m"``."""
+    steps = tuple(parse_duration(part) for part in text.split(",") if part.strip())
+    if not steps:
+        raise ValueError("a ladder needs at least one step")
+    return steps
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Max attempts plus either exponential backoff with full jitter and a cap, or a ladder.
+
+    ``max_attempts`` counts the first attempt: "3 retries" is ``max_attempts=4``.
+    """
+
+    max_attempts: int = 4
+    base: timedelta = timedelta(seconds=2)
+    cap: timedelta = timedelta(minutes=30)
+    ladder: tuple[timedelta, ...] = field(default_factory=tuple)
+    jitter: bool = True
+
+    def __post_init__(self):
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if self.base <= timedelta(0) and not self.ladder:
+            raise ValueError("base delay must be positive")
+        if self.cap < self.base and not self.ladder:
+            raise ValueError("cap must not be below the base delay")
+
+    @classmethod
+    def retries(cls, count: int, **kwargs) -> "RetryPolicy":
+        """A policy allowing ``count`` retries after the first attempt."""
+        return cls(max_attempts=count + 1, **kwargs)
+
+    @classmethod
+    def from_ladder(cls, text: str, max_attempts: int | None = None) -> "RetryPolicy":
+        """A ladder policy; by default one retry per rung."""
+        steps = parse_ladder(text)
+        return cls(max_attempts=max_attempts or len(steps) + 1, ladder=steps, jitter=False)
+
+    def ceiling(self, attempt: int) -> timedelta:
+        """The longest wait after failed attempt number ``attempt`` (1-based)."""
+        if attempt < 1:
+            raise ValueError("attempt numbers start at 1")
+        if self.ladder:
+            return self.ladder[min(attempt, len(self.ladder)) - 1]
+        # Cap the exponent before multiplying so huge attempt numbers cannot overflow.
+        exponent = min(attempt - 1, 62)
+        seconds = min(self.cap.total_seconds(), self.base.total_seconds() * (2**exponent))
+        return timedelta(seconds=seconds)
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> timedelta:
+        """How long to wait after failed attempt ``attempt``: full jitter in ``[0, ceiling]``."""
+        ceiling = self.ceiling(attempt)
+        if not self.jitter or self.ladder:
+            return ceiling
+        rng = rng or random
+        return timedelta(seconds=rng.uniform(0, ceiling.total_seconds()))
+
+    def exhausted(self, attempts: int) -> bool:
+        """True once ``attempts`` attempts have been made and no more are allowed."""
+        return attempts >= self.max_attempts
+
+    def decide(self, attempts: int, kind: ErrorKind) -> "Decision":
+        """What to do after attempt ``attempts`` failed with an error of ``kind``."""
+        if kind is ErrorKind.DEFERRED:
+            return Decision.DEFER
+        if kind is ErrorKind.PERMANENT or self.exhausted(attempts):
+            return Decision.DEAD
+        return Decision.RETRY
+
+
+class Decision:
+    """Outcomes of :meth:`RetryPolicy.decide` (plain constants keep them easy to log)."""
+
+    RETRY = "retry"
+    DEFER = "defer"
+    DEAD = "dead"

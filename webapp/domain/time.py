@@ -1,0 +1,17 @@
+"""Time in one convention: naive datetimes in UTC, which SQLite and PostgreSQL store alike."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+
+def utcnow() -> datetime:
+    """The current time as a naive UTC datetime."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def as_naive_utc(value: datetime) -> datetime:
+    """Convert an aware datetime to naive UTC; a naive one is taken to be UTC already."""
+    if value.tzinfo is None:
+        return value
+    return value.astimezone(UTC).replace(tzinfo=None)

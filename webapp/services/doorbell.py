@@ -1,0 +1,90 @@
+"""Ringing the queue after commit: the queue only says "look at operation N", never remembers.
+
+Services note which operations need a ring on the SQLAlchemy session; once the session
+commits, every noted operation is rung. A ring that fails is logged and counted and then
+left to the reconciler, which re-rings overdue operations: nothing is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Protocol
+
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+log = logging.getLogger("backstop.doorbell")
+
+_PENDING_KEY = "backstop.rings"
+
+
+class Doorbell(Protocol):
+    """Something that can tell workers to look at an operation, now or at ``eta``."""
+
+    def ring(self, operation_id: int, eta: datetime | None = None) -> None: ...
+
+    def depth(self) -> dict: ...
+
+
+class SilentDoorbell:
+    """A doorbell nobody hears: operations wait for the reconciler. Used until a queue is bound."""
+
+    def ring(self, operation_id: int, eta: datetime | None = None) -> None:
+        """Do nothing; the reconciler will find the operation."""
+
+    def depth(self) -> dict:
+        """No queue, no depth."""
+        return {"pending": 0, "scheduled": 0}
+
+
+class RingStats:
+    """Counts of rings made and failed in this process."""
+
+    rung = 0
+    failed = 0
+
+
+_doorbell: Doorbell = SilentDoorbell()
+
+
+def set_doorbell(doorbell: Doorbell) -> None:
+    """Install the process-wide doorbell (entry points bind the Huey one)."""
+    global _doorbell
+    _doorbell = doorbell
+
+
+def get_doorbell() -> Doorbell:
+    """The process-wide doorbell."""
+    return _doorbell
+
+
+def ring_after_commit(session: Session, operation_id: int, eta: datetime | None = None) -> None:
+    """Ring for ``operation_id`` once ``session`` commits; forget it if it rolls back."""
+    session.info.setdefault(_PENDING_KEY, []).append((operation_id, eta))
+
+
+def ring_now(operation_id: int, eta: datetime | None = None) -> bool:
+    """Ring at once; return False (and log) if the queue cannot be reached."""
+    try:
+        _doorbell.ring(operation_id, eta)
+    except Exception as exc:  # the queue being down must never fail the caller
+        RingStats.failed += 1
+        log.warning("could not enqueue operation %s (%s: %s); the reconciler will",
+                    operation_id, type(exc).__name__, exc)
+        return False
+    RingStats.rung += 1
+    return True
+
+
+@event.listens_for(Session, "after_commit")
+def _ring_committed(session: Session) -> None:
+    rings = session.info.pop(_PENDING_KEY, None)
+    for operation_id, eta in rings or ():
+        ring_now(operation_id, eta)
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _forget_rolled_back(session: Session, previous_transaction) -> None:
+    if previous_transaction.parent is None:
+        session.info.pop(_PENDING_KEY, None)

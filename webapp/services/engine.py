@@ -1,0 +1,257 @@
+"""Running one operation: claim it, call its handler, write the outcome back.
+
+The claim is a conditional UPDATE, so two deliveries of the same doorbell cannot both run
+an operation. The handler's own database work and the ``succeeded`` outcome commit in one
+transaction; a failure rolls the handler's work back and records the error in another.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+
+from dataclasses import replace
+
+from ..domain.errors import Deferral, PermanentError, classify
+from ..domain.retry import Decision, RetryPolicy
+from ..domain.states import CLAIMABLE, State
+from ..domain.time import as_naive_utc, utcnow
+from ..extensions import db
+from ..models import Operation, OperationAttempt
+from .doorbell import ring_after_commit
+from .registry import HandlerContext, UnknownHandler, registry
+
+log = logging.getLogger("backstop.engine")
+
+MAX_MESSAGE = 4000
+MAX_STACK = 20000
+DEFAULT_LEASE_SECONDS = 300.0
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What happened when a worker was asked to run an operation."""
+
+    operation_id: int
+    outcome: str  # succeeded, retrying, deferred, dead, not_claimed, lost_lease, missing
+    due_at: datetime | None = None
+    attempt: int | None = None
+
+
+def worker_identity() -> str:
+    """Host, process and thread, recorded on attempts and leases."""
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.current_thread().name}"[:120]
+
+
+def execute(operation_id: int, *, now=None, clock=utcnow, default_lease: float = DEFAULT_LEASE_SECONDS) -> RunResult:
+    """Claim and run one operation if it is due; the whole life of one attempt."""
+    started = now or clock()
+    claimed = claim(operation_id, now=started, default_lease=default_lease)
+    if isinstance(claimed, RunResult):
+        return claimed
+    operation, attempt = claimed
+    return _run_claimed(operation, attempt, clock)
+
+
+def claim(operation_id: int, *, now: datetime, default_lease: float = DEFAULT_LEASE_SECONDS):
+    """Take an operation for this worker; returns ``(operation, attempt)`` or a RunResult."""
+    row = db.session.execute(
+        select(Operation.name, Operation.state, Operation.next_attempt_at).where(Operation.id == operation_id)
+    ).one_or_none()
+    db.session.rollback()  # end the read so the claim starts a fresh write transaction
+    if row is None:
+        return RunResult(operation_id, "missing")
+    name, state, due_at = row
+    lease = _lease_seconds(name, default_lease)
+    changed = db.session.execute(
+        update(Operation)
+        .where(Operation.id == operation_id,
+               Operation.state.in_([s.value for s in CLAIMABLE]),
+               Operation.next_attempt_at <= now)
+        .values(state=State.RUNNING.value, attempts=Operation.attempts + 1,
+                lease_expires_at=now + timedelta(seconds=lease), last_attempt_at=now, updated_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if not changed:
+        db.session.rollback()
+        waiting = state in {s.value for s in CLAIMABLE}
+        return RunResult(operation_id, "not_claimed", due_at=due_at if waiting else None)
+    operation = db.session.get(Operation, operation_id, populate_existing=True)
+    attempt = OperationAttempt(operation_id=operation_id, number=operation.attempts,
+                               started_at=now, outcome="running", worker=worker_identity())
+    db.session.add(attempt)
+    db.session.flush()
+    # The handler gets a detached snapshot, so no transaction (on SQLite: no write lock)
+    # stays open while it talks to the outside world.
+    db.session.expunge(operation)
+    db.session.expunge(attempt)
+    db.session.commit()
+    return operation, attempt
+
+
+def _lease_seconds(name: str, default: float) -> float:
+    try:
+        return registry.get(name).lease_seconds or default
+    except UnknownHandler:
+        return default
+
+
+def _run_claimed(operation: Operation, attempt: OperationAttempt, clock) -> RunResult:
+    operation_id, number, name = operation.id, attempt.number, operation.name
+    started = time.monotonic()
+    try:
+        handler = registry.get(name)
+        handler.fn(HandlerContext(operation=operation, attempt=number, now=clock()))
+        finished = clock()
+        if not _finish(operation_id, number, State.SUCCEEDED, finished, started, "succeeded",
+                       extra={"succeeded_at": finished, "lease_expires_at": None,
+                              "error_class": None, "error_kind": None}):
+            db.session.rollback()
+            _log_attempt(operation_id, name, number, "lost_lease", started)
+            return RunResult(operation_id, "lost_lease", attempt=number)
+        db.session.commit()
+        _log_attempt(operation_id, name, number, "succeeded", started)
+        return RunResult(operation_id, "succeeded", attempt=number)
+    except Exception as exc:  # every handler failure is recorded, never propagated to Huey
+        db.session.rollback()
+        if isinstance(exc, UnknownHandler):
+            exc = _permanent(exc)
+        result = record_failure(operation_id, number, exc, now=clock(), started_monotonic=started)
+        _log_attempt(operation_id, name, number, result.outcome, started, exc)
+        return result
+
+
+def _permanent(exc: Exception) -> Exception:
+    wrapped = PermanentError(str(exc))
+    wrapped.__cause__ = exc
+    return wrapped
+
+
+def record_failure(operation_id: int, number: int, exc: BaseException, *, now: datetime,
+                   started_monotonic: float | None = None, outcome_override: str | None = None) -> RunResult:
+    """Write a failed attempt back: retry with backoff, defer, or dead-letter. Commits."""
+    operation = db.session.get(Operation, operation_id, populate_existing=True)
+    if operation is None or operation.state != State.RUNNING or operation.attempts != number:
+        db.session.rollback()
+        return RunResult(operation_id, "lost_lease", attempt=number)
+    handler_policy = _policy_for(operation)
+    kind = classify(exc)
+    decision = handler_policy.decide(number, kind)
+    message, stack = _describe(exc)
+    values = {"error_class": _class_name(exc), "error_kind": kind.value,
+              "error_message": message, "error_stack": stack, "lease_expires_at": None}
+    if decision == Decision.DEFER:
+        due = max(as_naive_utc(exc.until), now) if isinstance(exc, Deferral) else now
+        # A deferral gives the attempt back: it was not the handler's failure.
+        values.update(attempts=number - 1, next_attempt_at=due, enqueued_at=now)
+        target, outcome = State.RETRYING, "deferred"
+    elif decision == Decision.RETRY:
+        due = now + handler_policy.delay(number)
+        values.update(next_attempt_at=due, enqueued_at=now)
+        target, outcome = State.RETRYING, "failed"
+    else:
+        due = None
+        values.update(dead_at=now)
+        target, outcome = State.DEAD, "dead"
+    outcome = outcome_override if outcome_override and decision != Decision.DEAD else outcome
+    if not _finish(operation_id, number, target, now, started_monotonic, outcome, extra=values,
+                   error=(values["error_class"], message, stack)):
+        db.session.rollback()
+        return RunResult(operation_id, "lost_lease", attempt=number)
+    if due is not None:
+        ring_after_commit(db.session, operation_id, due)
+    db.session.commit()
+    result_outcome = {"deferred": "deferred", "dead": "dead"}.get(outcome, "retrying")
+    return RunResult(operation_id, result_outcome, due_at=due, attempt=number)
+
+
+def put_back(operation_id: int, number: int, *, now: datetime, reason: str) -> bool:
+    """Return an interrupted operation to ``pending`` without using up its attempt. Commits."""
+    values = {"attempts": number - 1, "next_attempt_at": now, "enqueued_at": now,
+              "lease_expires_at": None}
+    if not _finish(operation_id, number, State.PENDING, now, None, "interrupted", extra=values,
+                   error=("Interrupted", reason, None)):
+        db.session.rollback()
+        return False
+    ring_after_commit(db.session, operation_id)
+    db.session.commit()
+    return True
+
+
+def _finish(operation_id: int, number: int, target: State, now: datetime, started_monotonic,
+            outcome: str, *, extra: dict, error=(None, None, None)) -> bool:
+    """Move a running operation to ``target`` if this worker still holds it; close its attempt."""
+    changed = db.session.execute(
+        update(Operation)
+        .where(Operation.id == operation_id, Operation.state == State.RUNNING.value,
+               Operation.attempts == number)
+        .values(state=target.value, updated_at=now, **extra)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if not changed:
+        return False
+    close_attempt(operation_id, number, outcome, now, started_monotonic, error)
+    return True
+
+
+def close_attempt(operation_id: int, number: int, outcome: str, now: datetime,
+                  started_monotonic: float | None, error=(None, None, None)) -> None:
+    """Write the end of an attempt row (outcome, duration, error)."""
+    attempt = db.session.execute(
+        select(OperationAttempt).where(OperationAttempt.operation_id == operation_id,
+                                       OperationAttempt.number == number,
+                                       OperationAttempt.finished_at.is_(None))
+        .order_by(OperationAttempt.id.desc()).limit(1)
+    ).scalar_one_or_none()
+    if attempt is None:
+        return
+    if started_monotonic is not None:
+        duration_ms = int((time.monotonic() - started_monotonic) * 1000)
+    else:
+        duration_ms = max(int((now - attempt.started_at).total_seconds() * 1000), 0)
+    attempt.finished_at = now
+    attempt.duration_ms = duration_ms
+    attempt.outcome = outcome
+    attempt.error_class, attempt.error_message, attempt.error_stack = error
+
+
+def _policy_for(operation: Operation):
+    try:
+        policy = registry.get(operation.name).policy
+    except UnknownHandler:
+        policy = RetryPolicy()
+    # The row's max_attempts wins: an admin retry raises it past the handler's default.
+    if policy.max_attempts != operation.max_attempts:
+        policy = replace(policy, max_attempts=operation.max_attempts)
+    return policy
+
+
+def _class_name(exc: BaseException) -> str:
+    cls = type(exc)
+    module = cls.__module__
+    return (cls.__qualname__ if module in ("builtins", "__main__") else f"{module}.{cls.__qualname__}")[:200]
+
+
+def _describe(exc: BaseException) -> tuple[str, str]:
+    message = (str(exc) or type(exc).__name__)[:MAX_MESSAGE]
+    stack = "".join(traceback.format_exception(exc))[-MAX_STACK:]
+    return message, stack
+
+
+def _log_attempt(operation_id: int, name: str, number: int, outcome: str, started: float,
+                 exc: BaseException | None = None) -> None:
+    duration_ms = int((time.monotonic() - started) * 1000)
+    log.info("operation %s %s attempt %s %s in %d ms", operation_id, name, number, outcome, duration_ms, extra={
+        "operation_id": operation_id, "operation_name": name, "attempt": number,
+        "outcome": outcome, "duration_ms": duration_ms,
+        "error_class": _class_name(exc) if exc else None,
+    })
+

@@ -1,0 +1,126 @@
+"""The reconciler: the sweep that makes the database, not the queue, the record.
+
+Each pass, in bounded batches: recover ``running`` operations whose lease expired (the
+worker died; the attempt is recorded as crashed), promote scheduled operations that are
+due, and re-ring due operations nobody rang or whose ring was lost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import or_, select, update
+
+from ..domain.errors import TransientError
+from ..domain.states import State
+from ..extensions import db
+from ..models import Operation, OperationAttempt
+from .doorbell import ring_after_commit
+from .engine import record_failure
+
+JOB_NAME = "reconciler"
+
+
+@dataclass
+class ReconcileReport:
+    """Counts from one reconciler pass."""
+
+    recovered: int = 0
+    promoted: int = 0
+    rung: int = 0
+
+    def __str__(self) -> str:
+        return f"recovered={self.recovered} promoted={self.promoted} rung={self.rung}"
+
+
+class WorkerCrashed(TransientError):
+    """The worker running an attempt disappeared before its lease ran out."""
+
+
+def reconcile(now: datetime, *, batch_size: int = 500, redeliver_after: float = 60.0) -> ReconcileReport:
+    """One full pass of the reconciler (each step its own short transaction)."""
+    return ReconcileReport(
+        recovered=recover_expired_leases(now, batch_size),
+        promoted=promote_scheduled(now, batch_size),
+        rung=ring_overdue(now, batch_size, redeliver_after),
+    )
+
+
+def _lock_batch(query, batch_size: int):
+    """Limit a selection and, on PostgreSQL, skip rows another transaction holds."""
+    query = query.limit(batch_size)
+    if db.session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    return query
+
+
+def recover_expired_leases(now: datetime, batch_size: int) -> int:
+    """Record crashed attempts for running operations whose lease expired; retry or bury them."""
+    rows = db.session.execute(_lock_batch(
+        select(Operation.id, Operation.attempts)
+        .where(Operation.state == State.RUNNING.value, Operation.lease_expires_at < now)
+        .order_by(Operation.lease_expires_at), batch_size)).all()
+    db.session.rollback()
+    recovered = 0
+    for operation_id, attempts in rows:
+        crash = WorkerCrashed("lease expired: the worker stopped before finishing this attempt")
+        result = record_failure(operation_id, attempts, crash, now=now, outcome_override="crashed")
+        if result.outcome != "lost_lease":
+            recovered += 1
+            _mark_crashed(operation_id, attempts)
+    return recovered
+
+
+def _mark_crashed(operation_id: int, number: int) -> None:
+    """A crash that dead-letters still shows the attempt as crashed, not as a handler failure."""
+    db.session.execute(
+        update(OperationAttempt)
+        .where(OperationAttempt.operation_id == operation_id, OperationAttempt.number == number)
+        .values(outcome="crashed")
+        .execution_options(synchronize_session=False)
+    )
+    db.session.commit()
+
+
+def promote_scheduled(now: datetime, batch_size: int) -> int:
+    """Move due scheduled operations to ``pending`` and ring for them."""
+    ids = db.session.execute(_lock_batch(
+        select(Operation.id)
+        .where(Operation.state == State.SCHEDULED.value, Operation.next_attempt_at <= now)
+        .order_by(Operation.next_attempt_at), batch_size)).scalars().all()
+    if not ids:
+        db.session.rollback()
+        return 0
+    db.session.execute(
+        update(Operation)
+        .where(Operation.id.in_(ids), Operation.state == State.SCHEDULED.value)
+        .values(state=State.PENDING.value, enqueued_at=now, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    for operation_id in ids:
+        ring_after_commit(db.session, operation_id)
+    db.session.commit()
+    return len(ids)
+
+
+def ring_overdue(now: datetime, batch_size: int, redeliver_after: float) -> int:
+    """Ring for due operations overdue by more than ``redeliver_after`` and not rung since."""
+    cutoff = now - timedelta(seconds=redeliver_after)
+    ids = db.session.execute(_lock_batch(
+        select(Operation.id)
+        .where(Operation.state.in_([State.PENDING.value, State.RETRYING.value]),
+               Operation.next_attempt_at <= cutoff,
+               or_(Operation.enqueued_at.is_(None), Operation.enqueued_at <= cutoff))
+        .order_by(Operation.next_attempt_at), batch_size)).scalars().all()
+    if not ids:
+        db.session.rollback()
+        return 0
+    db.session.execute(
+        update(Operation).where(Operation.id.in_(ids)).values(enqueued_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    for operation_id in ids:
+        ring_after_commit(db.session, operation_id)
+    db.session.commit()
+    return len(ids)
