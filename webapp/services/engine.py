@@ -36,6 +36,27 @@ MAX_STACK = 20000
 DEFAULT_LEASE_SECONDS = 300.0
 
 
+# Functions called as ``listener(operation, outcome)`` inside the transaction that records an
+# outcome ("succeeded", "retrying", "deferred", "dead"), so their writes commit with it
+# (a purchase's fulfilment status, an alert operation). They must not do outside I/O.
+outcome_listeners: list = []
+
+
+def on_outcome(listener):
+    """Register ``listener(operation, outcome)``; usable as a decorator."""
+    if listener not in outcome_listeners:
+        outcome_listeners.append(listener)
+    return listener
+
+
+def _notify(operation_id: int, outcome: str) -> None:
+    if not outcome_listeners:
+        return
+    operation = db.session.get(Operation, operation_id, populate_existing=True)
+    for listener in outcome_listeners:
+        listener(operation, outcome)
+
+
 @dataclass(frozen=True)
 class RunResult:
     """What happened when a worker was asked to run an operation."""
@@ -117,6 +138,7 @@ def _run_claimed(operation: Operation, attempt: OperationAttempt, clock) -> RunR
             db.session.rollback()
             _log_attempt(operation_id, name, number, "lost_lease", started)
             return RunResult(operation_id, "lost_lease", attempt=number)
+        _notify(operation_id, "succeeded")
         db.session.commit()
         _log_attempt(operation_id, name, number, "succeeded", started)
         return RunResult(operation_id, "succeeded", attempt=number)
@@ -166,10 +188,11 @@ def record_failure(operation_id: int, number: int, exc: BaseException, *, now: d
                    error=(values["error_class"], message, stack)):
         db.session.rollback()
         return RunResult(operation_id, "lost_lease", attempt=number)
+    result_outcome = {"deferred": "deferred", "dead": "dead"}.get(outcome, "retrying")
     if due is not None:
         ring_after_commit(db.session, operation_id, due)
+    _notify(operation_id, result_outcome)
     db.session.commit()
-    result_outcome = {"deferred": "deferred", "dead": "dead"}.get(outcome, "retrying")
     return RunResult(operation_id, result_outcome, due_at=due, attempt=number)
 
 
