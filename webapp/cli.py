@@ -50,6 +50,9 @@ def dev(host: str, port: int, smtp_port: int):
                 f"  mail sink smtp://127.0.0.1:{smtp_port} (messages in {INSTANCE_DIR / 'mail'})\n"
                 "Press Ctrl+C to stop.\n", fg="green")
     exit_code = 0
+    # SIGTERM or a closed terminal must stop the children too, exactly like Ctrl+C.
+    for stop_signal in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(stop_signal, _raise_keyboard_interrupt)
     try:
         while True:
             for name, proc in procs.items():
@@ -63,6 +66,10 @@ def dev(host: str, port: int, smtp_port: int):
     finally:
         _stop_all(procs)
     sys.exit(exit_code)
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _stop_all(procs: dict) -> None:

@@ -1,0 +1,42 @@
+"""Set-up the test command runs before pytest: front-end packages and Debian's Chromium.
+
+``python -m tests.prepare`` is idempotent: it installs only what is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def install_front_end() -> None:
+    """``npm ci`` the pinned front-end packages into static/node_modules when missing."""
+    static = ROOT / "static"
+    if not (static / "package-lock.json").exists() or (static / "node_modules").exists():
+        return
+    if shutil.which("npm") is None:
+        sys.exit("npm is needed to install the front-end packages (apt-get install nodejs npm)")
+    subprocess.run(["npm", "ci", "--prefix", str(static), "--no-audit", "--no-fund"], check=True)
+
+
+def install_chromium() -> None:
+    """Install Debian's chromium for the browser tests when we can (root with apt-get)."""
+    if CHROMIUM.exists():
+        return
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        print(f"note: {CHROMIUM} is missing and cannot be installed here; browser tests will skip")
+        return
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=True, env=env)
+
+
+if __name__ == "__main__":
+    install_front_end()
+    install_chromium()

@@ -1,0 +1,71 @@
+"""The README's run command: ``flask --app wsgi dev`` starts web, worker and mail sink; Ctrl+C stops all."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import urllib.request
+from email.message import EmailMessage
+
+import psutil
+import pytest
+
+from tests.conftest import ROOT
+from tests.support.polling import wait_for
+
+
+def free_port() -> int:
+    """A port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def healthz(port: int):
+    """The parsed /healthz answer, or None while the web app is not up."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+            return json.loads(response.read())
+    except OSError:
+        return None
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def test_dev_runs_everything_and_stops_cleanly(tmp_path, stop_signal):
+    web_port, smtp_port = free_port(), free_port()
+    env = dict(os.environ, BACKSTOP_ENV="development",
+               DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",
+               HUEY_URL=f"sqlite:///{tmp_path / 'huey.sqlite3'}", PYTHONUNBUFFERED="1")
+    log = open(tmp_path / "dev.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", "dev", "--port", str(web_port),
+                             "--smtp-port", str(smtp_port)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        # Web up, migrations applied, and the worker's reconciler has beaten.
+        report = wait_for(lambda: (r := healthz(web_port)) and r["status"] == "ok" and r,
+                          timeout=120, message="a healthy dev stack")
+        assert report["database"]["ok"] and report["queue"]["ok"]
+        message = EmailMessage()
+        message["From"], message["To"], message["Subject"] = "a@example.com", "b@example.com", "sink check"
+        message.set_content("hello")
+        with smtplib.SMTP("127.0.0.1", smtp_port, timeout=5) as smtp:
+            smtp.send_message(message)
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert len(children) >= 3
+
+        proc.send_signal(stop_signal)
+        assert proc.wait(timeout=60) == 0
+        gone, alive = psutil.wait_procs(children, timeout=10)
+        assert alive == []
+        output = (tmp_path / "dev.log").read_text()
+        assert f"open http://127.0.0.1:{web_port}/" in output
+        assert "stopped web, worker and mail sink" in output
+        assert "subject='sink check'" in output
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
