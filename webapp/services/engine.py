@@ -183,12 +183,12 @@ def record_failure(operation_id: int, number: int, exc: BaseException, *, now: d
         due = None
         values.update(dead_at=now)
         target, outcome = State.DEAD, "dead"
-    outcome = outcome_override if outcome_override and decision != Decision.DEAD else outcome
+    result_outcome = {Decision.DEFER: "deferred", Decision.DEAD: "dead"}.get(decision, "retrying")
+    outcome = outcome_override or outcome
     if not _finish(operation_id, number, target, now, started_monotonic, outcome, extra=values,
                    error=(values["error_class"], message, stack)):
         db.session.rollback()
         return RunResult(operation_id, "lost_lease", attempt=number)
-    result_outcome = {"deferred": "deferred", "dead": "dead"}.get(outcome, "retrying")
     if due is not None:
         ring_after_commit(db.session, operation_id, due)
     _notify(operation_id, result_outcome)

@@ -15,7 +15,7 @@ from sqlalchemy import or_, select, update
 from ..domain.errors import TransientError
 from ..domain.states import State
 from ..extensions import db
-from ..models import Operation, OperationAttempt
+from ..models import Operation
 from .doorbell import ring_after_commit
 from .engine import record_failure
 
@@ -68,19 +68,7 @@ def recover_expired_leases(now: datetime, batch_size: int) -> int:
         result = record_failure(operation_id, attempts, crash, now=now, outcome_override="crashed")
         if result.outcome != "lost_lease":
             recovered += 1
-            _mark_crashed(operation_id, attempts)
     return recovered
-
-
-def _mark_crashed(operation_id: int, number: int) -> None:
-    """A crash that dead-letters still shows the attempt as crashed, not as a handler failure."""
-    db.session.execute(
-        update(OperationAttempt)
-        .where(OperationAttempt.operation_id == operation_id, OperationAttempt.number == number)
-        .values(outcome="crashed")
-        .execution_options(synchronize_session=False)
-    )
-    db.session.commit()
 
 
 def promote_scheduled(now: datetime, batch_size: int) -> int:
