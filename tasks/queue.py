@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -43,7 +43,10 @@ class HueyDoorbell:
         if eta is None:
             self.run_operation(operation_id)
         else:
-            self.run_operation.schedule(args=(operation_id,), eta=eta)
+            # Our datetimes are naive UTC, but Huey reads a naive eta as local time (and drops
+            # its microseconds, delivering up to a second early): hand it an aware one.
+            aware = eta.replace(tzinfo=UTC) if eta.tzinfo is None else eta
+            self.run_operation.schedule(args=(operation_id,), eta=aware)
 
     def depth(self) -> dict:
         """Messages waiting in the queue and in Huey's schedule."""

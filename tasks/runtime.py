@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 from flask import Flask
 from huey import Huey, crontab
 from huey.signals import SIGNAL_INTERRUPTED
+from sqlalchemy import select
 
 from webapp.domain.time import utcnow
 from webapp.extensions import db
-from webapp.models import Operation
-from webapp.services import engine, jobs, reconciler
+from webapp.models import Operation, OperationAttempt
+from webapp.services import engine, jobs, schedule
 from webapp.services.doorbell import ring_now
 
 log = logging.getLogger("backstop.tasks")
@@ -25,12 +27,9 @@ def register_tasks(huey: Huey, app: Flask):
         """Claim and run one operation; a delivery that arrives early re-rings for its time."""
         with app.app_context():
             try:
-                result = engine.execute(operation_id,
-                                        default_lease=app.config["OPERATION_LEASE_SECONDS"])
+                run_and_reschedule(operation_id, lease=app.config["OPERATION_LEASE_SECONDS"])
             finally:
                 db.session.remove()
-        if result.outcome == "not_claimed" and result.due_at and result.due_at > utcnow():
-            ring_now(operation_id, result.due_at)
         return None
 
     @huey.signal(SIGNAL_INTERRUPTED)
@@ -57,26 +56,51 @@ def register_tasks(huey: Huey, app: Flask):
     return run_operation
 
 
+def run_and_reschedule(operation_id: int, *, lease: float, clock=utcnow) -> engine.RunResult:
+    """Run an operation; if this delivery came before it was due, ring again for its time."""
+    now = clock()
+    result = engine.execute(operation_id, now=now, default_lease=lease)
+    # Compare with the claim's time, not a later clock: if the due time passed while we
+    # looked, ring at once rather than drop the ring (the reconciler would take minutes).
+    if result.outcome == "not_claimed" and result.due_at and result.due_at > now:
+        ring_now(operation_id, result.due_at if result.due_at > clock() else None)
+    return result
+
+
 def put_back_running(operation_id: int) -> bool:
-    """Return a running operation to pending because its worker was interrupted."""
+    """Return a running operation to pending because this process's worker was interrupted."""
     operation = db.session.get(Operation, operation_id)
     if operation is None or operation.state != "running":
         db.session.rollback()
         return False
     number = operation.attempts
+    holder = db.session.execute(
+        select(OperationAttempt.worker).where(OperationAttempt.operation_id == operation_id,
+                                              OperationAttempt.number == number,
+                                              OperationAttempt.finished_at.is_(None))
+        .order_by(OperationAttempt.id.desc()).limit(1)).scalar()
     db.session.rollback()
+    # The interrupted task may be a duplicate delivery that never claimed the operation while
+    # another worker runs it: only an attempt claimed by this process is ours to give back.
+    if not (holder or "").startswith(engine.worker_identity().rsplit(":", 1)[0] + ":"):
+        log.info("operation %s is running in %s, not here; left alone", operation_id, holder)
+        return False
     restored = engine.put_back(operation_id, number, now=utcnow(), reason="worker interrupted")
     log.warning("operation %s interrupted at attempt %s; put back: %s", operation_id, number, restored)
     return restored
 
 
 def run_periodic_jobs(app: Flask) -> None:
-    """One tick: give each periodic job its chance to run."""
+    """One tick: give each periodic job in ``schedule.PERIODIC_JOBS`` its chance to run.
+
+    Each job has its own lease, interval and heartbeat; one job failing to start (the
+    database briefly away) does not keep the others from their turn.
+    """
     config = app.config
-    jobs.run_exclusive(
-        reconciler.JOB_NAME,
-        lambda now: str(reconciler.reconcile(now, batch_size=config["RECONCILE_BATCH_SIZE"],
-                                             redeliver_after=config["REDELIVER_AFTER_SECONDS"])),
-        interval_seconds=config["RECONCILE_INTERVAL_SECONDS"],
-        lease_seconds=config["RECONCILE_LEASE_SECONDS"],
-    )
+    for job in schedule.PERIODIC_JOBS:
+        try:
+            jobs.run_exclusive(job.name, partial(job.run, config),
+                               interval_seconds=job.interval(config), lease_seconds=job.lease(config))
+        except Exception:  # recorded in the log; the job's stale heartbeat raises the alarm
+            db.session.rollback()
+            log.exception("periodic job %s could not run", job.name)

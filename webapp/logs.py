@@ -4,8 +4,54 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+# Extra fields whose name says they hold a secret or a whole payload are never written out.
+SECRET_KEY = re.compile(r"authori[sz]ation|token|secret|password|passwd|api[_-]?key|cookie|signature|payload|"
+                        r"webhook_url|dsn", re.I)
+# Secrets that may appear inside a message: bearer tokens, Stripe keys, signing headers, URL passwords.
+SECRET_TEXT = [
+    (re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"), r"\1[redacted]"),
+    (re.compile(r"\b(sk|rk|whsec|pk)_(live|test)?_?[A-Za-z0-9]{6,}"), "[redacted]"),
+    (re.compile(r"(?i)((?:password|secret|token|api[_-]?key)\s*[=:]\s*)[^\s,;&]+"), r"\1[redacted]"),
+    (re.compile(r"(?i)(https?://[^\s:/@]+:)[^\s@/]+@"), r"\1[redacted]@"),
+    (re.compile(r"https://hooks\.slack\.com/[^\s\"']+"), "https://hooks.slack.com/[redacted]"),
+]
+REDACTED = "[redacted]"
+
+
+def redact_text(text: str) -> str:
+    """``text`` with bearer tokens, API keys, signing secrets and URL passwords replaced."""
+    for pattern, replacement in SECRET_TEXT:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def redact_value(key: str, value):
+    """A log field's value, redacted when its name marks a secret (recursively for dicts)."""
+    if SECRET_KEY.search(str(key)):
+        return REDACTED
+    if isinstance(value, dict):
+        return {k: redact_value(k, v) for k, v in value.items()}
+    if isinstance(value, str):
+        return redact_text(value)
+    return value
+
+
+class RedactingFilter(logging.Filter):
+    """Scrub secrets from a record's message, arguments and extra fields before any handler sees it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record is still logged, just not formatted here
+            return True
+        record.msg, record.args = redact_text(message), None
+        for key in [k for k in record.__dict__ if k not in _STANDARD]:
+            record.__dict__[key] = redact_value(key, record.__dict__[key])
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -34,6 +80,7 @@ def configure_logging(log_format: str = "text") -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RedactingFilter())
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False

@@ -55,3 +55,16 @@ def hang_first(ctx):
         while time.monotonic() < deadline:
             time.sleep(0.05)
         raise TransientError("hang_first was never killed")
+
+
+@handler("test.block_until_released", kind="job", policy=LADDER)
+def block_until_released(ctx):
+    """Say so in the ``marker`` file, then wait (up to 60 s) for the ``release`` file; then succeed."""
+    record_call(ctx)
+    Path(ctx.payload["marker"]).write_text(f"attempt {ctx.attempt}")
+    release = Path(ctx.payload["release"])
+    deadline = time.monotonic() + 60
+    while not release.exists():
+        if time.monotonic() > deadline:
+            raise TransientError("block_until_released was never released")
+        time.sleep(0.02)

@@ -3,29 +3,30 @@
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 from .errors import ErrorKind
 
 
+# A plain decimal number (ASCII digits only) and an optional unit; float() alone would also
+# take "inf", "nan", "1e3", "+5", "1_000" and non-ASCII digits.
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)?", re.ASCII)
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
 def parse_duration(text: str) -> timedelta:
-    """Parse ``"500ms"``, ``"5s"``, ``"5m"``, ``"2h"`` or ``"1d"`` into a timedelta."""
+    """Parse ``"500ms"``, ``"5s"``, ``"5m"``, ``"2h"`` or ``"1d"`` (bare numbers are seconds)."""
     text = text.strip().lower()
-    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
-    for suffix in ("ms", "s", "m", "h", "d"):
-        if text.endswith(suffix):
-            number = text[: -len(suffix)]
-            break
-    else:
-        suffix, number = "s", text
+    match = _DURATION.fullmatch(text)
+    if match is None:
+        raise ValueError(f"not a duration: {text!r} (expected e.g. 500ms, 5s, 5m, 2h, 1d)")
+    number, suffix = match.groups()
     try:
-        value = float(number)
-    except ValueError:
-        raise ValueError(f"not a duration: {text!r}") from None
-    if value < 0:
-        raise ValueError(f"a duration cannot be negative: {text!r}")
-    return timedelta(seconds=value * units[suffix])
+        return timedelta(seconds=float(number) * _UNITS[suffix or "s"])
+    except OverflowError:
+        raise ValueError(f"duration too long: {text!r}") from None
 
 
 def parse_ladder(text: str) -> tuple[timedelta, ...]:
@@ -66,7 +67,9 @@ class RetryPolicy:
     def from_ladder(cls, text: str, max_attempts: int | None = None) -> "RetryPolicy":
         """A ladder policy; by default one retry per rung."""
         steps = parse_ladder(text)
-        return cls(max_attempts=max_attempts or len(steps) + 1, ladder=steps, jitter=False)
+        # An explicit 0 must reach __post_init__ and be refused, not fall back to the default.
+        attempts = len(steps) + 1 if max_attempts is None else max_attempts
+        return cls(max_attempts=attempts, ladder=steps, jitter=False)
 
     def ceiling(self, attempt: int) -> timedelta:
         """The longest wait after failed attempt number ``attempt`` (1-based)."""

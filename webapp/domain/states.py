@@ -27,12 +27,14 @@ class InvalidTransition(ValueError):
 
 
 TRANSITIONS: dict[State, frozenset[State]] = {
+    # An operation waiting to run (scheduled, pending, or retrying after a backoff) may be
+    # cancelled or rescheduled by an admin: to a later time (scheduled) or to now (pending).
     State.SCHEDULED: frozenset({State.PENDING, State.RUNNING, State.CANCELLED, State.SCHEDULED}),
-    State.PENDING: frozenset({State.RUNNING}),
+    State.PENDING: frozenset({State.RUNNING, State.CANCELLED, State.SCHEDULED, State.PENDING}),
     # running -> pending is an interrupted or crashed attempt put back without penalty;
     # running -> retrying is a transient failure or a deferral.
     State.RUNNING: frozenset({State.SUCCEEDED, State.RETRYING, State.DEAD, State.PENDING}),
-    State.RETRYING: frozenset({State.RUNNING, State.PENDING}),
+    State.RETRYING: frozenset({State.RUNNING, State.PENDING, State.CANCELLED, State.SCHEDULED}),
     State.SUCCEEDED: frozenset(),
     State.DEAD: frozenset({State.PENDING}),
     State.CANCELLED: frozenset(),

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Protocol
 
 from sqlalchemy import event
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, scoped_session
 
 log = logging.getLogger("backstop.doorbell")
 
@@ -61,7 +61,11 @@ def get_doorbell() -> Doorbell:
 
 def ring_after_commit(session: Session, operation_id: int, eta: datetime | None = None) -> None:
     """Ring for ``operation_id`` once ``session`` commits; forget it if it rolls back."""
-    session.info.setdefault(_PENDING_KEY, []).append((operation_id, eta))
+    if isinstance(session, scoped_session):  # services pass db.session
+        session = session()
+    # Remember the savepoint (if any) the ring belongs to, so rolling that savepoint back forgets it.
+    savepoint = session.get_nested_transaction()
+    session.info.setdefault(_PENDING_KEY, []).append((operation_id, eta, savepoint))
 
 
 def ring_now(operation_id: int, eta: datetime | None = None) -> bool:
@@ -79,8 +83,12 @@ def ring_now(operation_id: int, eta: datetime | None = None) -> bool:
 
 @event.listens_for(Session, "after_commit")
 def _ring_committed(session: Session) -> None:
+    # after_commit also fires when a savepoint is released: ring only when the outermost
+    # transaction commits, or a worker could look before the row is visible (or exists at all).
+    if session.get_nested_transaction() is not None:
+        return
     rings = session.info.pop(_PENDING_KEY, None)
-    for operation_id, eta in rings or ():
+    for operation_id, eta, _ in rings or ():
         ring_now(operation_id, eta)
 
 
@@ -88,3 +96,23 @@ def _ring_committed(session: Session) -> None:
 def _forget_rolled_back(session: Session, previous_transaction) -> None:
     if previous_transaction.parent is None:
         session.info.pop(_PENDING_KEY, None)
+        return
+    rings = session.info.get(_PENDING_KEY)
+    if rings:
+        rings[:] = [ring for ring in rings if not _inside(ring[2], previous_transaction)]
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_uncommitted(session: Session, transaction) -> None:
+    # The outermost transaction ended without a commit ringing (closed, or rolled back
+    # without a soft-rollback event): what it noted must not ring with a later transaction.
+    if transaction.parent is None:
+        session.info.pop(_PENDING_KEY, None)
+
+
+def _inside(transaction, ancestor) -> bool:
+    while transaction is not None:
+        if transaction is ancestor:
+            return True
+        transaction = transaction.parent
+    return False

@@ -25,7 +25,7 @@ from ..domain.retry import Decision, RetryPolicy
 from ..domain.states import CLAIMABLE, State
 from ..domain.time import as_naive_utc, utcnow
 from ..extensions import db
-from ..models import Operation, OperationAttempt
+from ..models import Operation, OperationAttempt, OperationPause
 from .doorbell import ring_after_commit
 from .registry import HandlerContext, UnknownHandler, registry
 
@@ -96,7 +96,8 @@ def claim(operation_id: int, *, now: datetime, default_lease: float = DEFAULT_LE
         update(Operation)
         .where(Operation.id == operation_id,
                Operation.state.in_([s.value for s in CLAIMABLE]),
-               Operation.next_attempt_at <= now)
+               Operation.next_attempt_at <= now,
+               Operation.name.not_in(select(OperationPause.name)))  # a paused name waits
         .values(state=State.RUNNING.value, attempts=Operation.attempts + 1,
                 lease_expires_at=now + timedelta(seconds=lease), last_attempt_at=now, updated_at=now)
         .execution_options(synchronize_session=False)

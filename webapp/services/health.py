@@ -1,7 +1,8 @@
-"""Liveness: can we reach the database and the queue, and is the reconciler beating?"""
+"""Liveness: can we reach the database and the queue, and is every periodic job beating?"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 
 from sqlalchemy import text
@@ -11,28 +12,58 @@ from ..extensions import db
 from .doorbell import get_doorbell
 from .jobs import heartbeat_age
 from .reconciler import JOB_NAME as RECONCILER
+from .schedule import job_heartbeats
 
 STALE_AFTER_INTERVALS = 3
 
 
-def check(reconcile_interval: float, now: datetime | None = None) -> tuple[bool, dict]:
-    """Return ``(healthy, report)``; unhealthy when the database is down or the heartbeat stale."""
+def check(config, now: datetime | None = None) -> tuple[bool, dict]:
+    """Return ``(healthy, report)``; unhealthy when the database is down or any job's heartbeat is stale.
+
+    ``config`` is the app config (a bare number is taken as the reconciler's interval, as before).
+    Every periodic job is reported under ``jobs``; the reconciler also under ``reconciler``.
+    """
+    if not isinstance(config, Mapping):
+        config = {"RECONCILE_INTERVAL_SECONDS": float(config)}
     now = now or utcnow()
     report: dict = {"status": "ok"}
     database_ok = _database_reachable(report)
     _queue_reachable(report)
-    healthy = database_ok
-    if database_ok:
-        age = heartbeat_age(RECONCILER, now)
-        limit = reconcile_interval * STALE_AFTER_INTERVALS
-        fresh = age is not None and age <= limit
-        report["reconciler"] = {"heartbeat_age_seconds": None if age is None else round(age, 1),
-                                "stale_after_seconds": limit, "fresh": fresh}
-        healthy = healthy and fresh
-        db.session.rollback()
+    healthy = database_ok and _heartbeats_fresh(report, config, now)
     if not healthy:
         report["status"] = "unhealthy"
     return healthy, report
+
+
+def _heartbeats_fresh(report: dict, config, now: datetime) -> bool:
+    """Report the reconciler's (and every job's) heartbeat; a failed read is unhealthy, not a 500."""
+    try:
+        return _read_heartbeats(report, config, now)
+    except Exception as exc:  # e.g. a database whose schema is not migrated yet
+        db.session.rollback()
+        report["reconciler"] = {"heartbeat_age_seconds": None, "fresh": False, "error": type(exc).__name__,
+                                "stale_after_seconds": float(config["RECONCILE_INTERVAL_SECONDS"]) * STALE_AFTER_INTERVALS}
+        return False
+
+
+def _read_heartbeats(report: dict, config, now: datetime) -> bool:
+    age = heartbeat_age(RECONCILER, now)
+    limit = float(config["RECONCILE_INTERVAL_SECONDS"]) * STALE_AFTER_INTERVALS
+    fresh = age is not None and age <= limit
+    report["reconciler"] = {"heartbeat_age_seconds": None if age is None else round(age, 1),
+                            "stale_after_seconds": limit, "fresh": fresh}
+    healthy = fresh
+    db.session.rollback()
+    if "CHECKS_INTERVAL_SECONDS" in config:
+        beats = job_heartbeats(config, now)
+        report["jobs"] = {beat["name"]: {key: beat[key] for key in (
+            "heartbeat_age_seconds", "interval_seconds", "stale_after_seconds", "fresh", "runs", "last_error")}
+            for beat in beats}
+        stale = sorted(beat["name"] for beat in beats if not beat["fresh"])
+        if stale:
+            report["stale_jobs"] = stale
+        healthy = healthy and not stale
+    return healthy
 
 
 def _database_reachable(report: dict) -> bool:

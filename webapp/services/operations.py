@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from ..domain.states import CLAIMABLE, State
+from ..domain.states import CLAIMABLE, State, can_transition
 from ..domain.time import as_naive_utc, utcnow
 from ..extensions import db
 from ..models import Operation
@@ -63,6 +63,11 @@ def create_operation(name: str, payload: dict | None = None, *, idempotency_key:
         return existing
     ring_after_commit(db.session, operation.id, operation.next_attempt_at if scheduled else None)
     return operation
+
+
+def _may_become(target: State, among=tuple(State)) -> list[str]:
+    """States (of ``among``) from which the domain's diagram allows moving to ``target``."""
+    return [state.value for state in among if can_transition(state, target)]
 
 
 def find_by_key(idempotency_key: str) -> Operation | None:
@@ -136,7 +141,7 @@ def cancel(operation_id: int, *, by: str | None = None, now: datetime | None = N
     changed = db.session.execute(
         update(Operation)
         .where(Operation.id == operation_id,
-               Operation.state.in_([State.SCHEDULED.value, State.PENDING.value, State.RETRYING.value]))
+               Operation.state.in_(_may_become(State.CANCELLED)))
         .values(state=State.CANCELLED.value, cancelled_at=now, updated_at=now,
                 resolution_note=f"cancelled by {by}" if by else None)
         .execution_options(synchronize_session=False)
@@ -153,11 +158,13 @@ def reschedule(operation_id: int, run_at: datetime, *, now: datetime | None = No
     """Move a scheduled (or waiting) operation to a new run time; it runs then, and only then."""
     now = now or utcnow()
     run_at = as_naive_utc(run_at)
-    waiting = [state.value for state in CLAIMABLE]
+    target = State.SCHEDULED if run_at > now else State.PENDING
+    # Only an operation still waiting to run moves; the diagram says from which states.
+    waiting = _may_become(target, among=CLAIMABLE)
     changed = db.session.execute(
         update(Operation)
         .where(Operation.id == operation_id, Operation.state.in_(waiting))
-        .values(state=(State.SCHEDULED if run_at > now else State.PENDING).value,
+        .values(state=target.value,
                 run_at=run_at, next_attempt_at=run_at, enqueued_at=now, updated_at=now)
         .execution_options(synchronize_session=False)
     ).rowcount

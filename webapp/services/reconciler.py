@@ -15,7 +15,7 @@ from sqlalchemy import or_, select, update
 from ..domain.errors import TransientError
 from ..domain.states import State
 from ..extensions import db
-from ..models import Operation
+from ..models import Operation, OperationPause
 from .doorbell import ring_after_commit
 from .engine import record_failure
 
@@ -99,7 +99,8 @@ def ring_overdue(now: datetime, batch_size: int, redeliver_after: float) -> int:
         select(Operation.id)
         .where(Operation.state.in_([State.PENDING.value, State.RETRYING.value]),
                Operation.next_attempt_at <= cutoff,
-               or_(Operation.enqueued_at.is_(None), Operation.enqueued_at <= cutoff))
+               or_(Operation.enqueued_at.is_(None), Operation.enqueued_at <= cutoff),
+               Operation.name.not_in(select(OperationPause.name)))  # resume rings them
         .order_by(Operation.next_attempt_at), batch_size)).scalars().all()
     if not ids:
         db.session.rollback()

@@ -1,4 +1,4 @@
-"""``GET /healthz``: liveness plus the reconciler's freshness."""
+"""``GET /healthz``: liveness plus every periodic job's heartbeat."""
 
 from flask import Blueprint, current_app, jsonify
 
@@ -9,6 +9,6 @@ bp = Blueprint("health", __name__)
 
 @bp.get("/healthz")
 def healthz():
-    """200 when the database answers and the reconciler beat recently, else 503."""
-    healthy, report = health.check(current_app.config["RECONCILE_INTERVAL_SECONDS"])
+    """200 when the database answers and every periodic job beat recently, else 503."""
+    healthy, report = health.check(current_app.config)
     return jsonify(report), (200 if healthy else 503)
