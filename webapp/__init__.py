@@ -28,9 +28,8 @@ def create_app(overrides: dict | None = None) -> Flask:
                      render_as_batch=True, compare_type=True)
 
     from . import models  # noqa: F401  (register the models on the metadata)
-    from .services.registry import import_handler_modules
 
-    import_handler_modules(_split(app.config.get("BACKSTOP_HANDLER_MODULES")))
+    _register_handlers(app)
     _register_blueprints(app)
     _register_cli(app)
     logging.getLogger("backstop").debug("app created for %s", app.config["BACKSTOP_ENV"])
@@ -45,13 +44,27 @@ def _split(value) -> list[str]:
     return list(value)
 
 
-def _register_blueprints(app: Flask) -> None:
-    from .blueprints.health import bp as health_bp
+def _register_handlers(app: Flask) -> None:
+    """Import every module that registers operation handlers (and outcome listeners)."""
+    from .services import alerts, bulk  # noqa: F401  (alert.slack, admin.bulk_retry, dead-letter alerts)
+    from .services import email, payments
+    from .services.registry import import_handler_modules
 
-    app.register_blueprint(health_bp)
+    email.init_app(app)
+    payments.init_app(app)
+    import_handler_modules(_split(app.config.get("BACKSTOP_HANDLER_MODULES")))
+
+
+def _register_blueprints(app: Flask) -> None:
+    from .blueprints import admin, admin_api, api, health, metrics, webhooks
+
+    for blueprint in (health.bp, webhooks.bp, api.bp, admin.bp, admin.root,
+                      admin_api.bp, metrics.bp):
+        app.register_blueprint(blueprint)
 
 
 def _register_cli(app: Flask) -> None:
-    from .cli import register
+    from . import cli, commerce_cli
 
-    register(app)
+    cli.register(app)
+    commerce_cli.register(app)

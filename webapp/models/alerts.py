@@ -1,0 +1,115 @@
+"""Alerting, pauses and maintenance records: alerts, threshold states, pauses, roll-ups."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, Float, ForeignKey, Index, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from ..domain.time import utcnow
+from ..extensions import db
+from .commerce import StripeEvent
+from .types import BigId, JsonDocument
+
+ALERT_LEVELS = ("info", "warning", "error", "critical")
+ALERT_TYPES = ("email_failure", "webhook_failure", "dlq_threshold", "failure_rate", "job_stale",
+               "system_health", "daily_report")
+
+
+class Alert(db.Model):
+    """One alert: recorded always, delivered to Slack by its ``alert.slack`` operation."""
+
+    __tablename__ = "alerts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    type: Mapped[str] = mapped_column(String(40))
+    level: Mapped[str] = mapped_column(String(10))
+    # The dedupe key within a type: an operation name and error fingerprint, a kind, a job.
+    key: Mapped[str] = mapped_column(String(255))
+    title: Mapped[str] = mapped_column(String(255))
+    message: Mapped[str] = mapped_column(Text, default="")
+    context: Mapped[dict] = mapped_column(JsonDocument, default=dict)
+    # Threshold alerts only: firing or recovered.
+    state: Mapped[str | None] = mapped_column(String(20))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The operation that delivers it (kept NULL once cleanup removes that operation).
+    operation_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("operations.id", ondelete="SET NULL"))
+    delivered_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        Index("ix_alerts_type_key_created_at", "type", "key", "created_at"),
+        Index("ix_alerts_created_at", "created_at"),
+        Index("ix_alerts_operation_id", "operation_id"),
+    )
+
+    def __repr__(self) -> str:
+        return f"<Alert {self.id} {self.type} {self.level} {self.key}>"
+
+
+class AlertState(db.Model):
+    """The last known state of one threshold (type + key), so alerts fire on crossings only."""
+
+    __tablename__ = "alert_states"
+
+    type: Mapped[str] = mapped_column(String(40), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    state: Mapped[str] = mapped_column(String(20), default="ok")  # ok | firing
+    level: Mapped[str | None] = mapped_column(String(10))
+    # Whether this firing episode was announced (a suppressed flap gets no recovery either).
+    announced: Mapped[bool] = mapped_column(default=False)
+    value: Mapped[float | None] = mapped_column(Float)
+    changed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class OperationPause(db.Model):
+    """An operation name whose processing is on hold: its operations are stored and wait."""
+
+    __tablename__ = "operation_pauses"
+
+    name: Mapped[str] = mapped_column(String(120), primary_key=True)
+    paused_at: Mapped[datetime] = mapped_column(default=utcnow)
+    paused_by: Mapped[str] = mapped_column(String(255))
+    note: Mapped[str | None] = mapped_column(Text)
+
+
+class AutoRequeue(db.Model):
+    """A dead operation the auto-requeue job retried (it is retried that way only once)."""
+
+    __tablename__ = "auto_requeues"
+
+    operation_id: Mapped[int] = mapped_column(BigId, ForeignKey("operations.id", ondelete="CASCADE"),
+                                              primary_key=True, autoincrement=False)
+    requeued_at: Mapped[datetime] = mapped_column(default=utcnow)
+    attempts_before: Mapped[int]
+
+
+class MetricRollup(db.Model):
+    """Counts carried over from rows cleanup deleted, so /metrics counters never go down."""
+
+    __tablename__ = "metric_rollups"
+
+    metric: Mapped[str] = mapped_column(String(60), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20), primary_key=True)
+    name: Mapped[str] = mapped_column(String(120), primary_key=True)
+    # A histogram bucket's upper bound ("0.1", "+Inf"), or "" for plain counters.
+    label: Mapped[str] = mapped_column(String(40), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class MaintenanceCursor(db.Model):
+    """How far a cleanup step has got through a table, so each run starts where the last stopped."""
+
+    __tablename__ = "maintenance_cursors"
+
+    name: Mapped[str] = mapped_column(String(80), primary_key=True)
+    position: Mapped[datetime | None]
+    # The primary key of the last row done at ``position`` (ties on the timestamp).
+    last_key: Mapped[str | None] = mapped_column(String(255))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# Deleting an operation sets stripe_events.operation_id to NULL (ON DELETE SET NULL); without
+# an index each deleted operation would scan stripe_events, so cleanup batches would slow
+# down as events pile up. Declared here, with the cleanup that needs it (and in 0005).
+Index("ix_stripe_events_operation_id", StripeEvent.operation_id)

@@ -1,0 +1,70 @@
+"""Email delivery records: the per-try email log, provider circuit breakers, rate-limit slots."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import ForeignKey, Index, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from ..domain.time import utcnow
+from ..extensions import db
+from .types import BigId
+
+
+class EmailLog(db.Model):
+    """One try of one provider for one email operation (sent, failed, or skipped)."""
+
+    __tablename__ = "email_log"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    operation_id: Mapped[int] = mapped_column(BigId, ForeignKey("operations.id", ondelete="CASCADE"))
+    # No foreign key: purchases belong to the payments area and may be archived separately.
+    purchase_id: Mapped[int | None] = mapped_column(BigId)
+    attempt: Mapped[int | None]
+    to_address: Mapped[str] = mapped_column(String(320))
+    template: Mapped[str] = mapped_column(String(64))
+    provider: Mapped[str | None] = mapped_column(String(32))
+    provider_message_id: Mapped[str | None] = mapped_column(String(255))
+    # sent, failed, skipped
+    status: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (
+        Index("ix_email_log_operation_id", "operation_id"),
+        Index("ix_email_log_purchase_id", "purchase_id"),
+        Index("ix_email_log_created_at", "created_at"),
+    )
+
+
+class EmailProviderCircuit(db.Model):
+    """A provider's circuit breaker, shared by every worker process through the database.
+
+    Closed while ``opened_until`` is NULL; open until ``opened_until``; half-open after it.
+    """
+
+    __tablename__ = "email_provider_circuits"
+
+    provider: Mapped[str] = mapped_column(String(32), primary_key=True)
+    consecutive_failures: Mapped[int] = mapped_column(default=0)
+    opened_until: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class EmailRateSlot(db.Model):
+    """One of a scope's N send slots; a slot is free once its last use is a window old.
+
+    A scope with N slots can never send more than N emails in any window, and taking a slot
+    is a conditional UPDATE, so concurrent workers cannot both take the same one.
+    """
+
+    __tablename__ = "email_rate_slots"
+
+    # "global", or "to:" + a hash of the lower-cased recipient address (no addresses stored here).
+    scope: Mapped[str] = mapped_column(String(80), primary_key=True)
+    slot: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    used_at: Mapped[datetime]
+
+    __table_args__ = (Index("ix_email_rate_slots_used_at", "used_at"),)
