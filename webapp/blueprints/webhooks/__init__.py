@@ -1,0 +1,85 @@
+"""``POST /webhooks/stripe``: verify Stripe's signature, store the event once, answer fast.
+
+No business work and no outbound call happen here: the event and its processing operation
+commit together, then the worker takes over. Never a 2xx for an event that is not stored.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, current_app, jsonify, request
+from sqlalchemy.exc import SQLAlchemyError
+
+from ...extensions import db
+from ...services import stripe_events
+from ...services.stripe_events import WebhookRejected
+
+log = logging.getLogger("backstop.webhooks")
+
+bp = Blueprint("webhooks", __name__)
+
+ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+def error(status: int, code: str, message: str):
+    """The stable JSON error shape."""
+    return jsonify({"error": code, "message": message}), status
+
+
+@bp.route("/webhooks/stripe", methods=ALL_METHODS)
+def stripe_webhook():
+    """Receive one Stripe event delivery."""
+    if request.method != "POST":
+        response, status = error(405, "method_not_allowed", "use POST")
+        response.headers["Allow"] = "POST"
+        return response, status
+    max_bytes = int(current_app.config.get("WEBHOOK_MAX_BYTES") or 1024 * 1024)
+    body = _read_body(max_bytes)
+    if body is None:
+        return _reject(WebhookRejected(stripe_events.TOO_LARGE, f"body is larger than {max_bytes} bytes"))
+    secrets = stripe_events.parse_secrets(current_app.config.get("STRIPE_WEBHOOK_SECRET"))
+    try:
+        event = stripe_events.verify(body, request.headers.get("Stripe-Signature"), secrets)
+    except WebhookRejected as rejected:
+        return _reject(rejected)
+    try:
+        intake = stripe_events.record_event(body.decode("utf-8"), event)
+    except SQLAlchemyError as exc:
+        db.session.rollback()
+        log.error("could not store Stripe event %s: %s", event.get("id"), type(exc).__name__)
+        return _reject(WebhookRejected(stripe_events.DATABASE_UNAVAILABLE,
+                                       "the event could not be stored; retry later"))
+    log.info("stripe event %s %s %s", intake.event_id, intake.event_type,
+             "stored" if intake.created else "replayed",
+             extra={"event_id": intake.event_id, "operation_id": intake.operation_id})
+    return jsonify({"received": True}), 200
+
+
+def _read_body(max_bytes: int) -> bytes | None:
+    """The raw body, or None when it is over ``max_bytes`` (by header or by what was read)."""
+    if request.content_length is not None and request.content_length > max_bytes:
+        return None
+    body = request.stream.read(max_bytes + 1)
+    return None if len(body) > max_bytes else body
+
+
+STATUS_BY_REASON = {
+    stripe_events.TOO_LARGE: 413,
+    stripe_events.NOT_CONFIGURED: 503,
+    stripe_events.DATABASE_UNAVAILABLE: 503,
+}
+
+
+def _reject(rejected: WebhookRejected):
+    stripe_events.count_rejection(rejected.reason)
+    status = STATUS_BY_REASON.get(rejected.reason, 400)
+    log.warning("stripe webhook rejected (%s): %s", rejected.reason, rejected.message,
+                extra={"reason": rejected.reason})
+    response, status = error(status, rejected.reason, rejected.message)
+    if status == 503:
+        response.headers["Retry-After"] = "30"
+    if status == 413:
+        # The rest of an oversized body is not read; close rather than reuse the connection.
+        response.headers["Connection"] = "close"
+    return response, status

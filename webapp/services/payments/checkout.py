@@ -1,0 +1,124 @@
+"""Card purchases: a pending purchase, then a Stripe Checkout Session through the stripe SDK."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import stripe
+
+from ...models import Purchase
+from . import purchases
+from .errors import CheckoutFailed, PaymentsUnavailable
+
+log = logging.getLogger("backstop.stripe")
+
+
+@dataclass(frozen=True)
+class StripeSettings:
+    """How to reach Stripe's API (from the app config; ``api_base`` points at a test server)."""
+
+    secret_key: str | None
+    api_base: str | None = None
+    timeout_seconds: float = 10.0
+    connect_timeout_seconds: float = 5.0
+    max_network_retries: int = 2
+    success_url: str = "http://127.0.0.1:5000/checkout/success?purchase_id={purchase_id}"
+    cancel_url: str = "http://127.0.0.1:5000/checkout/cancelled?purchase_id={purchase_id}"
+
+    @classmethod
+    def from_config(cls, config) -> "StripeSettings":
+        """Settings from a Flask config mapping."""
+        base = (config.get("PUBLIC_BASE_URL") or "http://127.0.0.1:5000").rstrip("/")
+        return cls(
+            secret_key=config.get("STRIPE_SECRET_KEY"),
+            api_base=(config.get("STRIPE_API_BASE") or None),
+            timeout_seconds=float(config.get("STRIPE_TIMEOUT_SECONDS") or 10.0),
+            connect_timeout_seconds=float(config.get("STRIPE_CONNECT_TIMEOUT_SECONDS") or 5.0),
+            max_network_retries=int(config.get("STRIPE_MAX_NETWORK_RETRIES") or 0),
+            success_url=config.get("STRIPE_CHECKOUT_SUCCESS_URL")
+            or f"{base}/checkout/success?purchase_id={{purchase_id}}",
+            cancel_url=config.get("STRIPE_CHECKOUT_CANCEL_URL")
+            or f"{base}/checkout/cancelled?purchase_id={{purchase_id}}",
+        )
+
+
+def stripe_client(settings: StripeSettings) -> stripe.StripeClient:
+    """A StripeClient with timeouts, bounded network retries and an optional API base."""
+    if not settings.secret_key:
+        raise PaymentsUnavailable("card payments are not configured (STRIPE_SECRET_KEY is not set)")
+    base_addresses = {"api": settings.api_base.rstrip("/")} if settings.api_base else None
+    return stripe.StripeClient(
+        settings.secret_key,
+        base_addresses=base_addresses,
+        max_network_retries=settings.max_network_retries,
+        http_client=stripe.RequestsClient(timeout=(settings.connect_timeout_seconds, settings.timeout_seconds)),
+    )
+
+
+def checkout_idempotency_key(purchase_id: int) -> str:
+    """Stripe's Idempotency-Key for a purchase's Checkout Session: one session per purchase."""
+    return f"backstop-checkout-purchase-{purchase_id}"
+
+
+def buy_by_card(request: purchases.PurchaseRequest, settings: StripeSettings) -> Purchase:
+    """Create a pending purchase (committed), then its Checkout Session; return the purchase.
+
+    A Stripe error marks the purchase failed with the reason and raises CheckoutFailed.
+    """
+    client = stripe_client(settings)  # before the purchase: unconfigured means nothing is written
+    purchase = purchases.start_card_purchase(request)
+    params = session_params(purchase, request, settings)
+    try:
+        session = client.v1.checkout.sessions.create(
+            params=params, options={"idempotency_key": checkout_idempotency_key(purchase.id)})
+    except stripe.StripeError as exc:
+        reason = describe_stripe_error(exc)
+        log.warning("checkout session for purchase %s failed: %s", purchase.id, reason)
+        purchases.mark_checkout_failed(purchase.id, reason)
+        raise CheckoutFailed(reason, purchase.id) from exc
+    answer = session.to_dict()
+    session_id, url = answer.get("id"), answer.get("url")
+    if not session_id:
+        reason = "Stripe answered without a Checkout Session id"
+        purchases.mark_checkout_failed(purchase.id, reason)
+        raise CheckoutFailed(reason, purchase.id)
+    purchases.attach_checkout(purchase.id, session_id, url)
+    purchase.stripe_checkout_session_id, purchase.checkout_url = session_id, url
+    return purchase
+
+
+def session_params(purchase: Purchase, request: purchases.PurchaseRequest, settings: StripeSettings) -> dict:
+    """The Checkout Session parameters: one line item, the purchase id in the metadata."""
+    product, customer = request.product, request.customer
+    metadata = {"purchase_id": str(purchase.id)}
+    purchase_id = quote(str(purchase.id))
+    return {
+        "mode": "payment",
+        "line_items": [{
+            "quantity": 1,
+            "price_data": {"currency": product.currency, "unit_amount": product.price_cents,
+                           "product_data": {"name": product.name, "metadata": {"sku": product.sku}}},
+        }],
+        "customer_email": customer.email,
+        "client_reference_id": str(purchase.id),
+        "metadata": metadata,
+        # The PaymentIntent (and so its charges and refunds) carries the purchase id too.
+        "payment_intent_data": {"metadata": metadata},
+        "success_url": settings.success_url.replace("{purchase_id}", purchase_id),
+        "cancel_url": settings.cancel_url.replace("{purchase_id}", purchase_id),
+    }
+
+
+def describe_stripe_error(exc: stripe.StripeError) -> str:
+    """A readable, secret-free reason for a Stripe failure."""
+    status = getattr(exc, "http_status", None)
+    code = getattr(exc, "code", None)
+    message = getattr(exc, "user_message", None) or str(exc) or type(exc).__name__
+    parts = [type(exc).__name__]
+    if status:
+        parts.append(f"HTTP {status}")
+    if code:
+        parts.append(str(code))
+    return f"{' '.join(parts)}: {message}"[:1000]

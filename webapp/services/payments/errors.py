@@ -1,0 +1,55 @@
+"""Errors the storefront services raise; the API blueprint maps each to one HTTP answer."""
+
+from __future__ import annotations
+
+
+class PaymentsError(Exception):
+    """Base class: ``code`` is the stable error code, ``message`` the readable text."""
+
+    code = "payments_error"
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class ValidationFailed(PaymentsError):
+    """Input that fails validation; ``fields`` maps each bad field to why."""
+
+    code = "validation_failed"
+
+    def __init__(self, fields: dict[str, str]):
+        super().__init__("; ".join(f"{name}: {reason}" for name, reason in fields.items()))
+        self.fields = fields
+
+
+class NotFound(PaymentsError):
+    """The thing asked for does not exist."""
+
+    code = "not_found"
+
+
+class Conflict(PaymentsError):
+    """The request clashes with the current state (a duplicate, a short balance)."""
+
+    code = "conflict"
+
+    def __init__(self, message: str, code: str = "conflict"):
+        super().__init__(message)
+        self.code = code
+
+
+class PaymentsUnavailable(PaymentsError):
+    """Card payments cannot be taken right now (not configured)."""
+
+    code = "payments_unavailable"
+
+
+class CheckoutFailed(PaymentsError):
+    """Stripe refused or could not be reached while creating the Checkout Session."""
+
+    code = "stripe_error"
+
+    def __init__(self, message: str, purchase_id: int):
+        super().__init__(message)
+        self.purchase_id = purchase_id

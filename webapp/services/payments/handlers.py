@@ -1,0 +1,206 @@
+"""Stripe event handlers: the ``stripe.<event type>`` operations created by the webhook intake.
+
+Each loads its stored event, applies one conditional purchase transition (so a replayed
+or duplicate event is a no-op), and marks the event processed, all in the engine's
+success transaction. An event that arrives before the purchase is ready for it (a refund
+before the completion) defers; after ``DEFER_WINDOW`` of that it dead-letters with a reason.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+from sqlalchemy import select
+
+from ...domain.errors import Deferral, PermanentError
+from ...domain.retry import RetryPolicy
+from ...domain.time import utcnow
+from ...extensions import db
+from ...models import Purchase, StripeEvent
+from ..engine import on_outcome
+from ..registry import HandlerContext, handler, registry
+from ..stripe_events import OPERATION_PREFIX, mark_event
+from . import purchases
+
+# Stripe webhook processing: 5 retries, exponential backoff with full jitter (seed 000).
+WEBHOOK_POLICY = RetryPolicy.retries(5)
+DEFER_STEP = timedelta(seconds=30)
+DEFER_WINDOW = timedelta(hours=1)
+
+
+# Every registered stripe.* handler, so init_app can re-register them with a configured policy.
+HANDLED: dict[str, object] = {}
+
+
+def stripe_handler(*event_types: str):
+    """Register one function as the handler of several ``stripe.<type>`` operations."""
+
+    def decorator(fn):
+        for event_type in event_types:
+            HANDLED[event_type] = fn
+            handler(OPERATION_PREFIX + event_type, kind="webhook", policy=WEBHOOK_POLICY)(fn)
+        return fn
+
+    return decorator
+
+
+def policy_from_config(config) -> RetryPolicy:
+    """``WEBHOOK_RETRY_LADDER`` if set (tests, operators), else 5 exponential retries."""
+    ladder = (config.get("WEBHOOK_RETRY_LADDER") or "").strip()
+    return RetryPolicy.from_ladder(ladder) if ladder else WEBHOOK_POLICY
+
+
+def register_handlers(policy: RetryPolicy) -> None:
+    """(Re-)register every stripe.* handler with ``policy``."""
+    for event_type, fn in HANDLED.items():
+        registry.register(OPERATION_PREFIX + event_type, "webhook", fn, policy)
+
+
+def load_event(ctx: HandlerContext) -> tuple[StripeEvent, dict]:
+    """The stored event row for this operation and its parsed body."""
+    event_id = ctx.payload.get("event_id")
+    row = db.session.get(StripeEvent, event_id) if event_id else None
+    if row is None:
+        raise PermanentError(f"stored Stripe event {event_id!r} does not exist")
+    try:
+        return row, json.loads(row.payload)
+    except ValueError as exc:
+        raise PermanentError(f"stored Stripe event {event_id} is not valid JSON") from exc
+
+
+def finish(ctx: HandlerContext, row: StripeEvent, outcome: str, state: str = "processed") -> str:
+    """Mark the event processed (or ignored) in the success transaction; return the outcome."""
+    mark_event(row.id, state, now=ctx.now)
+    return outcome
+
+
+@stripe_handler("checkout.session.completed", "checkout.session.async_payment_succeeded")
+def checkout_paid(ctx: HandlerContext) -> str:
+    """Complete the purchase named in the session's metadata, exactly once."""
+    row, event = load_event(ctx)
+    session = event["data"]["object"]
+    purchase = _purchase_for(session, row)
+    if purchase is None:
+        return finish(ctx, row, "not_ours", "ignored")
+    if row.type == "checkout.session.completed" and session.get("payment_status") not in ("paid", "no_payment_required"):
+        # Delayed payment methods: the money is not there yet; async_payment_succeeded follows.
+        return finish(ctx, row, "awaiting_async_payment")
+    result = purchases.complete(purchase.id, now=ctx.now, session_id=_str(session.get("id")),
+                                payment_intent_id=_id_of(session.get("payment_intent")))
+    if result.outcome.startswith("not_completable"):
+        raise PermanentError(f"payment received for purchase {purchase.id}, but it is {result.purchase.status}: "
+                             "refund or reconcile it by hand")
+    return finish(ctx, row, result.outcome)
+
+
+@stripe_handler("checkout.session.async_payment_failed", "checkout.session.expired")
+def checkout_unpaid(ctx: HandlerContext) -> str:
+    """Mark the purchase failed (async payment failed) or expired, and tell the customer."""
+    row, event = load_event(ctx)
+    session = event["data"]["object"]
+    purchase = _purchase_for(session, row)
+    if purchase is None:
+        return finish(ctx, row, "not_ours", "ignored")
+    if row.type == "checkout.session.expired":
+        result = purchases.fail(purchase.id, "expired", "the checkout session expired before payment",
+                                now=ctx.now)
+    else:
+        result = purchases.fail(purchase.id, "failed", "the delayed payment failed", now=ctx.now)
+    return finish(ctx, row, result.outcome)
+
+
+@stripe_handler("payment_intent.payment_failed")
+def payment_failed(ctx: HandlerContext) -> str:
+    """A declined payment: mark the pending purchase failed with Stripe's reason, tell the customer."""
+    row, event = load_event(ctx)
+    intent = event["data"]["object"]
+    purchase = _purchase_for(intent, row, payment_intent_id=_str(intent.get("id")))
+    if purchase is None:
+        return finish(ctx, row, "not_ours", "ignored")
+    error = intent.get("last_payment_error") or {}
+    reason = (error.get("message") if isinstance(error, dict) else None) or "the payment was declined"
+    result = purchases.fail(purchase.id, "failed", str(reason), now=ctx.now)
+    return finish(ctx, row, result.outcome)
+
+
+@stripe_handler("charge.refunded")
+def charge_refunded(ctx: HandlerContext) -> str:
+    """Record a full or partial refund (from the charge's cumulative amount_refunded) and notify."""
+    row, event = load_event(ctx)
+    charge = event["data"]["object"]
+    payment_intent_id = _id_of(charge.get("payment_intent"))
+    purchase = _purchase_for(charge, row, payment_intent_id=payment_intent_id)
+    if purchase is None:
+        # The completion that records the payment intent may simply not have been processed yet.
+        _defer_or_give_up(ctx, row, f"no purchase matches charge {charge.get('id')} "
+                                    f"(payment intent {payment_intent_id})")
+    amount_refunded = charge.get("amount_refunded")
+    if isinstance(amount_refunded, bool) or not isinstance(amount_refunded, int) or amount_refunded < 0:
+        raise PermanentError(f"charge {charge.get('id')} has no valid amount_refunded")
+    if purchase.status in ("pending", "failed"):
+        _defer_or_give_up(ctx, row, f"refund for purchase {purchase.id} arrived while it is {purchase.status}")
+    if purchase.status == "expired":
+        raise PermanentError(f"refund for purchase {purchase.id}, which expired unpaid: check it in Stripe")
+    result = purchases.refund(purchase.id, amount_refunded, now=ctx.now, event_id=row.id)
+    return finish(ctx, row, result.outcome)
+
+
+def _defer_or_give_up(ctx: HandlerContext, row: StripeEvent, why: str) -> None:
+    """Defer by DEFER_STEP, or dead-letter once the event has waited DEFER_WINDOW since it arrived."""
+    waited = ctx.now - row.received_at
+    if waited >= DEFER_WINDOW:
+        raise PermanentError(f"{why}; still not applicable {_minutes(waited)} after the event arrived, "
+                             "so it needs a person (check the purchase, then retry or resolve)")
+    raise Deferral(ctx.now + DEFER_STEP, f"{why}; waiting for the purchase to be ready")
+
+
+def _minutes(delta: timedelta) -> str:
+    return f"{int(delta.total_seconds() // 60)} minutes"
+
+
+def _purchase_for(obj: dict, row: StripeEvent, *, payment_intent_id: str | None = None) -> Purchase | None:
+    """The purchase named by the object's metadata, else by its payment intent.
+
+    A metadata purchase id that does not exist is a PermanentError (it came from us, so
+    something is badly wrong); an object with no purchase id at all is not ours (None).
+    """
+    metadata = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    raw_id = metadata.get("purchase_id") or obj.get("client_reference_id")
+    if raw_id not in (None, ""):
+        try:
+            purchase_id = int(str(raw_id))
+        except ValueError:
+            raise PermanentError(f"{row.type} {row.id} names purchase {raw_id!r}, which is not a purchase id") from None
+        purchase = db.session.get(Purchase, purchase_id, populate_existing=True)
+        if purchase is None:
+            raise PermanentError(f"{row.type} {row.id} names purchase {purchase_id}, which does not exist")
+        return purchase
+    if payment_intent_id:
+        found = db.session.execute(
+            select(Purchase).where(Purchase.stripe_payment_intent_id == payment_intent_id).limit(1)
+        ).scalar_one_or_none()
+        if found is not None:
+            return found
+    return None
+
+
+def _id_of(value) -> str | None:
+    """An expandable Stripe field: either an id string or an object with an id."""
+    if isinstance(value, dict):
+        value = value.get("id")
+    return _str(value)
+
+
+def _str(value) -> str | None:
+    return value[:255] if isinstance(value, str) and value else None
+
+
+@on_outcome
+def mark_dead_events(operation, outcome: str) -> None:
+    """A dead-lettered event's processing marks the stored event ``failed`` (same transaction)."""
+    if outcome != "dead" or not operation.name.startswith(OPERATION_PREFIX):
+        return
+    event_id = (operation.payload or {}).get("event_id")
+    if event_id:
+        mark_event(event_id, "failed", now=operation.updated_at or utcnow())

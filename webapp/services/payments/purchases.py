@@ -1,0 +1,278 @@
+"""Purchases: paid with credits (at once) or by card (Stripe Checkout), and their transitions.
+
+Every transition is a conditional UPDATE (``pending → completed`` only from ``pending``), so a
+duplicate or concurrent event cannot apply twice; the confirmation email is queued in the
+same transaction as the transition it confirms.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select, update
+
+from ...domain.time import utcnow
+from ...extensions import db
+from ...models import Customer, Product, Purchase
+from ...models.commerce import PAYMENT_METHODS
+from ..email import queue_email
+from .errors import Conflict, NotFound, ValidationFailed
+
+# States from which a checkout payment may still complete the purchase: a declined card
+# (payment_intent.payment_failed) can be followed by a successful retry in the same session.
+COMPLETABLE = ("pending", "failed")
+PAID = ("completed", "refunded", "partially_refunded")
+MAX_ID = 2**53
+
+
+@dataclass(frozen=True)
+class PurchaseRequest:
+    """A validated ``POST /api/purchases`` body."""
+
+    customer: Customer
+    product: Product
+    payment_method: str
+
+
+@dataclass(frozen=True)
+class Transition:
+    """What a transition did: ``outcome`` (e.g. completed, already_completed) and the purchase."""
+
+    outcome: str
+    purchase: Purchase | None = None
+
+
+def money(cents: int, currency: str) -> str:
+    """A human amount such as ``$12.50`` or ``12.50 EUR`` for emails."""
+    symbols = {"usd": "$", "gbp": "£", "eur": "€", "aud": "A$", "cad": "C$"}
+    amount = f"{cents / 100:,.2f}"
+    symbol = symbols.get((currency or "").lower())
+    return f"{symbol}{amount}" if symbol else f"{amount} {(currency or '').upper()}"
+
+
+def check_purchase_input(data: dict) -> PurchaseRequest:
+    """Validate ``{customer_id, product_sku, payment_method}``; every bad field at once."""
+    fields: dict[str, str] = {}
+    customer_id = data.get("customer_id")
+    customer = product = None
+    if customer_id is None:
+        fields["customer_id"] = "is required"
+    elif isinstance(customer_id, bool) or not isinstance(customer_id, int) or not 0 < customer_id < MAX_ID:
+        fields["customer_id"] = "must be a positive integer"
+    else:
+        customer = db.session.get(Customer, customer_id)
+        if customer is None:
+            fields["customer_id"] = f"no customer has id {customer_id}"
+    sku = data.get("product_sku")
+    if sku is None or sku == "":
+        fields["product_sku"] = "is required"
+    elif not isinstance(sku, str) or len(sku) > 80:
+        fields["product_sku"] = "must be a product sku string"
+    else:
+        product = db.session.execute(select(Product).where(Product.sku == sku)).scalar_one_or_none()
+        if product is None:
+            fields["product_sku"] = f"no product has sku {sku!r}"
+        elif not product.active:
+            fields["product_sku"] = f"product {sku!r} is no longer sold"
+    method = data.get("payment_method")
+    if method is None or method == "":
+        fields["payment_method"] = "is required"
+    elif method not in PAYMENT_METHODS:
+        fields["payment_method"] = f"must be one of {', '.join(PAYMENT_METHODS)}"
+    elif method == "credits" and product is not None and product.kind == "credits":
+        fields["payment_method"] = "credit packs cannot be bought with credits; use card"
+    if fields:
+        raise ValidationFailed(fields)
+    return PurchaseRequest(customer, product, method)
+
+
+def buy_with_credits(request: PurchaseRequest, *, now: datetime | None = None) -> Purchase:
+    """Deduct the price from the balance atomically, complete the purchase and queue its
+    confirmation, all in one transaction; commits. A short balance is a Conflict."""
+    now = now or utcnow()
+    customer, product = request.customer, request.product
+    deducted = db.session.execute(
+        update(Customer)
+        .where(Customer.id == customer.id, Customer.credit_balance_cents >= product.price_cents)
+        .values(credit_balance_cents=Customer.credit_balance_cents - product.price_cents)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if not deducted:
+        balance = db.session.execute(select(Customer.credit_balance_cents)
+                                     .where(Customer.id == customer.id)).scalar_one()
+        db.session.rollback()
+        raise Conflict(f"credit balance {balance} is below the price {product.price_cents}",
+                       code="insufficient_credits")
+    purchase = Purchase(customer_id=customer.id, product_id=product.id, payment_method="credits",
+                        status="completed", amount_cents=product.price_cents, currency=product.currency,
+                        completed_at=now, created_at=now, updated_at=now)
+    db.session.add(purchase)
+    db.session.flush()
+    queue_confirmation(purchase, customer, product)
+    db.session.commit()
+    return purchase
+
+
+def start_card_purchase(request: PurchaseRequest, *, now: datetime | None = None) -> Purchase:
+    """Create and commit a pending card purchase (the Checkout Session comes next)."""
+    now = now or utcnow()
+    purchase = Purchase(customer_id=request.customer.id, product_id=request.product.id,
+                        payment_method="card", status="pending", amount_cents=request.product.price_cents,
+                        currency=request.product.currency, created_at=now, updated_at=now)
+    db.session.add(purchase)
+    db.session.commit()
+    return purchase
+
+
+def attach_checkout(purchase_id: int, session_id: str, url: str | None, *, now: datetime | None = None) -> None:
+    """Record the Checkout Session created for a purchase; commits."""
+    db.session.execute(
+        update(Purchase).where(Purchase.id == purchase_id)
+        .values(stripe_checkout_session_id=session_id, checkout_url=url, updated_at=now or utcnow())
+        .execution_options(synchronize_session=False))
+    db.session.commit()
+
+
+def mark_checkout_failed(purchase_id: int, reason: str, *, now: datetime | None = None) -> None:
+    """A pending purchase whose Checkout Session could not be created fails with ``reason``; commits."""
+    db.session.execute(
+        update(Purchase).where(Purchase.id == purchase_id, Purchase.status == "pending")
+        .values(status="failed", failure_reason=reason[:2000], updated_at=now or utcnow())
+        .execution_options(synchronize_session=False))
+    db.session.commit()
+
+
+def get_purchase(purchase_id: int) -> Purchase:
+    """The purchase with this id (read-only; ends its transaction), or NotFound."""
+    purchase = db.session.get(Purchase, purchase_id, populate_existing=True)
+    if purchase is None:
+        db.session.rollback()
+        raise NotFound(f"purchase {purchase_id} does not exist")
+    db.session.expunge(purchase)
+    db.session.rollback()
+    return purchase
+
+
+def product_sku(product_id: int) -> str | None:
+    """The sku of a product id (read-only; ends its transaction)."""
+    sku = db.session.execute(select(Product.sku).where(Product.id == product_id)).scalar_one_or_none()
+    db.session.rollback()
+    return sku
+
+
+def describe(purchase: Purchase, product_sku: str | None = None) -> dict:
+    """The storefront's view of a purchase (JSON-ready)."""
+    def iso(value):
+        return value.isoformat() + "Z" if value else None
+
+    return {
+        "id": purchase.id, "customer_id": purchase.customer_id, "product_sku": product_sku,
+        "payment_method": purchase.payment_method, "status": purchase.status,
+        "amount_cents": purchase.amount_cents, "currency": purchase.currency,
+        "refunded_cents": purchase.refunded_cents, "fulfilment_status": purchase.fulfilment_status,
+        "checkout_url": purchase.checkout_url if purchase.status == "pending" else None,
+        "failure_reason": purchase.failure_reason,
+        "created_at": iso(purchase.created_at), "completed_at": iso(purchase.completed_at),
+        "fulfilled_at": iso(purchase.fulfilled_at), "refunded_at": iso(purchase.refunded_at),
+    }
+
+
+# --- transitions driven by Stripe events (inside the handler's transaction; no commit) ---
+
+def complete(purchase_id: int, *, now: datetime, session_id: str | None = None,
+             payment_intent_id: str | None = None) -> Transition:
+    """``pending → completed`` once: grant credit-pack credits and queue the confirmation.
+
+    Reports ``already_completed`` when another event got there first.
+    """
+    values = {"status": "completed", "completed_at": now, "updated_at": now, "failure_reason": None}
+    if session_id:
+        values["stripe_checkout_session_id"] = session_id
+    if payment_intent_id:
+        values["stripe_payment_intent_id"] = payment_intent_id
+    changed = db.session.execute(
+        update(Purchase).where(Purchase.id == purchase_id, Purchase.status.in_(COMPLETABLE))
+        .values(**values).execution_options(synchronize_session=False)
+    ).rowcount
+    purchase = db.session.get(Purchase, purchase_id, populate_existing=True)
+    if not changed:
+        return Transition("already_completed" if purchase.status in PAID else f"not_completable:{purchase.status}",
+                          purchase)
+    product, customer = purchase.product, purchase.customer
+    if product.kind == "credits" and product.credits_granted:
+        # Exactly once: only the transaction that won the conditional UPDATE gets here.
+        db.session.execute(
+            update(Customer).where(Customer.id == customer.id)
+            .values(credit_balance_cents=Customer.credit_balance_cents + product.credits_granted)
+            .execution_options(synchronize_session=False))
+    queue_confirmation(purchase, customer, product)
+    return Transition("completed", purchase)
+
+
+def fail(purchase_id: int, status: str, reason: str, *, now: datetime) -> Transition:
+    """``pending → failed|expired`` (``failed → expired`` too) and queue the payment-failed email."""
+    sources = ("pending",) if status == "failed" else ("pending", "failed")
+    changed = db.session.execute(
+        update(Purchase).where(Purchase.id == purchase_id, Purchase.status.in_(sources))
+        .values(status=status, failure_reason=reason[:2000], updated_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    purchase = db.session.get(Purchase, purchase_id, populate_existing=True)
+    if not changed:
+        return Transition(f"already_{purchase.status}", purchase)
+    customer, product = purchase.customer, purchase.product
+    queue_email("payment_failed", customer.email,
+                {**_context(purchase, customer, product), "failure_reason": reason[:500]},
+                idempotency_key=f"purchase:{purchase.id}:payment_failed", purchase_id=purchase.id)
+    return Transition(status, purchase)
+
+
+def refund(purchase_id: int, refunded_cents: int, *, now: datetime, event_id: str) -> Transition:
+    """Record a full or partial refund once per amount and queue the refund notification.
+
+    ``refunded_cents`` is the charge's cumulative ``amount_refunded``, so a stale or repeated
+    event (a lower or equal amount) changes nothing.
+    """
+    purchase = db.session.get(Purchase, purchase_id, populate_existing=True)
+    target = min(refunded_cents, purchase.amount_cents)
+    status = "refunded" if target >= purchase.amount_cents else "partially_refunded"
+    changed = db.session.execute(
+        update(Purchase)
+        .where(Purchase.id == purchase_id, Purchase.status.in_(("completed", "partially_refunded")),
+               Purchase.refunded_cents < target)
+        .values(status=status, refunded_cents=target, refunded_at=now, updated_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    db.session.refresh(purchase)
+    if not changed:
+        return Transition("already_refunded" if purchase.status in ("refunded", "partially_refunded")
+                          and purchase.refunded_cents >= target else f"not_refundable:{purchase.status}",
+                          purchase)
+    customer, product = purchase.customer, purchase.product
+    queue_email("refund_notification", customer.email,
+                {**_context(purchase, customer, product),
+                 "refunded_amount": money(target, purchase.currency), "refunded_cents": target,
+                 "fully_refunded": "yes" if status == "refunded" else "no"},
+                idempotency_key=f"stripe-event:{event_id}:refund_notification", purchase_id=purchase.id)
+    return Transition(status, purchase)
+
+
+def queue_confirmation(purchase: Purchase, customer: Customer, product: Product):
+    """Queue the purchase's confirmation email (lead or credit template) in the caller's transaction."""
+    template = "credit_purchase_confirmation" if product.kind == "credits" else "lead_purchase_confirmation"
+    context = _context(purchase, customer, product)
+    if product.kind == "credits":
+        context.update(credits_granted=product.credits_granted,
+                       credits_display=money(product.credits_granted, product.currency))
+    return queue_email(template, customer.email, context,
+                       idempotency_key=f"purchase:{purchase.id}:confirmation", purchase_id=purchase.id)
+
+
+def _context(purchase: Purchase, customer: Customer, product: Product) -> dict:
+    return {
+        "purchase_id": purchase.id, "customer_name": customer.name, "customer_email": customer.email,
+        "product_name": product.name, "product_sku": product.sku, "product_kind": product.kind,
+        "payment_method": purchase.payment_method, "amount_cents": purchase.amount_cents,
+        "currency": purchase.currency, "amount": money(purchase.amount_cents, purchase.currency),
+    }

@@ -1,0 +1,231 @@
+"""Stripe webhook intake: verify a delivery, store its event once, count what was refused.
+
+The intake does no business work and makes no outbound call: it stores the event and its
+processing operation in one transaction. The ``stripe.<event type>`` handlers do the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+import stripe
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from ..domain.time import utcnow
+from ..extensions import db
+from ..models import StripeEvent, WebhookRejection
+from .operations import create_operation
+from .registry import registry
+
+log = logging.getLogger("backstop.stripe")
+
+SIGNATURE_TOLERANCE_SECONDS = 300
+OPERATION_PREFIX = "stripe."
+
+# Rejection reasons (stable: /metrics labels and the health page use them).
+MISSING_SIGNATURE = "missing_signature"
+INVALID_SIGNATURE = "invalid_signature"
+STALE_TIMESTAMP = "stale_timestamp"
+INVALID_PAYLOAD = "invalid_payload"
+TOO_LARGE = "too_large"
+NOT_CONFIGURED = "not_configured"
+DATABASE_UNAVAILABLE = "database_unavailable"
+REASONS = (MISSING_SIGNATURE, INVALID_SIGNATURE, STALE_TIMESTAMP, INVALID_PAYLOAD, TOO_LARGE,
+           NOT_CONFIGURED, DATABASE_UNAVAILABLE)
+
+
+class WebhookRejected(Exception):
+    """A delivery that must not be stored; ``reason`` is one of :data:`REASONS`."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Intake:
+    """What happened to a verified delivery."""
+
+    event_id: str
+    event_type: str
+    created: bool  # False: a replay of an event already stored
+    processing_state: str
+    operation_id: int | None
+
+
+def parse_secrets(value: str | None) -> list[str]:
+    """The webhook secrets from ``STRIPE_WEBHOOK_SECRET`` (comma-separated during rotation)."""
+    return [part.strip() for part in (value or "").split(",") if part.strip()]
+
+
+def verify(payload: bytes, header: str | None, secrets: list[str], *,
+           tolerance: int = SIGNATURE_TOLERANCE_SECONDS) -> dict:
+    """Check ``Stripe-Signature`` against every secret with the stripe SDK; return the event.
+
+    Raises :class:`WebhookRejected` naming why. A signature that matches but is older than
+    ``tolerance`` is reported as stale rather than invalid, so an operator can tell clock
+    trouble from forgery.
+    """
+    if not secrets:
+        raise WebhookRejected(NOT_CONFIGURED, "webhook signing secret is not configured")
+    if not header:
+        raise WebhookRejected(MISSING_SIGNATURE, "missing Stripe-Signature header")
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        raise WebhookRejected(INVALID_SIGNATURE, "body is not UTF-8, so it cannot carry a valid signature") from None
+    if not any(_signature_matches(text, header, secret) for secret in secrets):
+        raise WebhookRejected(INVALID_SIGNATURE, "no signature in Stripe-Signature matches the payload")
+    if not any(_signature_matches(text, header, secret, tolerance) for secret in secrets):
+        raise WebhookRejected(STALE_TIMESTAMP, f"signature timestamp is older than {tolerance} seconds")
+    return parse_event(text)
+
+
+def _signature_matches(text: str, header: str, secret: str, tolerance: int | None = None) -> bool:
+    try:
+        # The SDK compares in constant time, takes only v1 signatures (v0 is ignored) and
+        # accepts a header carrying several v1 values.
+        stripe.WebhookSignature.verify_header(text, header, secret, tolerance)
+    except stripe.SignatureVerificationError:
+        return False
+    return True
+
+
+def parse_event(text: str) -> dict:
+    """The verified body as an event dict, or :class:`WebhookRejected` if it is not one."""
+    try:
+        event = json.loads(text)
+    except ValueError:
+        raise WebhookRejected(INVALID_PAYLOAD, "signed body is not JSON") from None
+    if not isinstance(event, dict):
+        raise WebhookRejected(INVALID_PAYLOAD, "signed body is not a JSON object")
+    event_id, event_type = event.get("id"), event.get("type")
+    if not isinstance(event_id, str) or not event_id.strip() or len(event_id) > 255:
+        raise WebhookRejected(INVALID_PAYLOAD, "event has no valid id")
+    if not isinstance(event_type, str) or not event_type.strip() or len(event_type) > 120:
+        raise WebhookRejected(INVALID_PAYLOAD, "event has no valid type")
+    if event.get("object") not in (None, "event"):
+        raise WebhookRejected(INVALID_PAYLOAD, "body is not a Stripe event object")
+    data = event.get("data")
+    if not isinstance(data, dict) or not isinstance(data.get("object"), dict):
+        raise WebhookRejected(INVALID_PAYLOAD, "event has no data.object")
+    return event
+
+
+def operation_name(event_type: str) -> str:
+    """The processing operation's name for an event type: ``stripe.<type>``."""
+    return OPERATION_PREFIX + event_type
+
+
+def is_handled(event_type: str) -> bool:
+    """Whether a handler is registered for this event type."""
+    return operation_name(event_type) in registry
+
+
+def record_event(raw: str, event: dict, *, now: datetime | None = None) -> Intake:
+    """Store a verified event once per id, with its processing operation; commits.
+
+    A replay (same event id) changes nothing. Database errors propagate (the caller answers
+    503 so Stripe retries): an event is never acknowledged unless it is stored.
+    """
+    now = now or utcnow()
+    existing = _existing(event["id"])
+    if existing is not None:
+        return existing
+    try:
+        intake = _insert(raw, event, now)
+        db.session.commit()
+        return intake
+    except IntegrityError:
+        # A concurrent delivery of the same event stored it first.
+        db.session.rollback()
+        existing = _existing(event["id"])
+        if existing is None:
+            raise
+        return existing
+
+
+def _existing(event_id: str) -> Intake | None:
+    row = db.session.execute(
+        select(StripeEvent.type, StripeEvent.processing_state, StripeEvent.operation_id)
+        .where(StripeEvent.id == event_id)
+    ).one_or_none()
+    db.session.rollback()
+    if row is None:
+        return None
+    return Intake(event_id, row.type, False, row.processing_state, row.operation_id)
+
+
+def _insert(raw: str, event: dict, now: datetime) -> Intake:
+    event_type = event["type"]
+    data_object = event["data"]["object"]
+    object_id = data_object.get("id") if isinstance(data_object.get("id"), str) else None
+    handled = is_handled(event_type)
+    row = StripeEvent(
+        id=event["id"], type=event_type, livemode=bool(event.get("livemode")),
+        api_version=str(event["api_version"])[:40] if event.get("api_version") else None,
+        object_id=object_id[:255] if object_id else None, payload=raw, received_at=now,
+        processing_state="received" if handled else "ignored",
+        processed_at=None if handled else now,
+    )
+    db.session.add(row)
+    db.session.flush()  # the primary key decides replays before any operation is made
+    operation_id = None
+    if handled:
+        operation = create_operation(
+            operation_name(event_type),
+            {"event_id": event["id"], "type": event_type, "object_id": object_id,
+             "received_at": now.isoformat()},
+            idempotency_key=f"stripe-event:{event['id']}",
+            subject=_subject(data_object, object_id), now=now)
+        row.operation_id = operation_id = operation.id
+    return Intake(event["id"], event_type, True, row.processing_state, operation_id)
+
+
+def _subject(data_object: dict, object_id: str | None) -> str | None:
+    metadata = data_object.get("metadata")
+    purchase_id = metadata.get("purchase_id") if isinstance(metadata, dict) else None
+    if purchase_id:
+        return f"purchase:{str(purchase_id)[:200]}"
+    return f"stripe:{object_id}" if object_id else None
+
+
+def mark_event(event_id: str, state: str, *, now: datetime) -> None:
+    """Set an event's processing state in the caller's transaction (the caller commits)."""
+    db.session.execute(
+        update(StripeEvent).where(StripeEvent.id == event_id)
+        .values(processing_state=state, processed_at=now if state == "processed" else None)
+        .execution_options(synchronize_session=False))
+
+
+def count_rejection(reason: str, *, now: datetime | None = None) -> None:
+    """Count one refused delivery under ``reason`` (one upsert; never stores the body).
+
+    Counting must never turn a 4xx into a 500, so a database failure here is only logged.
+    """
+    now = now or utcnow()
+    try:
+        insert = pg_insert if db.engine.dialect.name == "postgresql" else sqlite_insert
+        statement = insert(WebhookRejection).values(reason=reason, count=1, last_at=now)
+        statement = statement.on_conflict_do_update(
+            index_elements=[WebhookRejection.reason],
+            set_={"count": WebhookRejection.count + 1, "last_at": now})
+        db.session.execute(statement)
+        db.session.commit()
+    except SQLAlchemyError as exc:
+        db.session.rollback()
+        log.warning("could not count webhook rejection %s: %s", reason, type(exc).__name__)
+
+
+def rejection_counts() -> dict[str, int]:
+    """Refused webhook deliveries so far, by reason (for /metrics and the health page)."""
+    rows = db.session.execute(select(WebhookRejection.reason, WebhookRejection.count)).all()
+    db.session.rollback()
+    return {reason: count for reason, count in rows}
