@@ -1,0 +1,113 @@
+"""A real SMTP server (aiosmtpd) for the email tests, told how to answer: accept, 4xx, 5xx or hang.
+
+It runs in a thread of the test process and records every message it accepts, so tests (and
+worker processes pointed at it through SMTP_URL) exercise real SMTP conversations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from dataclasses import dataclass
+from email import message_from_bytes
+from email.message import EmailMessage
+from email.policy import default as default_policy
+
+import pytest
+from aiosmtpd.controller import Controller
+
+ACCEPT, TEMPORARY, PERMANENT, HANG = "accept", "4xx", "5xx", "hang"
+
+
+@dataclass(frozen=True)
+class Received:
+    """One accepted message: envelope and parsed content."""
+
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    message: EmailMessage
+
+
+class _Handler:
+    def __init__(self, server: "SmtpServer"):
+        self.server = server
+
+    async def handle_DATA(self, server, session, envelope):
+        """Answer according to the server's mode; record what it accepts."""
+        mode = self.server.mode
+        self.server._count_data(envelope.content)
+        if mode == TEMPORARY:
+            return "451 4.3.0 Temporary failure, try again later"
+        if mode == PERMANENT:
+            return "550 5.1.1 Mailbox unavailable"
+        if mode == HANG:
+            # Never answer until released (the client's timeout is what is under test).
+            await asyncio.get_running_loop().run_in_executor(None, self.server._release.wait, 30)
+            return "451 4.3.0 Released after hanging"
+        message = message_from_bytes(envelope.content, policy=default_policy)
+        self.server._record(Received(envelope.mail_from, tuple(envelope.rcpt_tos), message))
+        return "250 2.0.0 OK queued as " + f"Q{len(self.server.messages):05d}"
+
+
+class SmtpServer:
+    """Controls and observes the server: ``mode``, ``messages``, ``url``."""
+
+    def __init__(self):
+        self.host = "127.0.0.1"
+        self.port = _free_port()
+        self.mode = ACCEPT
+        self.messages: list[Received] = []
+        # Message-ID of every message offered with DATA, whatever the answer was.
+        self.offered: list[str] = []
+        self._lock = threading.Lock()
+        self._release = threading.Event()
+        self._controller = Controller(_Handler(self), hostname=self.host, port=self.port)
+
+    @property
+    def url(self) -> str:
+        """SMTP_URL for this server."""
+        return f"smtp://{self.host}:{self.port}"
+
+    def set_mode(self, mode: str) -> None:
+        """How to answer DATA from now on."""
+        assert mode in (ACCEPT, TEMPORARY, PERMANENT, HANG)
+        self.mode = mode
+
+    def received(self) -> list[Received]:
+        """A copy of the accepted messages."""
+        with self._lock:
+            return list(self.messages)
+
+    def _record(self, received: Received) -> None:
+        with self._lock:
+            self.messages.append(received)
+
+    def _count_data(self, content: bytes) -> None:
+        message = message_from_bytes(content, policy=default_policy)
+        with self._lock:
+            self.offered.append(str(message["Message-ID"]))
+
+    def start(self) -> "SmtpServer":
+        """Start listening."""
+        self._controller.start()
+        return self
+
+    def stop(self) -> None:
+        """Release hanging sessions and stop."""
+        self._release.set()
+        self._controller.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def smtp_server():
+    """A running SMTP server in accept mode."""
+    server = SmtpServer().start()
+    yield server
+    server.stop()

@@ -1,0 +1,164 @@
+"""Delivering one email operation: validate, render, rate-limit, then send with failover.
+
+Order of one attempt (each step's database work is its own short, committed transaction, so
+no transaction — on SQLite, no write lock — is held while talking to a provider):
+
+1. Already sent by an earlier attempt (an email-log ``sent`` row)? Succeed without sending again.
+2. Invalid address or a template that cannot render → PermanentError (dead-letter with reason).
+3. Every provider's circuit open → Deferral until the first one half-opens (no attempt used).
+4. Rate limits (per recipient, global) → Deferral until the next free slot (no attempt used).
+5. Providers in EMAIL_PROVIDERS order: a transient failure moves on to the next provider; a
+   rejection of the message stops at once (another provider would reject it too) and
+   dead-letters; success ends the attempt. When every provider failed the attempt fails
+   (retried with backoff), or defers if every failure asked us to come back later (429 +
+   Retry-After). Each provider try writes one email-log row.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from email_validator import EmailNotValidError, validate_email
+from flask import current_app
+from jinja2 import TemplateError
+from sqlalchemy import select
+
+from ...domain.errors import Deferral, PermanentError, TransientError
+from ...extensions import db
+from ...models import EmailLog
+from . import circuits, ratelimit
+from .providers import (NotConfigured, ProviderError, RejectedError, SendResult, build_provider,
+                        provider_names)
+from .render import outgoing, render_email
+
+log = logging.getLogger("backstop.email")
+MAX_ERROR = 2000
+
+
+def deliver(ctx) -> None:
+    """Send the operation's email once, whatever the number of attempts it takes."""
+    operation, payload, now = ctx.operation, ctx.payload, ctx.now
+    config = current_app.config
+    if already_sent(operation.id):
+        log.info("email operation %s was already sent; not sending again", operation.id)
+        return
+    to = checked_address(payload.get("to"))
+    template = payload.get("template") or operation.name.removeprefix("email.")
+    email = _render(template, payload, to, ctx)
+    names = _provider_names(config)
+    _defer_if_all_circuits_open(names, now)
+    ratelimit.reserve(to, now=now, per_recipient=int(config.get("EMAIL_RATE_PER_RECIPIENT_PER_MINUTE") or 0),
+                      global_limit=int(config.get("EMAIL_RATE_GLOBAL_PER_MINUTE") or 0))
+    record = _Recorder(operation.id, payload.get("purchase_id"), ctx.attempt, to, template)
+    send_with_failover(email, names, now=now, config=config, record=record)
+
+
+def already_sent(operation_id: int) -> bool:
+    """True if an earlier attempt's provider accepted this operation's email."""
+    found = db.session.execute(
+        select(EmailLog.id).where(EmailLog.operation_id == operation_id, EmailLog.status == "sent").limit(1)
+    ).first()
+    db.session.rollback()
+    return found is not None
+
+
+def checked_address(address) -> str:
+    """The normalised address, or PermanentError: a bad address does not get better with retries."""
+    if not isinstance(address, str) or not address.strip():
+        raise PermanentError("email has no recipient address")
+    try:
+        return validate_email(address.strip(), check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        raise PermanentError(f"invalid recipient address: {exc}") from exc
+
+
+def _render(template: str, payload: dict, to: str, ctx):
+    config = current_app.config
+    try:
+        rendered = render_email(template, payload.get("context") or {}, to=to,
+                                purchase_id=payload.get("purchase_id"))
+    except TemplateError as exc:
+        # A broken or missing template is a bug: dead-letter, fix, then retry from the admin page.
+        raise PermanentError(f"email template {template!r} could not be rendered: {exc}") from exc
+    return outgoing(rendered, sender=config["EMAIL_FROM"], to=to, idempotency_key=ctx.idempotency_key,
+                    metadata={"operation_id": ctx.operation.id, "template": template})
+
+
+def _provider_names(config) -> list[str]:
+    try:
+        names = provider_names(config)
+    except ValueError as exc:
+        raise TransientError(str(exc)) from exc
+    if not names:
+        raise TransientError("EMAIL_PROVIDERS is empty: no email provider to send with")
+    return names
+
+
+def _defer_if_all_circuits_open(names: list[str], now: datetime) -> None:
+    blocked = circuits.blocked_until(names, now)
+    if len(blocked) == len(names):
+        # A known outage is not this email's failure: wait for the first probe instead of
+        # burning attempts (the open circuits are visible on the health page meanwhile).
+        raise Deferral(min(blocked.values()), "every email provider's circuit is open")
+
+
+class _Recorder:
+    """Writes one email-log row per provider try, committed at once (failures must survive rollback)."""
+
+    def __init__(self, operation_id, purchase_id, attempt, to, template):
+        self.values = {"operation_id": operation_id, "purchase_id": purchase_id, "attempt": attempt,
+                       "to_address": to, "template": template}
+
+    def __call__(self, provider: str, status: str, now: datetime, *, message_id: str | None = None,
+                 error: str | None = None) -> None:
+        db.session.add(EmailLog(provider=provider, status=status, provider_message_id=message_id,
+                                error=error[:MAX_ERROR] if error else None, created_at=now, **self.values))
+        db.session.commit()
+
+
+def send_with_failover(email, names: list[str], *, now: datetime, config, record) -> SendResult:
+    """Try each provider in order; return the first success or raise what the attempt amounts to."""
+    failures: list[ProviderError] = []
+    skipped: list[str] = []
+    for name in names:
+        try:
+            provider = build_provider(name, config)
+        except NotConfigured as exc:
+            record(name, "skipped", now, error=f"not configured: {exc}")
+            skipped.append(f"{name}: not configured ({exc})")
+            continue
+        if not circuits.acquire(name, now, config):
+            record(name, "skipped", now, error="circuit open")
+            skipped.append(f"{name}: circuit open")
+            continue
+        try:
+            result = provider.send(email, now)
+        except RejectedError as exc:
+            # The provider is healthy; the message is not. Another provider would say the same.
+            circuits.record_success(name, now)
+            record(name, "failed", now, error=str(exc))
+            raise PermanentError(f"rejected by {exc}") from exc
+        except ProviderError as exc:
+            circuits.record_failure(name, now, str(exc), config)
+            record(name, "failed", now, error=str(exc))
+            failures.append(exc)
+            continue
+        circuits.record_success(name, now)
+        record(name, "sent", now, message_id=result.message_id)
+        return result
+    if not failures and any(reason.endswith("circuit open") for reason in skipped):
+        # Lost the half-open probe to another worker: nothing was tried, so nothing failed.
+        blocked = circuits.blocked_until(names, now)
+        raise Deferral(min(blocked.values(), default=now + timedelta(seconds=1)),
+                       "every usable email provider's circuit is open")
+    raise _attempt_failure(failures, skipped)
+
+
+def _attempt_failure(failures: list[ProviderError], skipped: list[str]) -> Exception:
+    if failures and all(exc.retry_after for exc in failures):
+        until = min(exc.retry_after for exc in failures)
+        return Deferral(until, "every email provider asked us to retry later: "
+                        + "; ".join(str(exc) for exc in failures))
+    reasons = [str(exc) for exc in failures] + skipped
+    return TransientError("every email provider failed: " + "; ".join(reasons))

@@ -1,0 +1,46 @@
+"""One handler per email template, all doing the same thing: deliver the operation's email."""
+
+from __future__ import annotations
+
+from ...domain.retry import RetryPolicy
+from ..registry import HandlerContext, registry
+
+# Emails: 3 retries (4 attempts), exponential backoff with full jitter (seeds 000/001).
+DEFAULT_EMAIL_POLICY = RetryPolicy.retries(3)
+
+
+def send_email(ctx: HandlerContext) -> None:
+    """Render and send the operation's email (rate limits, failover, circuit breakers)."""
+    from .delivery import deliver
+
+    deliver(ctx)
+
+
+def register_handlers(policy: RetryPolicy | None = None) -> None:
+    """Register ``email.<template>`` for every template with ``policy`` (re-registering is safe)."""
+    from . import TEMPLATES, operation_name
+
+    for template in TEMPLATES:
+        registry.register(operation_name(template), "email", send_email, policy or DEFAULT_EMAIL_POLICY)
+
+
+def policy_from_config(config) -> RetryPolicy:
+    """The email retry policy: ``EMAIL_RETRY_LADDER`` if set (tests, operators), else the default."""
+    ladder = (config.get("EMAIL_RETRY_LADDER") or "").strip()
+    return RetryPolicy.from_ladder(ladder) if ladder else DEFAULT_EMAIL_POLICY
+
+
+def init_app(app) -> None:
+    """Check the email settings and register the handlers with this app's retry policy."""
+    from ...config import ConfigurationError
+    from .providers import provider_names
+
+    try:
+        provider_names(app.config)
+        policy = policy_from_config(app.config)
+    except ValueError as exc:
+        raise ConfigurationError(f"email settings: {exc}") from None
+    register_handlers(policy)
+
+
+register_handlers()

@@ -1,0 +1,43 @@
+"""Email providers (SMTP, Resend, Postmark) and building them, in failover order, from the config."""
+
+from __future__ import annotations
+
+from .base import (NotConfigured, OutgoingEmail, ProviderError, ProviderMisconfigured, RejectedError,
+                   SendResult, TransientProviderError)
+from .postmark import PostmarkProvider
+from .resend import ResendProvider
+from .smtp import SmtpProvider
+
+PROVIDER_NAMES = ("smtp", "resend", "postmark")
+
+__all__ = ["NotConfigured", "OutgoingEmail", "ProviderError", "ProviderMisconfigured", "RejectedError",
+           "SendResult", "TransientProviderError", "PROVIDER_NAMES", "provider_names", "build_provider"]
+
+
+def provider_names(config) -> list[str]:
+    """EMAIL_PROVIDERS as an ordered, de-duplicated list; raises ValueError on an unknown name."""
+    raw = config.get("EMAIL_PROVIDERS") or ""
+    names = raw if isinstance(raw, (list, tuple)) else raw.split(",")
+    ordered: list[str] = []
+    for name in (part.strip().lower() for part in names):
+        if not name:
+            continue
+        if name not in PROVIDER_NAMES:
+            raise ValueError(f"EMAIL_PROVIDERS names an unknown provider {name!r}; known: {', '.join(PROVIDER_NAMES)}")
+        if name not in ordered:
+            ordered.append(name)
+    return ordered
+
+
+def build_provider(name: str, config):
+    """The provider called ``name``, built from the config; raises NotConfigured when settings lack."""
+    timeout = float(config.get("EMAIL_TIMEOUT_SECONDS") or 10.0)
+    if name == "smtp":
+        return SmtpProvider(config.get("SMTP_URL"), timeout)
+    if name == "resend":
+        return ResendProvider(config.get("RESEND_API_KEY"), config.get("RESEND_API_BASE") or "https://api.resend.com",
+                              timeout)
+    if name == "postmark":
+        return PostmarkProvider(config.get("POSTMARK_SERVER_TOKEN"),
+                                config.get("POSTMARK_API_BASE") or "https://api.postmarkapp.com", timeout)
+    raise ValueError(f"unknown email provider {name!r}")
