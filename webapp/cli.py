@@ -31,7 +31,10 @@ def dev(host: str, port: int, smtp_port: int):
     """Migrate, then run the web app, a worker and a local SMTP sink until Ctrl+C."""
     import flask_migrate
 
+    from .frontend import ensure_installed
+
     flask_migrate.upgrade()
+    ensure_installed()  # npm packages on a fresh clone
     env = dict(os.environ, BACKSTOP_ENV=os.environ.get("BACKSTOP_ENV", "development"),
                SMTP_URL=f"smtp://127.0.0.1:{smtp_port}", PYTHONUNBUFFERED="1")
     flask = [sys.executable, "-m", "flask", "--app", "wsgi"]

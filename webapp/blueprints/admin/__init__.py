@@ -1,0 +1,96 @@
+"""The admin console: log-in, failed operations, operations health (HTML + htmx partials).
+
+Registering this blueprint also installs, app-wide: Flask-Login, CSRF protection for every
+state-changing request outside ``/api/`` and ``/webhooks/`` (those use bearer tokens and
+signatures), and a session cookie marked Secure whenever the request came over HTTPS.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, Flask, jsonify, redirect, render_template, request, url_for
+from flask.sessions import SecureCookieSessionInterface
+from flask_login import LoginManager
+from flask_wtf.csrf import CSRFError, CSRFProtect
+
+from ...services import admin_auth
+
+bp = Blueprint("admin", __name__, url_prefix="/admin", cli_group=None)
+root = Blueprint("root", __name__)
+login_manager = LoginManager()
+csrf = CSRFProtect()
+
+CSRF_EXEMPT_PREFIXES = ("/api/", "/webhooks/")
+PARTIAL_PREFIX = "/admin/partials/"
+
+
+class SessionInterface(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions, Secure over HTTPS even when the config does not force it."""
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        """Secure when configured, or when this request arrived over HTTPS."""
+        return bool(app.config["SESSION_COOKIE_SECURE"] or (request and request.is_secure))
+
+
+@bp.record_once
+def _install(state) -> None:
+    app = state.app
+    # TESTING must not switch CSRF off: the tests prove the protection works.
+    app.config.setdefault("WTF_CSRF_ENABLED", True)
+    app.config["WTF_CSRF_CHECK_DEFAULT"] = False
+    csrf.init_app(app)
+    login_manager.init_app(app)
+    login_manager.login_view = "admin.login"
+    app.session_interface = SessionInterface()
+    app.register_error_handler(CSRFError, _csrf_refused)
+
+
+@bp.before_app_request
+def _csrf_guard():
+    """Every state-changing request outside the token- and signature-authenticated APIs."""
+    if request.path.startswith(CSRF_EXEMPT_PREFIXES):
+        return None
+    csrf.protect()
+    return None
+
+
+@login_manager.user_loader
+def _load_user(user_id: str):
+    return admin_auth.load_admin(user_id)
+
+
+@login_manager.unauthorized_handler
+def _unauthorized():
+    """Pages redirect to the log-in page; partials, htmx and actions get a 401."""
+    if request.path.startswith(PARTIAL_PREFIX) or request.headers.get("HX-Request") or request.method != "GET":
+        response = jsonify(error="unauthorized", message="Log in to use the admin console.")
+        response.status_code = 401
+        response.headers["HX-Redirect"] = url_for("admin.login")
+        return response
+    return redirect(url_for("admin.login", next=request.full_path.rstrip("?")))
+
+
+def _csrf_refused(error: CSRFError):
+    message = ("Refused: this request has no valid CSRF token (" + error.description.rstrip(".")
+               + "). Reload the page and try again.")
+    if request.path.startswith(CSRF_EXEMPT_PREFIXES) or request.accept_mimetypes.best == "application/json":
+        return jsonify(error="csrf_failed", message=message), 400
+    template = "admin/_error.html" if request.headers.get("HX-Request") else "admin/error.html"
+    return render_template(template, message=message, status=400), 400
+
+
+@bp.after_app_request
+def _vary_on_htmx(response):
+    # The same URL answers a full page or a fragment depending on HX-Request: caches must know.
+    if request.path.startswith("/admin"):
+        response.vary.add("HX-Request")
+        response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+@root.get("/")
+def index():
+    """The dashboard: operations health."""
+    return redirect(url_for("admin.health"))
+
+
+from . import auth, cli, views  # noqa: E402,F401  (routes and commands register on bp)

@@ -1,0 +1,34 @@
+"""``flask --app wsgi create-admin EMAIL`` and ``flask --app wsgi demo-data``."""
+
+from __future__ import annotations
+
+import click
+
+from ...services import admin_auth, demo_data
+from . import bp
+
+
+@bp.cli.command("create-admin")
+@click.argument("email")
+@click.option("--password", help="For scripts; otherwise you are prompted (input hidden).")
+def create_admin(email: str, password: str | None):
+    """Create an admin user who can log in to /admin."""
+    if password is None:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    try:
+        user = admin_auth.create_admin(email, password)
+    except admin_auth.AdminError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"created admin {user.email} (id {user.id})")
+
+
+@bp.cli.command("demo-data")
+@click.option("--days", default=7, show_default=True, help="Spread the operations over this many days.")
+@click.option("--seed", default=7, show_default=True, help="Random seed, for a repeatable mix.")
+def demo_data_command(days: int, seed: int):
+    """Fill an EMPTY database with a realistic mix of purchases, webhooks, emails and failures."""
+    try:
+        summary = demo_data.fill(days=days, seed=seed)
+    except demo_data.NotEmpty as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo("demo data: " + ", ".join(f"{count} {what}" for what, count in summary.items()))

@@ -1,0 +1,465 @@
+"""What the admin console reads: filtered, keyset-paginated failed operations, stats,
+error fingerprints (the Issues view), related records, and streamed exports.
+
+Filters arrive as a plain mapping (the blueprint passes ``request.args``); nothing here
+touches the request. Every read ends its transaction, because on SQLite each transaction
+holds the write lock that workers need.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Iterable, Iterator, Mapping
+
+from sqlalchemy import String, and_, cast, func, or_, select
+
+from ..domain.states import State
+from ..domain.time import as_naive_utc, utcnow
+from ..extensions import db
+from ..models import Operation, OperationAttempt
+from ..models.commerce import Customer, Purchase
+from ..models.email import EmailLog
+from .registry import KINDS
+
+STATUSES = ("unresolved", "resolved", "all", "retrying", "scheduled")
+RANGES = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7),
+          "30d": timedelta(days=30), "all": None}
+MAX_QUERY = 200
+ISSUES_SCAN_LIMIT = 50_000
+
+
+class FilterError(ValueError):
+    """A filter value the console does not understand (answered with a 400)."""
+
+
+@dataclass(frozen=True)
+class Filters:
+    """The failed-operations filters, as they appear in the URL."""
+
+    kind: str = ""
+    name: str = ""
+    status: str = "unresolved"
+    range: str = "all"
+    since: datetime | None = None
+    until: datetime | None = None
+    q: str = ""
+    fingerprint: str = ""
+
+    def to_args(self) -> dict:
+        """The non-default filters as URL query arguments."""
+        args = {}
+        for key, value in asdict(self).items():
+            default = getattr(Filters, key)
+            if value not in (None, "") and value != default:
+                args[key] = value.isoformat(timespec="minutes") if isinstance(value, datetime) else value
+        return args
+
+    def to_json(self) -> dict:
+        """All filters as JSON-safe values (for a bulk job's record)."""
+        return {key: (value.isoformat() if isinstance(value, datetime) else value)
+                for key, value in asdict(self).items()}
+
+    @property
+    def dead_only(self) -> bool:
+        """True for the dead-letter statuses (sorted by when they died)."""
+        return self.status in ("unresolved", "resolved", "all")
+
+    def describe(self) -> str:
+        """A short human description, for confirmations and bulk jobs."""
+        parts = [self.status]
+        for label in ("kind", "name", "range", "q", "fingerprint"):
+            value = getattr(self, label)
+            if value and not (label == "range" and value == "all"):
+                parts.append(f"{label}={value}")
+        if self.since:
+            parts.append(f"since={self.since:%Y-%m-%d %H:%M}")
+        if self.until:
+            parts.append(f"until={self.until:%Y-%m-%d %H:%M}")
+        return ", ".join(parts)
+
+
+def parse_filters(args: Mapping[str, str]) -> Filters:
+    """Validate filters from a mapping of strings; raise :class:`FilterError` on bad values."""
+    kind = (args.get("kind") or "").strip()
+    if kind and kind not in KINDS:
+        raise FilterError(f"kind must be one of {', '.join(KINDS)}")
+    status = (args.get("status") or "unresolved").strip()
+    if status not in STATUSES:
+        raise FilterError(f"status must be one of {', '.join(STATUSES)}")
+    range_ = (args.get("range") or "all").strip()
+    if range_ not in RANGES:
+        raise FilterError(f"range must be one of {', '.join(RANGES)}")
+    q = (args.get("q") or "").strip()
+    if len(q) > MAX_QUERY:
+        raise FilterError(f"search text is limited to {MAX_QUERY} characters")
+    return Filters(kind=kind, name=(args.get("name") or "").strip()[:120], status=status, range=range_,
+                   since=_parse_time(args.get("since"), "since"), until=_parse_time(args.get("until"), "until"),
+                   q=q, fingerprint=(args.get("fingerprint") or "").strip()[:64])
+
+
+def _parse_time(raw: str | None, label: str) -> datetime | None:
+    if not raw or not raw.strip():
+        return None
+    try:
+        value = datetime.fromisoformat(raw.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise FilterError(f"{label} must be an ISO date or date-time (UTC), got {raw!r}") from None
+    return as_naive_utc(value)
+
+
+# --- the filtered selection ---------------------------------------------------------------
+
+def _sort_column(filters: Filters):
+    return Operation.dead_at if filters.dead_only else Operation.created_at
+
+
+def filter_conditions(filters: Filters, now: datetime | None = None) -> list:
+    """SQL conditions on ``Operation`` for ``filters`` (everything but the fingerprint)."""
+    now = now or utcnow()
+    conditions = []
+    if filters.status == "unresolved":
+        conditions += [Operation.state == State.DEAD.value, Operation.resolved_at.is_(None)]
+    elif filters.status == "resolved":
+        conditions += [Operation.state == State.DEAD.value, Operation.resolved_at.is_not(None)]
+    elif filters.status == "all":
+        conditions.append(Operation.state == State.DEAD.value)
+    else:
+        conditions.append(Operation.state == filters.status)
+    if filters.kind:
+        conditions.append(Operation.kind == filters.kind)
+    if filters.name:
+        conditions.append(Operation.name == filters.name)
+    column = _sort_column(filters)
+    window = RANGES[filters.range]
+    if window is not None:
+        conditions.append(column >= now - window)
+    if filters.since:
+        conditions.append(column >= filters.since)
+    if filters.until:
+        conditions.append(column <= filters.until)
+    if filters.q:
+        conditions.append(_search(filters.q))
+    return conditions
+
+
+def _search(q: str):
+    """Text search over subject, idempotency key, error message and the customer's email."""
+    pattern = "%" + q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+    def like(column):
+        return func.lower(column).like(pattern, escape="\\")
+
+    # Compared as text: a payload's purchase_id is JSON (a number, or junk) and must never fail a cast.
+    purchases_of_customer = (select(cast(Purchase.id, String)).join(Customer, Customer.id == Purchase.customer_id)
+                             .where(like(Customer.email)))
+    return or_(
+        like(Operation.subject),
+        like(Operation.idempotency_key),
+        like(Operation.error_message),
+        like(Operation.payload["to"].as_string()),
+        cast(Operation.payload["purchase_id"].as_string(), String).in_(purchases_of_customer),
+    )
+
+
+@dataclass
+class Page:
+    """One page of operations and the cursor of the next, if any."""
+
+    rows: list
+    next_cursor: str | None
+    filters: Filters
+    extra: dict = field(default_factory=dict)
+
+
+def encode_cursor(sort_value: datetime | None, operation_id: int) -> str:
+    """A keyset cursor: the last row's sort time and id."""
+    return f"{sort_value.isoformat() if sort_value else ''}_{operation_id}"
+
+
+def decode_cursor(cursor: str | None) -> tuple[datetime, int] | None:
+    """Parse a cursor made by :func:`encode_cursor`; raise FilterError if it is malformed."""
+    if not cursor:
+        return None
+    try:
+        stamp, raw_id = cursor.rsplit("_", 1)
+        return datetime.fromisoformat(stamp), int(raw_id)
+    except ValueError:
+        raise FilterError("the page cursor is malformed; start again from the first page") from None
+
+
+def list_operations(filters: Filters, *, cursor: str | None = None, limit: int = 50,
+                    now: datetime | None = None) -> Page:
+    """A page of operations matching ``filters``, newest first, keyset-paginated by (time, id).
+
+    The fingerprint filter is applied after the SQL query (it is computed from the message),
+    so a page may hold fewer rows than ``limit`` while more pages follow.
+    """
+    column = _sort_column(filters)
+    query = select(Operation).where(*filter_conditions(filters, now))
+    after = decode_cursor(cursor)
+    if after is not None:
+        stamp, last_id = after
+        query = query.where(or_(column < stamp, and_(column == stamp, Operation.id < last_id)))
+    rows = db.session.execute(query.order_by(column.desc(), Operation.id.desc()).limit(limit + 1)
+                              .execution_options(populate_existing=True)).scalars().all()
+    _detach(rows)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    next_cursor = encode_cursor(getattr(rows[-1], column.key), rows[-1].id) if more and rows else None
+    if filters.fingerprint:
+        rows = [row for row in rows if fingerprint_of(row.error_class, row.error_message) == filters.fingerprint]
+    return Page(rows, next_cursor, filters)
+
+
+def count_matching(filters: Filters, now: datetime | None = None) -> int:
+    """How many operations match ``filters``."""
+    if filters.fingerprint:
+        return len(matching_ids(filters, now))
+    total = db.session.execute(select(func.count()).select_from(Operation)
+                               .where(*filter_conditions(filters, now))).scalar_one()
+    db.session.rollback()
+    return total
+
+
+def matching_ids(filters: Filters, now: datetime | None = None, batch: int = 5000) -> list[int]:
+    """Every id matching ``filters`` (fingerprint included), read in keyset batches."""
+    ids: list[int] = []
+    last_id = None
+    while True:
+        query = (select(Operation.id, Operation.error_class, Operation.error_message)
+                 .where(*filter_conditions(filters, now)))
+        if last_id is not None:
+            query = query.where(Operation.id < last_id)
+        rows = db.session.execute(query.order_by(Operation.id.desc()).limit(batch)).all()
+        db.session.rollback()
+        if not rows:
+            return ids
+        ids += [row.id for row in rows
+                if not filters.fingerprint or fingerprint_of(row.error_class, row.error_message) == filters.fingerprint]
+        last_id = rows[-1].id
+
+
+def get_operation_detail(operation_id: int) -> dict | None:
+    """An operation with its attempts, related purchase, customer and email log, or None."""
+    operation = db.session.get(Operation, operation_id, populate_existing=True)
+    if operation is None:
+        db.session.rollback()
+        return None
+    attempts = db.session.execute(select(OperationAttempt).where(OperationAttempt.operation_id == operation_id)
+                                  .order_by(OperationAttempt.number, OperationAttempt.id)).scalars().all()
+    purchase, customer = _related_purchase(operation)
+    conditions = [EmailLog.operation_id == operation_id]
+    if purchase is not None:
+        conditions.append(EmailLog.purchase_id == purchase.id)
+    emails = db.session.execute(select(EmailLog).where(or_(*conditions))
+                                .order_by(EmailLog.created_at.desc()).limit(50)).scalars().all()
+    detail = {"operation": operation, "attempts": attempts, "purchase": purchase, "customer": customer,
+              "emails": emails, "payload_json": json.dumps(operation.payload, indent=2, sort_keys=True,
+                                                           default=str)}
+    if purchase is not None:
+        purchase.product  # load it before detaching: the template names the product
+    _detach([operation, *attempts, *emails, *filter(None, [purchase, customer, purchase and purchase.product])])
+    return detail
+
+
+def _related_purchase(operation: Operation):
+    payload = operation.payload or {}
+    purchase_id = payload.get("purchase_id")
+    if purchase_id is None and (operation.subject or "").startswith("purchase:"):
+        purchase_id = operation.subject.split(":", 1)[1]
+    purchase = None
+    try:
+        purchase = db.session.get(Purchase, int(purchase_id)) if purchase_id is not None else None
+    except (TypeError, ValueError):
+        purchase = None
+    customer = None
+    if purchase is not None and purchase.customer_id is not None:
+        customer = db.session.get(Customer, purchase.customer_id)
+    elif isinstance(payload.get("to"), str):
+        customer = db.session.execute(select(Customer).where(Customer.email == payload["to"])).scalars().first()
+    return purchase, customer
+
+
+def get_operations(ids: Iterable[int]) -> list[Operation]:
+    """Fresh, detached copies of the operations with these ids."""
+    ids = list(ids)
+    if not ids:
+        return []
+    rows = db.session.execute(select(Operation).where(Operation.id.in_(ids)).order_by(Operation.id.desc())
+                              .execution_options(populate_existing=True)).scalars().all()
+    _detach(rows)
+    return rows
+
+
+def _detach(rows) -> None:
+    """Detach loaded rows and end the read transaction (rows stay readable)."""
+    for row in rows:
+        if row in db.session:
+            db.session.expunge(row)
+    db.session.rollback()
+
+
+# --- stat cards ---------------------------------------------------------------------------
+
+def dead_letter_stats(now: datetime | None = None) -> dict:
+    """The failed-operations cards: dead total, by kind, unresolved, new in the last 24 h."""
+    now = now or utcnow()
+    dead = Operation.state == State.DEAD.value
+    # Grouping by an expression, not the bare column, keeps SQLite's planner on the state index
+    # (a bare GROUP BY kind makes it walk a whole kind-leading index instead).
+    kind = func.coalesce(Operation.kind, "")
+    by_kind = dict(db.session.execute(select(kind, func.count()).where(dead).group_by(kind)).all())
+    unresolved = db.session.execute(select(func.count()).select_from(Operation)
+                                    .where(dead, Operation.resolved_at.is_(None))).scalar_one()
+    recent = db.session.execute(select(func.count()).select_from(Operation)
+                                .where(dead, Operation.dead_at >= now - timedelta(hours=24))).scalar_one()
+    db.session.rollback()
+    return {"total": sum(by_kind.values()), "by_kind": {kind: by_kind.get(kind, 0) for kind in KINDS},
+            "unresolved": unresolved, "last_24h": recent}
+
+
+def operation_names() -> list[str]:
+    """Names of operations that exist, for the name filter."""
+    names = db.session.execute(select(Operation.name).distinct().order_by(Operation.name)).scalars().all()
+    db.session.rollback()
+    return list(names)
+
+
+# --- fingerprints and the Issues view -----------------------------------------------------
+
+_NORMALISERS = [
+    (re.compile(r"[\w.+-]+@[\w-]+(\.[\w-]+)*", re.ASCII), "<email>"),
+    (re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b", re.I), "<uuid>"),
+    (re.compile(r"\b(?:cs|pi|ch|evt|cus|in|re|sub|price|prod|txn|msg|req)_[A-Za-z0-9_]+\b"), "<id>"),
+    (re.compile(r"\b0x[0-9a-f]+\b", re.I), "<hex>"),
+    (re.compile(r"\b(?=[0-9a-f]*\d)(?=[0-9a-f]*[a-f])[0-9a-f]{8,}\b", re.I), "<hex>"),
+    (re.compile(r"\d+(?:\.\d+)*"), "<n>"),
+    (re.compile(r"\s+"), " "),
+]
+
+
+def normalise_error(message: str | None) -> str:
+    """The message with emails, UUIDs, provider ids, hex ids and numbers replaced by placeholders."""
+    text = (message or "").strip()
+    for pattern, placeholder in _NORMALISERS:
+        text = pattern.sub(placeholder, text)
+    return text[:300]
+
+
+def fingerprint_of(error_class: str | None, message: str | None) -> str:
+    """A stable 16-hex-digit fingerprint of an error's class and normalised message."""
+    import hashlib
+
+    basis = f"{error_class or ''}|{normalise_error(message)}"
+    return hashlib.sha256(basis.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Issue:
+    """Failures that share a fingerprint."""
+
+    fingerprint: str
+    error_class: str | None
+    sample: str
+    names: set = field(default_factory=set)
+    count: int = 0
+    unresolved: int = 0
+    first_seen: datetime | None = None
+    last_seen: datetime | None = None
+
+
+def issues(filters: Filters, now: datetime | None = None, scan_limit: int = ISSUES_SCAN_LIMIT) -> tuple[list[Issue], bool]:
+    """Dead operations matching ``filters`` grouped by fingerprint, largest group first.
+
+    Reads at most ``scan_limit`` of the most recent failures; returns ``(issues, truncated)``.
+    """
+    if not filters.dead_only:
+        filters = replace(filters, status="unresolved")
+    query = (select(Operation.id, Operation.name, Operation.error_class, Operation.error_message,
+                    Operation.dead_at, Operation.resolved_at)
+             .where(*filter_conditions(filters, now))
+             .order_by(Operation.dead_at.desc(), Operation.id.desc()).limit(scan_limit + 1))
+    rows = db.session.execute(query).all()
+    db.session.rollback()
+    truncated = len(rows) > scan_limit
+    groups: dict[str, Issue] = {}
+    for row in rows[:scan_limit]:
+        key = fingerprint_of(row.error_class, row.error_message)
+        issue = groups.get(key)
+        if issue is None:
+            issue = groups[key] = Issue(key, row.error_class, normalise_error(row.error_message))
+        issue.count += 1
+        issue.unresolved += row.resolved_at is None
+        issue.names.add(row.name)
+        issue.first_seen = min(filter(None, [issue.first_seen, row.dead_at]), default=None)
+        issue.last_seen = max(filter(None, [issue.last_seen, row.dead_at]), default=None)
+    if filters.fingerprint:
+        groups = {k: v for k, v in groups.items() if k == filters.fingerprint}
+    return sorted(groups.values(), key=lambda issue: (-issue.count, issue.fingerprint)), truncated
+
+
+# --- export -------------------------------------------------------------------------------
+
+EXPORT_FIELDS = ("id", "kind", "name", "state", "subject", "idempotency_key", "attempts", "max_attempts",
+                 "error_class", "error_kind", "error_message", "created_at", "last_attempt_at", "dead_at",
+                 "resolved_at", "resolved_by", "resolution_note", "payload")
+
+
+def operation_record(operation: Operation) -> dict:
+    """An operation as a JSON-safe dict (the export's and the API's shape)."""
+    record = {}
+    for name in EXPORT_FIELDS:
+        value = getattr(operation, name)
+        record[name] = value.isoformat() if isinstance(value, datetime) else value
+    record["fingerprint"] = fingerprint_of(operation.error_class, operation.error_message)
+    return record
+
+
+def iter_matching(filters: Filters, now: datetime | None = None, batch: int = 500) -> Iterator[Operation]:
+    """Every operation matching ``filters``, newest first, fetched in keyset batches."""
+    cursor = None
+    now = now or utcnow()
+    while True:
+        page = list_operations(filters, cursor=cursor, limit=batch, now=now)
+        yield from page.rows
+        if page.next_cursor is None:
+            return
+        cursor = page.next_cursor
+
+
+def export_csv(filters: Filters, now: datetime | None = None) -> Iterator[str]:
+    """The filtered set as CSV text chunks (header first), payload as a JSON column."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow((*EXPORT_FIELDS, "fingerprint"))
+    for operation in iter_matching(filters, now):
+        record = operation_record(operation)
+        record["payload"] = json.dumps(record["payload"], sort_keys=True, default=str)
+        writer.writerow([_csv_safe(record[name]) for name in (*EXPORT_FIELDS, "fingerprint")])
+        if buffer.tell() > 32_000:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue()
+
+
+def _csv_safe(value):
+    # A cell starting with = + - @ is a formula to spreadsheets: prefix it so it stays text.
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@"):
+        return "'" + value
+    return "" if value is None else value
+
+
+def export_json(filters: Filters, now: datetime | None = None) -> Iterator[str]:
+    """The filtered set as one JSON array, streamed a record at a time."""
+    yield "["
+    first = True
+    for operation in iter_matching(filters, now):
+        yield ("" if first else ",") + "\n" + json.dumps(operation_record(operation), default=str)
+        first = False
+    yield "\n]\n"
