@@ -1,0 +1,97 @@
+"""Pause and resume: while paused nothing runs and nothing is lost; resume drains oldest first."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import select
+
+from tests.support.monitoring import create
+from tests.support.polling import wait_for
+from tests.test_engine_e2e import calls, load, wait_state
+from webapp.domain.time import utcnow
+from webapp.extensions import db
+from webapp.models import Operation
+from webapp.services import engine, pauses, reconciler, tokens
+
+
+def drain_queue(huey) -> list[int]:
+    """Run every message waiting in Huey in this process (a one-thread consumer); return the ids rung."""
+    rung = []
+    while (task := huey.dequeue()) is not None:
+        rung.append(task.args[0])
+        huey.execute(task)
+    return rung
+
+
+def test_paused_operations_wait_and_resume_runs_them_in_creation_order(sqlite_app, tmp_path):
+    huey = sqlite_app.extensions["backstop.huey"]
+    log = tmp_path / "calls.log"
+    pauses.pause("test.succeed", "ops@example.com", "provider down")
+    ids = [create("test.succeed", f"held-{i}", utcnow() + timedelta(microseconds=i), log=str(log)) for i in range(5)]
+
+    # Every delivery of the paused operations is refused, and the reconciler does not re-ring them.
+    assert drain_queue(huey) == ids
+    assert calls(log) == [] and {load(i).state for i in ids} == {"pending"}
+    assert engine.execute(ids[0]).outcome == "not_claimed"
+    assert reconciler.ring_overdue(utcnow() + timedelta(minutes=5), 100, 1.0) == 0
+    [item] = [p for p in pauses.list_pauses() if p["name"] == "test.succeed"]
+    assert item["paused"] and item["paused_by"] == "ops@example.com" and item["waiting"] == 5
+
+    assert pauses.resume("test.succeed", "ops@example.com") == 5
+
+    assert drain_queue(huey) == ids  # rung oldest first
+    assert [line.split()[0] for line in calls(log)] == [str(i) for i in ids]
+    assert {load(i).state for i in ids} == {"succeeded"}
+    assert pauses.resume("test.succeed", "ops@example.com") == 0  # not paused: nothing to do
+
+
+def test_pause_refuses_unknown_names_and_needs_an_actor(sqlite_app):
+    for name, by in (("no.such.handler", "ops"), ("test.succeed", " "), ("", "ops")):
+        try:
+            pauses.pause(name, by)
+        except pauses.PauseError:
+            continue
+        raise AssertionError(f"pause({name!r}, {by!r}) was accepted")
+    assert not pauses.is_paused("test.succeed")
+
+
+def test_pause_then_resume_with_a_real_worker_loses_nothing(app, backend, start_worker, tmp_path):
+    huey = app.extensions["backstop.huey"]
+    log = tmp_path / "calls.log"
+    pauses.pause("test.succeed", "ops@example.com")
+    ids = [create("test.succeed", f"held-{i}", log=str(log)) for i in range(8)]
+    start_worker(backend)
+    # The worker has taken every ring and refused every one; the operations still wait.
+    wait_for(lambda: huey.pending_count() == 0, message="the worker to consume the rings")
+    wait_for(lambda: all(load(i).state == "pending" for i in ids), message="paused operations to wait")
+    assert calls(log) == []
+
+    pauses.resume("test.succeed", "ops@example.com")
+
+    for operation_id in ids:
+        assert wait_state(operation_id, {"succeeded", "dead"}).state == "succeeded"
+    assert sorted(int(line.split()[0]) for line in calls(log)) == ids  # each exactly once
+
+
+def test_admin_api_pauses_and_resumes(sqlite_app):
+    client = sqlite_app.test_client()
+    token = tokens.create_token("ops-bot", "admin").raw
+    headers = {"Authorization": f"Bearer {token}"}
+
+    assert client.post("/api/admin/pauses/test.succeed/pause").status_code == 401
+    assert client.post("/api/admin/pauses/no.such/pause", headers=headers).status_code == 404
+    response = client.post("/api/admin/pauses/test.succeed/pause", headers=headers, json={"note": "provider down"})
+    assert response.status_code == 200
+    assert response.json["pause"]["paused"] and response.json["pause"]["paused_by"] == "token:ops-bot"
+    assert response.json["pause"]["note"] == "provider down"
+    operation_id = create("test.succeed", "api-held")
+    listed = {item["name"]: item for item in client.get("/api/admin/pauses", headers=headers).json["pauses"]}
+    assert listed["test.succeed"]["paused"] and listed["test.succeed"]["waiting"] == 1
+    assert not listed["test.flaky"]["paused"]
+
+    response = client.post("/api/admin/pauses/test.succeed/resume", headers=headers)
+
+    assert response.status_code == 200 and response.json["rung"] == 1 and not response.json["pause"]["paused"]
+    assert db.session.execute(select(Operation.state).where(Operation.id == operation_id)).scalar() == "pending"
+    db.session.rollback()

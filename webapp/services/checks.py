@@ -1,0 +1,246 @@
+"""The periodic checks that raise threshold alerts, and the daily health report.
+
+Every check turns a measurement into a level (``None`` when healthy) and hands it to
+:func:`alerts.evaluate_threshold`, which alerts on crossings and recoveries only.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime, timedelta
+from typing import Mapping
+
+from sqlalchemy import func, select
+
+from ..domain.states import State
+from ..extensions import db
+from ..models import Alert, AutoRequeue, Operation, PeriodicJob
+from . import alerts
+from .admin_queries import fingerprint_of, normalise_error
+from .doorbell import get_doorbell
+
+CHECKS_JOB = "checks"
+DAILY_REPORT_JOB = "daily_report"
+RATE_KINDS = {"email": ("Email delivery rate", "ALERT_EMAIL_RATE"),
+              "webhook": ("Webhook success rate", "ALERT_WEBHOOK_RATE")}
+TOP_FAILURES = 5
+REPORT_SCAN_LIMIT = 5000
+
+
+def level_above(value: float, warning: float, critical: float) -> str | None:
+    """critical / warning when ``value`` is above the limits, else None."""
+    return "critical" if value > critical else "warning" if value > warning else None
+
+
+def level_below(value: float, warning: float, critical: float) -> str | None:
+    """critical / warning when ``value`` is below the limits, else None."""
+    return "critical" if value < critical else "warning" if value < warning else None
+
+
+def unresolved_dead_letters() -> int:
+    """Dead operations nobody has resolved yet."""
+    return db.session.execute(select(func.count()).select_from(Operation).where(
+        Operation.state == State.DEAD.value, Operation.resolved_at.is_(None))).scalar_one()
+
+
+def terminal_counts(kind: str, since: datetime) -> tuple[int, int]:
+    """``(succeeded, dead)`` for operations of ``kind`` that finished since ``since``."""
+    succeeded = db.session.execute(select(func.count()).select_from(Operation).where(
+        Operation.kind == kind, Operation.succeeded_at >= since)).scalar_one()
+    dead = db.session.execute(select(func.count()).select_from(Operation).where(
+        Operation.kind == kind, Operation.dead_at >= since)).scalar_one()
+    return succeeded, dead
+
+
+def check_dead_letters(now: datetime, config: Mapping):
+    """dlq_threshold: unresolved dead letters above the warning / critical counts."""
+    count = unresolved_dead_letters()
+    warning, critical = int(config["ALERT_DLQ_WARNING"]), int(config["ALERT_DLQ_CRITICAL"])
+    context = {"value": count, "warning": f"> {warning}", "critical": f"> {critical}",
+               "admin_url": alerts.admin_url(status="unresolved")}
+    return alerts.evaluate_threshold(
+        "dlq_threshold", "unresolved", level_above(count, warning, critical), value=count, now=now,
+        title=f"{count} unresolved dead letters", context=context,
+        message=f"The dead-letter queue holds {count} unresolved operations "
+                f"(warning above {warning}, critical above {critical}).")
+
+
+def check_failure_rate(kind: str, now: datetime, config: Mapping):
+    """failure_rate: the kind's success rate over the window below its warning / critical rate.
+
+    Fewer finished operations than ``ALERT_FAILURE_RATE_MIN_SAMPLE`` count as healthy: a rate
+    over three emails says nothing, and an alert must be able to recover once a bad hour ends.
+    """
+    label, prefix = RATE_KINDS[kind]
+    window = float(config["ALERT_FAILURE_RATE_WINDOW_SECONDS"])
+    succeeded, dead = terminal_counts(kind, now - timedelta(seconds=window))
+    total = succeeded + dead
+    rate = 100.0 * succeeded / total if total else 100.0
+    warning, critical = float(config[f"{prefix}_WARNING"]), float(config[f"{prefix}_CRITICAL"])
+    level = level_below(rate, warning, critical) if total >= int(config["ALERT_FAILURE_RATE_MIN_SAMPLE"]) else None
+    context = {"value": f"{rate:.1f}%", "sample": f"{succeeded} ok, {dead} dead", "window": f"{window / 60:.0f} min",
+               "warning": f"< {warning}%", "critical": f"< {critical}%",
+               "admin_url": alerts.admin_url(kind=kind, status="all", range="1h")}
+    return alerts.evaluate_threshold(
+        "failure_rate", kind, level, value=round(rate, 2), now=now, context=context,
+        title=f"{label} {rate:.1f}% over the last {window / 60:.0f} min",
+        message=f"{label}: {succeeded} succeeded and {dead} dead-lettered in the window "
+                f"(warning below {warning}%, critical below {critical}%).")
+
+
+def stale_after(interval_seconds: float, config: Mapping) -> float:
+    """Seconds after which a job's heartbeat is stale: a multiple of its own interval."""
+    return float(interval_seconds) * float(config.get("JOB_STALE_AFTER_INTERVALS", 3))
+
+
+def check_jobs(now: datetime, config: Mapping, *, skip: str | None = CHECKS_JOB) -> list:
+    """job_stale for each periodic job whose heartbeat is too old; system_health for failing runs."""
+    raised = []
+    jobs = db.session.execute(select(PeriodicJob).order_by(PeriodicJob.name)).scalars().all()
+    for job in jobs:
+        if job.name == skip:
+            continue  # this very job is running, so it is not stale
+        beat = job.last_finished_at or job.last_started_at
+        age = None if beat is None else max((now - beat).total_seconds(), 0.0)
+        limit = stale_after(job.interval_seconds, config)
+        stale = age is None or age > limit
+        context = {"job": job.name, "heartbeat_age_seconds": None if age is None else round(age),
+                   "stale_after_seconds": round(limit), "admin_url": alerts.admin_url("/admin/operations-health")}
+        raised.append(alerts.evaluate_threshold(
+            "job_stale", job.name, "critical" if stale else None, value=age, now=now, context=context,
+            title=f"Periodic job {job.name} has not run for {_ago(age)}",
+            message=f"Job {job.name} runs every {job.interval_seconds:.0f} s; its heartbeat is stale after "
+                    f"{limit:.0f} s. Is a worker with the scheduler running?"))
+        raised.append(alerts.evaluate_threshold(
+            "system_health", f"job_failed:{job.name}", "error" if job.last_error else None, now=now,
+            context={"job": job.name, "error": (job.last_error or "")[:500],
+                     "admin_url": alerts.admin_url("/admin/operations-health")},
+            title=f"Periodic job {job.name} failed its last run",
+            message=f"Job {job.name}: {(job.last_error or 'its last run succeeded')[:500]}"))
+    return raised
+
+
+def check_queue(now: datetime):
+    """system_health: the queue (Huey's storage) cannot be reached, so nothing is rung."""
+    try:
+        get_doorbell().depth()
+        error = None
+    except Exception as exc:  # unreachable queue: a measurement, not a failed check
+        error = type(exc).__name__
+    return alerts.evaluate_threshold(
+        "system_health", "queue", "critical" if error else None, now=now,
+        context={"error": error, "admin_url": alerts.admin_url("/admin/operations-health")},
+        title="The queue is unreachable", message=f"Ringing the queue fails ({error}); the reconciler keeps "
+                                                  "operations due, but nothing runs until the queue is back.")
+
+
+def _ago(age: float | None) -> str:
+    if age is None:
+        return "ever"
+    return f"{age / 3600:.1f} h" if age >= 3600 else f"{age / 60:.0f} min" if age >= 60 else f"{age:.0f} s"
+
+
+def run_checks(now: datetime, config: Mapping) -> str:
+    """One pass of every check, each in its own short transaction; returns a summary."""
+    raised = []
+    steps = [lambda: [check_dead_letters(now, config)],
+             *[(lambda kind=kind: [check_failure_rate(kind, now, config)]) for kind in RATE_KINDS],
+             lambda: check_jobs(now, config),
+             lambda: [check_queue(now)]]
+    for step in steps:
+        try:
+            raised.extend(alert for alert in step() if alert is not None)
+            db.session.commit()
+        except Exception:
+            db.session.rollback()
+            raise
+    return f"alerts={len(raised)}" + (f" ({', '.join(f'{a.type}:{a.key}' for a in raised)})" if raised else "")
+
+
+def checks_job(config: Mapping, now: datetime) -> str:
+    """The periodic checks job."""
+    return run_checks(now, config)
+
+
+# --- the daily report ---------------------------------------------------------------------------
+
+def daily_report(now: datetime, config: Mapping) -> dict:
+    """The last 24 hours: counts and rates per kind, dead letters, auto-requeues, top failures."""
+    since = now - timedelta(hours=24)
+    created = dict(db.session.execute(select(Operation.kind, func.count()).where(
+        Operation.created_at >= since).group_by(Operation.kind)).all())
+    kinds = {}
+    for kind in ("email", "webhook", "job", "alert"):
+        succeeded, dead = terminal_counts(kind, since)
+        total = succeeded + dead
+        kinds[kind] = {"created": created.get(kind, 0), "succeeded": succeeded, "dead": dead,
+                       "rate": round(100.0 * succeeded / total, 2) if total else None}
+    requeued = db.session.execute(select(func.count()).select_from(AutoRequeue).where(
+        AutoRequeue.requeued_at >= since)).scalar_one()
+    failures = db.session.execute(
+        select(Operation.name, Operation.error_class, Operation.error_message)
+        .where(Operation.dead_at >= since).order_by(Operation.dead_at.desc()).limit(REPORT_SCAN_LIMIT)).all()
+    groups: Counter = Counter()
+    samples: dict[str, tuple[str, str | None, str]] = {}
+    for name, error_class, message in failures:
+        fingerprint = fingerprint_of(error_class, message)
+        groups[fingerprint] += 1
+        samples.setdefault(fingerprint, (name, error_class, normalise_error(message)))
+    top = [{"fingerprint": fingerprint, "count": count, "name": samples[fingerprint][0],
+            "error_class": samples[fingerprint][1], "sample": samples[fingerprint][2]}
+           for fingerprint, count in groups.most_common(TOP_FAILURES)]
+    report = {"since": since.isoformat(), "until": now.isoformat(), "kinds": kinds,
+              "unresolved_dead_letters": unresolved_dead_letters(), "auto_requeued": requeued,
+              "top_failures": top}
+    db.session.rollback()
+    return report
+
+
+def _report_level(report: dict, config: Mapping) -> str:
+    for kind, (_, prefix) in RATE_KINDS.items():
+        rate = report["kinds"][kind]["rate"]
+        if rate is not None and rate < float(config[f"{prefix}_WARNING"]):
+            return "warning"
+    return "warning" if report["unresolved_dead_letters"] > int(config["ALERT_DLQ_WARNING"]) else "info"
+
+
+def _rate_text(entry: dict) -> str:
+    rate = "n/a" if entry["rate"] is None else f"{entry['rate']:.1f}%"
+    return f"{entry['succeeded']} ok, {entry['dead']} dead ({rate}); {entry['created']} created"
+
+
+def send_daily_report(now: datetime, config: Mapping):
+    """Record the daily report as a ``daily_report`` alert (one per UTC day) and deliver it. Commits.
+
+    Returns ``None`` when today's report already exists.
+    """
+    day = now.date().isoformat()
+    exists = db.session.execute(select(Alert.id).where(Alert.type == "daily_report", Alert.key == day)).first()
+    db.session.rollback()
+    if exists:
+        return None
+    report = daily_report(now, config)
+    lines = [f"{kind}: {_rate_text(entry)}" for kind, entry in report["kinds"].items()]
+    lines.append(f"Unresolved dead letters: {report['unresolved_dead_letters']}; "
+                 f"auto-requeued: {report['auto_requeued']}")
+    lines += [f"Top failure #{i}: {item['count']}× {item['name']} {item['error_class'] or ''}: {item['sample'][:150]}"
+              for i, item in enumerate(report["top_failures"], 1)]
+    context = {"emails": _rate_text(report["kinds"]["email"]), "webhooks": _rate_text(report["kinds"]["webhook"]),
+               "dead letters": report["unresolved_dead_letters"], "report": report,
+               "admin_url": alerts.admin_url("/admin/operations-health", window="24h")}
+    alert = alerts.raise_alert("daily_report", _report_level(report, config), day,
+                               f"Daily health report for the 24 h to {now:%Y-%m-%d %H:%M} UTC", "\n".join(lines),
+                               context, now=now)
+    db.session.commit()
+    return alert
+
+
+def daily_report_job(config: Mapping, now: datetime) -> str:
+    """The periodic daily-report job; its very first run only starts the clock (no day to report yet)."""
+    first = db.session.execute(select(PeriodicJob.last_finished_at).where(
+        PeriodicJob.name == DAILY_REPORT_JOB)).scalar() is None
+    db.session.rollback()
+    if first:
+        return "first run: the first report comes one interval from now"
+    alert = send_daily_report(now, config)
+    return "already reported today" if alert is None else f"alert={alert.id}"

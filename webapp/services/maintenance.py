@@ -1,0 +1,251 @@
+"""Maintenance jobs: auto-requeue of transient dead letters, and cleanup in bounded batches.
+
+Cleanup deletes in batches of ``CLEANUP_BATCH_SIZE``, each batch its own short transaction,
+so no write lock is held for long (on SQLite every transaction holds *the* write lock).
+Deleting an operation removes its attempts, email-log rows and auto-requeue mark through
+``ON DELETE CASCADE``; alerts and Stripe events that point at it keep their row (SET NULL).
+Before a batch is deleted its counts are added to ``metric_rollups`` so /metrics counters
+never go backwards.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Mapping
+
+from sqlalchemy import delete, select, text, update
+
+from ..domain.errors import ErrorKind
+from ..domain.states import State
+from ..extensions import db
+from ..models import Alert, AutoRequeue, JobRun, MaintenanceCursor, Operation, StripeEvent
+from .metrics import roll_up_operations
+from .operations import OperationError, retry_dead
+from .registry import KINDS
+
+log = logging.getLogger("backstop.maintenance")
+
+AUTO_REQUEUE_BY = "auto-requeue"
+# Stripe events whose processing is settled; a failed or pending event keeps its body for replay.
+SETTLED_EVENT_STATES = ("processed", "ignored")
+STRIPE_CURSOR = "stripe_event_bodies"
+
+
+# --- auto-requeue -------------------------------------------------------------------------------
+
+def _kinds(config: Mapping) -> list[str]:
+    raw = config.get("AUTO_REQUEUE_KINDS", "email,webhook,job")
+    return [kind.strip() for kind in str(raw).split(",") if kind.strip()]
+
+
+def requeue_candidates(now: datetime, config: Mapping) -> list[int]:
+    """Dead operations due for their one automatic retry, oldest death first."""
+    cutoff = now - timedelta(seconds=float(config.get("AUTO_REQUEUE_AFTER_SECONDS", 86400)))
+    ids = db.session.execute(
+        select(Operation.id)
+        .where(Operation.state == State.DEAD.value, Operation.resolved_at.is_(None),
+               Operation.dead_at <= cutoff, Operation.error_kind == ErrorKind.TRANSIENT.value,
+               Operation.attempts < int(config.get("AUTO_REQUEUE_MAX_ATTEMPTS", 10)),
+               Operation.kind.in_(_kinds(config)),
+               Operation.id.not_in(select(AutoRequeue.operation_id)))
+        .order_by(Operation.dead_at, Operation.id).limit(int(config.get("AUTO_REQUEUE_BATCH_SIZE", 100)))
+    ).scalars().all()
+    db.session.rollback()
+    return list(ids)
+
+
+def auto_requeue(now: datetime, config: Mapping) -> str:
+    """Retry, once each, dead operations whose last error was transient and that died long enough ago.
+
+    Permanent failures are never retried; an operation at the attempt cap is left to people.
+    """
+    requeued = skipped = 0
+    for operation_id in requeue_candidates(now, config):
+        operation = db.session.get(Operation, operation_id, populate_existing=True)
+        if operation is None or operation.state != State.DEAD or operation.resolved_at is not None:
+            db.session.rollback()  # resolved or retried by a person meanwhile
+            skipped += 1
+            continue
+        # The mark commits in retry_dead's own transaction, so "once" holds even across crashes.
+        db.session.add(AutoRequeue(operation_id=operation_id, requeued_at=now, attempts_before=operation.attempts))
+        try:
+            retry_dead(operation_id, by=AUTO_REQUEUE_BY, now=now)
+        except OperationError:
+            db.session.rollback()
+            skipped += 1
+            continue
+        requeued += 1
+        log.info("auto-requeued dead operation %s after a transient failure", operation_id,
+                 extra={"operation_id": operation_id})
+    return f"requeued={requeued} skipped={skipped}"
+
+
+# --- cleanup ------------------------------------------------------------------------------------
+
+@dataclass
+class CleanupReport:
+    """What one cleanup run removed, and how long each batch (transaction) took."""
+
+    succeeded: int = 0
+    resolved_dead: int = 0
+    stripe_bodies: int = 0
+    job_runs: int = 0
+    alerts: int = 0
+    batch_ms: list[float] = field(default_factory=list)
+    complete: bool = True
+
+    @property
+    def max_batch_ms(self) -> float:
+        """The longest batch, in milliseconds."""
+        return max(self.batch_ms, default=0.0)
+
+    def __str__(self) -> str:
+        return (f"succeeded={self.succeeded} resolved_dead={self.resolved_dead} stripe_bodies={self.stripe_bodies} "
+                f"job_runs={self.job_runs} alerts={self.alerts} batches={len(self.batch_ms)} "
+                f"max_batch_ms={self.max_batch_ms:.1f}" + ("" if self.complete else " (time budget reached)"))
+
+
+def _days(config: Mapping, key: str, default: float) -> timedelta:
+    return timedelta(days=float(config.get(key, default)))
+
+
+@contextmanager
+def _no_collection_while_locked():
+    """Keep Python's cyclic garbage collector out of a lock-holding batch.
+
+    A full collection in a large process takes 100 ms or more; landing inside a batch it
+    would hold the write lock that long. Postponed, it runs in the pause between batches.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+class _Batches:
+    """Runs batch functions until each reports nothing left, timing every batch, within a time budget."""
+
+    def __init__(self, report: CleanupReport, budget_seconds: float, pause_seconds: float):
+        self.report = report
+        self.deadline = time.monotonic() + budget_seconds
+        self.pause_seconds = pause_seconds
+
+    def drain(self, batch) -> int:
+        total = 0
+        while True:
+            if time.monotonic() >= self.deadline:
+                self.report.complete = False
+                return total
+            try:
+                # Open the transaction first: on SQLite that waits for the write lock, and the
+                # timing below is then the time the batch *holds* it.
+                db.session.execute(text("SELECT 1"))
+                with _no_collection_while_locked():
+                    started = time.perf_counter()
+                    done = batch()
+                    held = time.perf_counter() - started
+            except Exception:
+                db.session.rollback()
+                raise
+            self.report.batch_ms.append(held * 1000)
+            total += done
+            if not done:
+                return total
+            # Let writers waiting on the lock in before the next batch takes it again: rest at
+            # least as long as the batch held the lock, so cleanup never takes more than half
+            # of the database's write time (SQLite's busy handler polls, it does not queue).
+            time.sleep(max(self.pause_seconds, held))
+
+
+def cleanup(now: datetime, config: Mapping) -> CleanupReport:
+    """Delete or trim old records in bounded batches; returns counts and per-batch timings."""
+    size = max(int(config.get("CLEANUP_BATCH_SIZE", 200)), 1)
+    report = CleanupReport()
+    batches = _Batches(report, float(config.get("CLEANUP_MAX_SECONDS", 120)),
+                       float(config.get("CLEANUP_BATCH_PAUSE_SECONDS", 0.01)))
+    succeeded_cutoff = now - _days(config, "RETENTION_SUCCEEDED_DAYS", 30)
+    dead_cutoff = now - _days(config, "RETENTION_RESOLVED_DEAD_DAYS", 90)
+    for kind in KINDS:  # one kind at a time so the (kind, succeeded_at) index serves the query
+        report.succeeded += batches.drain(lambda: _delete_operations(
+            select(Operation.id).where(Operation.kind == kind, Operation.succeeded_at < succeeded_cutoff,
+                                       Operation.state == State.SUCCEEDED.value), size))
+    report.resolved_dead += batches.drain(lambda: _delete_operations(
+        select(Operation.id).where(Operation.state == State.DEAD.value, Operation.resolved_at < dead_cutoff), size))
+    body_cutoff = now - _days(config, "RETENTION_STRIPE_BODY_DAYS", 30)
+    report.stripe_bodies += batches.drain(lambda: _trim_stripe_bodies(body_cutoff, size, now))
+    runs_cutoff = now - _days(config, "RETENTION_JOB_RUNS_DAYS", 14)
+    report.job_runs += batches.drain(lambda: _delete_ids(JobRun, select(JobRun.id).where(
+        JobRun.started_at < runs_cutoff).order_by(JobRun.id), size))
+    alerts_cutoff = now - _days(config, "RETENTION_ALERTS_DAYS", 90)
+    report.alerts += batches.drain(lambda: _delete_ids(Alert, select(Alert.id).where(
+        Alert.created_at < alerts_cutoff).order_by(Alert.id), size))
+    return report
+
+
+def _delete_operations(query, size: int) -> int:
+    """One batch: roll the operations' counts up, then delete them (attempts and email log cascade)."""
+    ids = db.session.execute(query.limit(size)).scalars().all()
+    if not ids:
+        db.session.rollback()
+        return 0
+    roll_up_operations(ids)
+    db.session.execute(delete(Operation).where(Operation.id.in_(ids)).execution_options(synchronize_session=False))
+    db.session.commit()
+    return len(ids)
+
+
+def _delete_ids(model, query, size: int) -> int:
+    ids = db.session.execute(query.limit(size)).scalars().all()
+    if not ids:
+        db.session.rollback()
+        return 0
+    db.session.execute(delete(model).where(model.id.in_(ids)).execution_options(synchronize_session=False))
+    db.session.commit()
+    return len(ids)
+
+
+def _trim_stripe_bodies(cutoff: datetime, size: int, now: datetime) -> int:
+    """One batch of settled Stripe events older than ``cutoff``: drop the raw body, keep the row.
+
+    Walks ``received_at`` from a stored cursor, so a run never rescans what earlier runs trimmed.
+    Returns the number of events looked at (0 when the walk reached the cutoff).
+    """
+    cursor = db.session.get(MaintenanceCursor, STRIPE_CURSOR)
+    query = select(StripeEvent.id, StripeEvent.received_at).where(StripeEvent.received_at < cutoff)
+    if cursor is not None and cursor.position is not None:
+        query = query.where((StripeEvent.received_at > cursor.position)
+                            | ((StripeEvent.received_at == cursor.position) & (StripeEvent.id > (cursor.last_key or ""))))
+    rows = db.session.execute(query.order_by(StripeEvent.received_at, StripeEvent.id).limit(size)).all()
+    if not rows:
+        db.session.rollback()
+        return 0
+    db.session.execute(
+        update(StripeEvent).where(StripeEvent.id.in_([row.id for row in rows]),
+                                  StripeEvent.processing_state.in_(SETTLED_EVENT_STATES))
+        .values(payload="").execution_options(synchronize_session=False))
+    if cursor is None:
+        cursor = MaintenanceCursor(name=STRIPE_CURSOR)
+        db.session.add(cursor)
+    cursor.position, cursor.last_key, cursor.updated_at = rows[-1].received_at, rows[-1].id, now
+    db.session.commit()
+    return len(rows)
+
+
+def cleanup_job(config: Mapping, now: datetime) -> str:
+    """The periodic cleanup job: one run, summarised for its heartbeat."""
+    report = cleanup(now, config)
+    log.info("cleanup: %s", report, extra={"max_batch_ms": round(report.max_batch_ms, 1)})
+    return str(report)
+
+
+def auto_requeue_job(config: Mapping, now: datetime) -> str:
+    """The periodic auto-requeue job."""
+    return auto_requeue(now, config)
