@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import signal
 import smtplib
 import socket
@@ -14,6 +16,7 @@ from email.message import EmailMessage
 
 import psutil
 import pytest
+import requests
 
 from tests.conftest import ROOT
 from tests.support.polling import wait_for
@@ -54,6 +57,7 @@ def test_dev_runs_everything_and_stops_cleanly(tmp_path, stop_signal):
         message.set_content("hello")
         with smtplib.SMTP("127.0.0.1", smtp_port, timeout=5) as smtp:
             smtp.send_message(message)
+        assert_demo_pages_open_with_the_printed_login(tmp_path / "dev.log", web_port)
         children = psutil.Process(proc.pid).children(recursive=True)
         assert len(children) >= 3
 
@@ -69,3 +73,21 @@ def test_dev_runs_everything_and_stops_cleanly(tmp_path, stop_signal):
         if proc.poll() is None:
             proc.kill()
         log.close()
+        # The login dev kept for this throw-away database.
+        digest = hashlib.sha256(env["DATABASE_URL"].encode()).hexdigest()[:12]
+        (ROOT / "instance" / "dev-admin" / f"{digest}.txt").unlink(missing_ok=True)
+
+
+def assert_demo_pages_open_with_the_printed_login(log_path, port: int) -> None:
+    """A newcomer logs in with the credentials dev printed and sees the demo dead letters."""
+    match = re.search(r"log in as (\S+) / (\S+) ", log_path.read_text())
+    assert match, "dev printed no admin login"
+    base = f"http://127.0.0.1:{port}"
+    with requests.Session() as session:
+        form = session.get(f"{base}/admin/login", timeout=5).text
+        token = re.search(r'name="csrf_token" value="([^"]+)"', form).group(1)
+        response = session.post(f"{base}/admin/login", timeout=5, data={
+            "csrf_token": token, "email": match.group(1), "password": match.group(2), "next": ""})
+        assert response.status_code == 200 and "/admin/login" not in response.url
+        page = session.get(f"{base}/admin/failed-operations", timeout=5)
+        assert page.status_code == 200 and "Recipient address rejected" in page.text

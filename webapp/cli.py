@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import click
 from flask import Flask, current_app
@@ -15,6 +17,7 @@ from .config import INSTANCE_DIR, PROJECT_ROOT
 from .domain.time import utcnow
 
 STOP_GRACE_SECONDS = 35
+DEV_ADMIN_EMAIL = "admin@example.com"
 
 
 def register(app: Flask) -> None:
@@ -27,7 +30,9 @@ def register(app: Flask) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=5000, show_default=True)
 @click.option("--smtp-port", default=8025, show_default=True)
-def dev(host: str, port: int, smtp_port: int):
+@click.option("--demo/--no-demo", default=True, show_default=True,
+              help="Fill an empty database with demo data and make a development admin.")
+def dev(host: str, port: int, smtp_port: int, demo: bool):
     """Migrate, then run the web app, a worker and a local SMTP sink until Ctrl+C."""
     import flask_migrate
 
@@ -35,6 +40,7 @@ def dev(host: str, port: int, smtp_port: int):
 
     flask_migrate.upgrade()
     ensure_installed()  # npm packages on a fresh clone
+    login_hint = _prepare_development_data() if demo else ""
     env = dict(os.environ, BACKSTOP_ENV=os.environ.get("BACKSTOP_ENV", "development"),
                SMTP_URL=f"smtp://127.0.0.1:{smtp_port}", PYTHONUNBUFFERED="1")
     flask = [sys.executable, "-m", "flask", "--app", "wsgi"]
@@ -51,6 +57,7 @@ def dev(host: str, port: int, smtp_port: int):
                 f"  database  {current_app.config['SQLALCHEMY_DATABASE_URI']}\n"
                 f"  queue     {current_app.config['HUEY_URL']}\n"
                 f"  mail sink smtp://127.0.0.1:{smtp_port} (messages in {INSTANCE_DIR / 'mail'})\n"
+                f"{login_hint}"
                 "Press Ctrl+C to stop.\n", fg="green")
     exit_code = 0
     # SIGTERM or a closed terminal must stop the children too, exactly like Ctrl+C.
@@ -69,6 +76,68 @@ def dev(host: str, port: int, smtp_port: int):
     finally:
         _stop_all(procs)
     sys.exit(exit_code)
+
+
+def _prepare_development_data() -> str:
+    """In development: demo data in an empty database, and an admin to log in with.
+
+    The admin's random password is kept under ``instance/dev-admin/`` (git-ignored, mode
+    0600, one file per database) so later runs can print it again. Returns the lines to print.
+    """
+    if current_app.config["BACKSTOP_ENV"] != "development":
+        return ""
+    from .services import demo_data
+
+    if demo_data.is_empty():
+        summary = demo_data.fill()
+        click.echo("demo data: " + ", ".join(f"{count} {what}" for what, count in summary.items()))
+    email, password = _development_admin()
+    if password is None:
+        return ""
+    return f"  log in as {email} / {password} (kept in {_dev_admin_file()})\n"
+
+
+def _development_admin() -> tuple[str, str | None]:
+    """Create the development admin when there is no admin yet; return its login."""
+    import secrets
+
+    from sqlalchemy import func, select
+
+    from .extensions import db
+    from .models import AdminUser
+    from .services import admin_auth
+
+    if db.session.execute(select(func.count()).select_from(AdminUser)).scalar_one():
+        db.session.rollback()
+        return _remembered_development_admin()  # only when it belongs to this database
+    password = secrets.token_urlsafe(12)
+    admin_auth.create_admin(DEV_ADMIN_EMAIL, password)
+    path = _dev_admin_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(f"{DEV_ADMIN_EMAIL} {password}\n")
+    return DEV_ADMIN_EMAIL, password
+
+
+def _dev_admin_file() -> Path:
+    """Where the development admin's login for *this* database is kept."""
+    url = current_app.config["SQLALCHEMY_DATABASE_URI"]
+    return INSTANCE_DIR / "dev-admin" / f"{hashlib.sha256(url.encode()).hexdigest()[:12]}.txt"
+
+
+def _remembered_development_admin() -> tuple[str, str | None]:
+    from sqlalchemy import select
+
+    from .extensions import db
+    from .models import AdminUser
+
+    path = _dev_admin_file()
+    if not path.exists():
+        return DEV_ADMIN_EMAIL, None
+    email, _, password = path.read_text().strip().partition(" ")
+    known = db.session.execute(select(AdminUser.id).where(AdminUser.email == email)).first()
+    db.session.rollback()
+    return email, (password or None) if known else None
 
 
 def _raise_keyboard_interrupt(signum, frame):
