@@ -75,6 +75,12 @@ def from_environment(env=None) -> dict:
         "BACKSTOP_ENV": app_env,
         "SECRET_KEY": env.get("SECRET_KEY") or ("dev-only-not-secret" if app_env != "production" else None),
         "SQLALCHEMY_DATABASE_URI": env.get("DATABASE_URL") or default_database_url(),
+        # PostgreSQL pool and timeouts (ignored on SQLite).
+        "DATABASE_POOL_SIZE": _int(env, "DATABASE_POOL_SIZE", 10, positive=True),
+        "DATABASE_MAX_OVERFLOW": _int(env, "DATABASE_MAX_OVERFLOW", 5),
+        "DATABASE_POOL_TIMEOUT_SECONDS": _float(env, "DATABASE_POOL_TIMEOUT_SECONDS", 10.0, positive=True),
+        "DATABASE_CONNECT_TIMEOUT_SECONDS": _int(env, "DATABASE_CONNECT_TIMEOUT_SECONDS", 5, positive=True),
+        "DATABASE_STATEMENT_TIMEOUT_MS": _int(env, "DATABASE_STATEMENT_TIMEOUT_MS", 30_000),
         "HUEY_URL": env.get("HUEY_URL") or default_huey_url(),
         "HUEY_NAME": env.get("HUEY_NAME", "backstop"),
         "STRIPE_SECRET_KEY": env.get("STRIPE_SECRET_KEY"),
@@ -83,6 +89,8 @@ def from_environment(env=None) -> dict:
         "EMAIL_PROVIDERS": env.get("EMAIL_PROVIDERS", "smtp"),
         "EMAIL_FROM": env.get("EMAIL_FROM") or ("Backstop <noreply@localhost>" if app_env != "production" else None),
         "SMTP_URL": env.get("SMTP_URL", "smtp://127.0.0.1:8025"),
+        # PEM bundle of CAs to trust (instead of the system's) for the SMTP relay's certificate.
+        "SMTP_CA_FILE": env.get("SMTP_CA_FILE") or None,
         "RESEND_API_KEY": env.get("RESEND_API_KEY"),
         "RESEND_API_BASE": env.get("RESEND_API_BASE", "https://api.resend.com"),
         "POSTMARK_SERVER_TOKEN": env.get("POSTMARK_SERVER_TOKEN"),
@@ -154,6 +162,10 @@ def admin_console_settings(env) -> dict:
         # The CSRF token lives as long as the session, so a page left open all day still works.
         "WTF_CSRF_TIME_LIMIT": None,
         "WTF_CSRF_CHECK_DEFAULT": False,
+        # How many reverse proxies stand in front of the app and set X-Forwarded-For/-Proto/-Host/
+        # -Port/-Prefix (0: trust none of those headers). With 1+, the client address (used by
+        # the login throttle) and HTTPS (Secure cookies) come from the proxy's headers.
+        "TRUSTED_PROXY_COUNT": _int(env, "TRUSTED_PROXY_COUNT", 0),
         "LOGIN_MAX_FAILURES": _int(env, "LOGIN_MAX_FAILURES", 5),
         "LOGIN_LOCK_MINUTES": _int(env, "LOGIN_LOCK_MINUTES", 15),
         "ADMIN_PAGE_SIZE": _int(env, "ADMIN_PAGE_SIZE", 50),

@@ -23,9 +23,26 @@ def configure_engine_options(app: Flask) -> None:
         options.setdefault("connect_args", {}).update(timeout=SQLITE_BUSY_TIMEOUT_MS / 1000,
                                                       check_same_thread=False)
     else:
-        options.setdefault("pool_pre_ping", True)
-        options.setdefault("connect_args", {}).setdefault("connect_timeout", 5)
+        options.update(_server_pool_options(app.config, options))
     app.config["SQLALCHEMY_ENGINE_OPTIONS"] = options
+
+
+def _server_pool_options(config, options: dict) -> dict:
+    """A bounded pool, connect and statement timeouts: a slow or throttled database makes
+    requests fail fast (503) and operations retry with backoff, instead of piling up."""
+    connect_args = dict(options.get("connect_args") or {})
+    connect_args.setdefault("connect_timeout", int(config.get("DATABASE_CONNECT_TIMEOUT_SECONDS", 5)))
+    statement_ms = int(config.get("DATABASE_STATEMENT_TIMEOUT_MS", 30_000))
+    if statement_ms:
+        connect_args.setdefault("options", f"-c statement_timeout={statement_ms}")
+    return {
+        "pool_pre_ping": options.get("pool_pre_ping", True),
+        "pool_size": options.get("pool_size", int(config.get("DATABASE_POOL_SIZE", 10))),
+        "max_overflow": options.get("max_overflow", int(config.get("DATABASE_MAX_OVERFLOW", 5))),
+        "pool_timeout": options.get("pool_timeout", float(config.get("DATABASE_POOL_TIMEOUT_SECONDS", 10))),
+        "pool_recycle": options.get("pool_recycle", 1800),
+        "connect_args": connect_args,
+    }
 
 
 @event.listens_for(Engine, "connect")
