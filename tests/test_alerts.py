@@ -11,7 +11,7 @@ from werkzeug.wrappers import Response
 
 from tests.conftest import make_app
 from tests.support.monitoring import T0, alerts, create_and_run, deliver_all, insert_operations, later, \
-    operation_row, run_at
+    operation_row, run_at, run_checks_fresh
 from webapp.extensions import db
 from webapp.models import Alert, Operation
 from webapp.services import alerts as alert_service
@@ -109,17 +109,17 @@ def _dead_letters(count: int, start: int = 0) -> None:
 
 def test_dlq_threshold_fires_on_crossing_escalates_and_recovers_once(slack_app, slack):
     _dead_letters(10)
-    assert checks.run_checks(T0, slack_app.config) == "alerts=0"      # 10 is not above 10
+    assert run_checks_fresh(T0, slack_app.config) == "alerts=0"      # 10 is not above 10
     _dead_letters(1, start=10)
-    checks.run_checks(later(60), slack_app.config)
-    checks.run_checks(later(120), slack_app.config)                   # still 11: no news
+    run_checks_fresh(later(60), slack_app.config)
+    run_checks_fresh(later(120), slack_app.config)                   # still 11: no news
     _dead_letters(40, start=11)
-    checks.run_checks(later(180), slack_app.config)                   # 51: critical, inside the window
-    checks.run_checks(later(240), slack_app.config)
+    run_checks_fresh(later(180), slack_app.config)                   # 51: critical, inside the window
+    run_checks_fresh(later(240), slack_app.config)
     db.session.execute(Operation.__table__.update().values(resolved_at=later(250), resolved_by="ops"))
     db.session.commit()
-    checks.run_checks(later(300), slack_app.config)                   # recovered
-    checks.run_checks(later(360), slack_app.config)
+    run_checks_fresh(later(300), slack_app.config)                   # recovered
+    run_checks_fresh(later(360), slack_app.config)
 
     fired = alerts("dlq_threshold")
     assert [(a.level, a.state) for a in fired] == [("warning", "firing"), ("critical", "firing"), ("info", "recovered")]
@@ -137,14 +137,14 @@ def test_failure_rate_needs_a_sample_and_uses_the_last_hour(slack_app):
     # Two of four emails dead: a terrible rate, but too small a sample to mean anything.
     insert_operations([operation_row(i, at=later(3000)) for i in range(2)]
                       + [operation_row(i, state="dead", at=later(3000)) for i in range(2)])
-    checks.run_checks(now, config)
+    run_checks_fresh(now, config)
     assert alerts("failure_rate") == []
     # 18 sent and 2 dead in the hour (90%): below 95% (warning) but not below 90% (critical).
     insert_operations([operation_row(100 + i, at=later(3500)) for i in range(16)])
     # Failures before the window do not count.
     insert_operations([operation_row(200 + i, state="dead", at=T0 - timedelta(seconds=1)) for i in range(30)])
 
-    checks.run_checks(now, config)
+    run_checks_fresh(now, config)
 
     [alert] = alerts("failure_rate")
     assert (alert.key, alert.level, alert.state) == ("email", "warning", "firing")
@@ -159,7 +159,7 @@ def test_slack_down_alert_retries_then_dead_letters_without_raising_more_alerts(
         [alert] = alerts()
 
         outcomes = [run_at(alert.operation_id, when).outcome for when in (later(1), later(12), later(80))]
-        checks.run_checks(later(90), app.config)
+        run_checks_fresh(later(90), app.config)
 
         assert outcomes == ["retrying", "retrying", "dead"]  # alert.slack: 2 retries
         assert len([r for r, _ in httpserver.log if r.path == SLACK_PATH]) == 3
@@ -201,3 +201,89 @@ def test_without_slack_alerts_are_recorded_and_listed(sqlite_app):
     assert recent[0].delivered_at is None  # recorded only: nowhere to deliver
     assert db.session.execute(select(func.count()).select_from(Alert)).scalar_one() == 2
     db.session.rollback()
+
+
+def test_dead_alert_deliveries_never_raise_a_dlq_threshold_alert(slack_app):
+    insert_operations([operation_row(i, kind="alert", name="alert.slack", state="dead", error_kind="transient")
+                       for i in range(60)])
+    _dead_letters(10)
+
+    run_checks_fresh(T0, slack_app.config)
+
+    assert alerts("dlq_threshold") == []  # 70 dead, but only 10 that are not alerts
+    _dead_letters(1, start=10)
+    run_checks_fresh(later(60), slack_app.config)
+    [alert] = alerts("dlq_threshold")
+    assert (alert.level, alert.title) == ("warning", "11 unresolved dead letters")
+
+
+def test_webhook_failure_rate_uses_its_own_thresholds_and_recovers(slack_app, slack):
+    config = slack_app.config
+    now = later(3600)
+    hook = dict(kind="webhook", name="test.webhook_broken")
+    # 98 ok, 2 dead = 98%: fine for email (95%), a warning for webhooks (99%).
+    insert_operations([operation_row(i, at=later(3000), **hook) for i in range(98)]
+                      + [operation_row(i, state="dead", at=later(3000), **hook) for i in range(2)])
+    run_checks_fresh(now, config)
+    insert_operations([operation_row(100 + i, state="dead", at=later(3100), **hook) for i in range(4)])
+    run_checks_fresh(later(3660), config)        # 98 / 104 = 94.2%: below 95%, critical
+    run_checks_fresh(later(3600 + 3600), config)  # the bad hour is over: nothing finished, recovered
+
+    fired = alerts("failure_rate")
+    assert [(a.key, a.level, a.state, a.context["value"]) for a in fired] == [
+        ("webhook", "warning", "firing", "98.0%"), ("webhook", "critical", "firing", "94.2%"),
+        ("webhook", "info", "recovered", "100.0%")]
+    deliver_all(later(7300))
+    assert [body["text"].split(":")[1] for body in posts(slack)] == [
+        "large_yellow_circle", "rotating_light", "large_blue_circle"]
+
+
+def test_system_health_fires_when_the_queue_is_unreachable_and_recovers(sqlite_backend, slack):
+    broken = make_app(sqlite_backend, HUEY_URL="redis://127.0.0.1:1/0", SLACK_WEBHOOK_URL=slack.url_for(SLACK_PATH))
+    with broken.app_context():
+        run_checks_fresh(T0, broken.config)
+        run_checks_fresh(later(60), broken.config)  # still down: no news
+        db.session.remove()
+        db.engine.dispose()
+    healthy = make_app(sqlite_backend, SLACK_WEBHOOK_URL=slack.url_for(SLACK_PATH))
+    with healthy.app_context():
+        run_checks_fresh(later(120), healthy.config)
+
+        fired = alerts("system_health")
+        queue = [a for a in fired if a.key == "queue"]
+        assert [(a.level, a.state) for a in queue] == [("critical", "firing"), ("info", "recovered")]
+        assert queue[0].title == "The queue is unreachable" and queue[0].context["error"] == "ConnectionError"
+        deliver_all(later(130))
+        assert posts(slack)[0]["text"].startswith(":rotating_light: CRITICAL: The queue is unreachable")
+        db.session.remove()
+        db.engine.dispose()
+
+
+def test_system_health_fires_when_a_periodic_job_fails(slack_app):
+    from webapp.services import jobs
+
+    def broken(now):
+        raise RuntimeError("cleanup could not reach the database")
+
+    jobs.run_exclusive("cleanup", broken, interval_seconds=3600, lease_seconds=60, clock=lambda: T0)
+    checks.run_checks(later(5), slack_app.config)
+
+    [alert] = [a for a in alerts("system_health") if a.key == "job_failed:cleanup"]
+    assert alert.level == "error" and "RuntimeError: cleanup could not reach the database" in alert.context["error"]
+    jobs.run_exclusive("cleanup", lambda now: "ok", interval_seconds=3600, lease_seconds=60, clock=lambda: later(3600))
+    checks.run_checks(later(3605), slack_app.config)
+    assert [a.state for a in alerts("system_health") if a.key == "job_failed:cleanup"] == ["firing", "recovered"]
+
+
+def test_daily_report_is_recorded_and_posted_to_slack(slack_app, slack):
+    create_and_run("test.email_ok", "ok-1", T0)
+    create_and_run("test.email_bounce", "bounce-1", later(10))
+
+    report = checks.send_daily_report(later(86400), slack_app.config)
+    deliver_all(later(86401))
+
+    [body] = [b for b in posts(slack) if "Daily health report" in b["text"]]
+    assert body["text"].startswith(":large_yellow_circle: WARNING: Daily health report")  # email rate 50%
+    rendered = json.dumps(body, ensure_ascii=False)
+    assert "email: 1 ok, 1 dead (50.0%)" in rendered and "Top failure #1: 1× test.email_bounce" in rendered
+    assert alerts("daily_report")[0].id == report.id

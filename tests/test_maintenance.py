@@ -113,14 +113,15 @@ def test_cleanup_honours_30_and_90_day_retention_and_keeps_metric_counters(sqlit
 
 
 def test_stale_heartbeats_raise_job_stale_and_turn_healthz_red(sqlite_app):
-    config = sqlite_app.config
+    # Alerts and /healthz judge staleness from the same configured intervals.
+    config = dict(sqlite_app.config, RECONCILE_INTERVAL_SECONDS=60, AUTO_REQUEUE_INTERVAL_SECONDS=60,
+                  CLEANUP_INTERVAL_SECONDS=60, CHECKS_INTERVAL_SECONDS=60)
     jobs.run_exclusive("reconciler", lambda now: "ok", interval_seconds=60, lease_seconds=30, clock=lambda: T0)
     jobs.run_exclusive("daily_report", lambda now: "ok", interval_seconds=DAY, lease_seconds=30, clock=lambda: T0)
     for name in ("auto_requeue", "cleanup", "checks"):
         jobs.run_exclusive(name, lambda now: "ok", interval_seconds=60, lease_seconds=30, clock=lambda: T0)
 
-    healthy, report = health.check(dict(config, RECONCILE_INTERVAL_SECONDS=60, AUTO_REQUEUE_INTERVAL_SECONDS=60,
-                                        CLEANUP_INTERVAL_SECONDS=60, CHECKS_INTERVAL_SECONDS=60), later(170))
+    healthy, report = health.check(config, later(170))
     assert healthy, report
     checks.check_jobs(later(181), config)
     db.session.commit()
@@ -143,6 +144,37 @@ def test_stale_heartbeats_raise_job_stale_and_turn_healthz_red(sqlite_app):
     recovered = [a for a in alerts("job_stale") if a.state == "recovered"]
     assert [a.key for a in recovered] == ["reconciler"]
     assert health.check(config, later(3 * DAY + 3))[1]["jobs"]["reconciler"]["fresh"]
+
+
+def test_a_job_that_never_ran_is_stale_for_alerts_as_for_healthz(sqlite_app):
+    config = dict(sqlite_app.config, RECONCILE_INTERVAL_SECONDS=60)
+    jobs.run_exclusive("reconciler", lambda now: "ok", interval_seconds=60, lease_seconds=30, clock=lambda: T0)
+
+    checks.check_jobs(later(10), config)
+    db.session.commit()
+
+    healthy, report = health.check(config, later(10))
+    never = {"auto_requeue", "cleanup", "daily_report"}  # no row in periodic_jobs at all
+    assert not healthy and set(report["stale_jobs"]) == never | {"checks"}
+    stale = alerts("job_stale")
+    assert {a.key for a in stale} == never  # checks is the job running this check
+    assert all(a.title.endswith("has never finished a run") and a.level == "critical" for a in stale)
+
+
+def test_stale_after_intervals_is_one_setting_for_healthz_and_alerts(sqlite_app):
+    config = dict(sqlite_app.config, RECONCILE_INTERVAL_SECONDS=60, JOB_STALE_AFTER_INTERVALS=10)
+    jobs.run_exclusive("reconciler", lambda now: "ok", interval_seconds=60, lease_seconds=30, clock=lambda: T0)
+
+    report = health.check(config, later(500))[1]
+    checks.check_jobs(later(500), config)
+    db.session.commit()
+
+    assert report["reconciler"] == {"heartbeat_age_seconds": 500.0, "stale_after_seconds": 600.0, "fresh": True}
+    assert report["jobs"]["reconciler"]["fresh"] and "reconciler" not in {a.key for a in alerts("job_stale")}
+    checks.check_jobs(later(601), config)
+    db.session.commit()
+    assert "reconciler" in {a.key for a in alerts("job_stale")}
+    assert not health.check(config, later(601))[1]["reconciler"]["fresh"]
 
 
 def test_healthz_lists_every_periodic_job(sqlite_app):

@@ -37,10 +37,12 @@ def level_below(value: float, warning: float, critical: float) -> str | None:
     return "critical" if value < critical else "warning" if value < warning else None
 
 
-def unresolved_dead_letters() -> int:
-    """Dead operations nobody has resolved yet."""
-    return db.session.execute(select(func.count()).select_from(Operation).where(
-        Operation.state == State.DEAD.value, Operation.resolved_at.is_(None))).scalar_one()
+def unresolved_dead_letters(*, include_alerts: bool = True) -> int:
+    """Dead operations nobody has resolved yet (without dead ``alert`` deliveries if asked)."""
+    conditions = [Operation.state == State.DEAD.value, Operation.resolved_at.is_(None)]
+    if not include_alerts:
+        conditions.append(Operation.kind != "alert")
+    return db.session.execute(select(func.count()).select_from(Operation).where(*conditions)).scalar_one()
 
 
 def terminal_counts(kind: str, since: datetime) -> tuple[int, int]:
@@ -53,8 +55,12 @@ def terminal_counts(kind: str, since: datetime) -> tuple[int, int]:
 
 
 def check_dead_letters(now: datetime, config: Mapping):
-    """dlq_threshold: unresolved dead letters above the warning / critical counts."""
-    count = unresolved_dead_letters()
+    """dlq_threshold: unresolved dead letters above the warning / critical counts.
+
+    Dead ``alert`` deliveries are not counted: a failing alert never raises another alert,
+    not even by piling up (Slack down for an afternoon). They stay listed as dead letters.
+    """
+    count = unresolved_dead_letters(include_alerts=False)
     warning, critical = int(config["ALERT_DLQ_WARNING"]), int(config["ALERT_DLQ_CRITICAL"])
     context = {"value": count, "warning": f"> {warning}", "critical": f"> {critical}",
                "admin_url": alerts.admin_url(status="unresolved")}
@@ -94,30 +100,41 @@ def stale_after(interval_seconds: float, config: Mapping) -> float:
 
 
 def check_jobs(now: datetime, config: Mapping, *, skip: str | None = CHECKS_JOB) -> list:
-    """job_stale for each periodic job whose heartbeat is too old; system_health for failing runs."""
+    """job_stale for each periodic job whose heartbeat is stale; system_health for failing runs.
+
+    Judged exactly as ``/healthz`` judges it (:func:`schedule.job_heartbeats`): every configured
+    job, including one that never finished a run and so has no heartbeat at all.
+    """
+    from .schedule import job_heartbeats  # schedule imports this module for its job table
+
     raised = []
-    jobs = db.session.execute(select(PeriodicJob).order_by(PeriodicJob.name)).scalars().all()
-    for job in jobs:
-        if job.name == skip:
+    for beat in job_heartbeats(config, now):
+        if beat["name"] == skip:
             continue  # this very job is running, so it is not stale
-        beat = job.last_finished_at or job.last_started_at
-        age = None if beat is None else max((now - beat).total_seconds(), 0.0)
-        limit = stale_after(job.interval_seconds, config)
-        stale = age is None or age > limit
-        context = {"job": job.name, "heartbeat_age_seconds": None if age is None else round(age),
-                   "stale_after_seconds": round(limit), "admin_url": alerts.admin_url("/admin/operations-health")}
-        raised.append(alerts.evaluate_threshold(
-            "job_stale", job.name, "critical" if stale else None, value=age, now=now, context=context,
-            title=f"Periodic job {job.name} has not run for {_ago(age)}",
-            message=f"Job {job.name} runs every {job.interval_seconds:.0f} s; its heartbeat is stale after "
-                    f"{limit:.0f} s. Is a worker with the scheduler running?"))
-        raised.append(alerts.evaluate_threshold(
-            "system_health", f"job_failed:{job.name}", "error" if job.last_error else None, now=now,
-            context={"job": job.name, "error": (job.last_error or "")[:500],
-                     "admin_url": alerts.admin_url("/admin/operations-health")},
-            title=f"Periodic job {job.name} failed its last run",
-            message=f"Job {job.name}: {(job.last_error or 'its last run succeeded')[:500]}"))
+        raised.append(_job_stale(beat, now))
+        raised.append(_job_failed(beat, now))
     return raised
+
+
+def _job_stale(beat: dict, now: datetime):
+    name, age, limit = beat["name"], beat["heartbeat_age_seconds"], beat["stale_after_seconds"]
+    context = {"job": name, "heartbeat_age_seconds": None if age is None else round(age),
+               "stale_after_seconds": round(limit), "admin_url": alerts.admin_url("/admin/operations-health")}
+    return alerts.evaluate_threshold(
+        "job_stale", name, None if beat["fresh"] else "critical", value=age, now=now, context=context,
+        title=f"Periodic job {name} has never finished a run" if age is None
+        else f"Periodic job {name} has not run for {_ago(age)}",
+        message=f"Job {name} runs every {beat['interval_seconds']:.0f} s; its heartbeat is stale after "
+                f"{limit:.0f} s. Is a worker with the scheduler running?")
+
+
+def _job_failed(beat: dict, now: datetime):
+    name, error = beat["name"], beat["last_error"]
+    return alerts.evaluate_threshold(
+        "system_health", f"job_failed:{name}", "error" if error else None, now=now,
+        context={"job": name, "error": (error or "")[:500], "admin_url": alerts.admin_url("/admin/operations-health")},
+        title=f"Periodic job {name} failed its last run",
+        message=f"Job {name}: {(error or 'its last run succeeded')[:500]}")
 
 
 def check_queue(now: datetime):
@@ -134,9 +151,7 @@ def check_queue(now: datetime):
                                                   "operations due, but nothing runs until the queue is back.")
 
 
-def _ago(age: float | None) -> str:
-    if age is None:
-        return "ever"
+def _ago(age: float) -> str:
     return f"{age / 3600:.1f} h" if age >= 3600 else f"{age / 60:.0f} min" if age >= 60 else f"{age:.0f} s"
 
 

@@ -42,13 +42,19 @@ def _heartbeats_fresh(report: dict, config, now: datetime) -> bool:
     except Exception as exc:  # e.g. a database whose schema is not migrated yet
         db.session.rollback()
         report["reconciler"] = {"heartbeat_age_seconds": None, "fresh": False, "error": type(exc).__name__,
-                                "stale_after_seconds": float(config["RECONCILE_INTERVAL_SECONDS"]) * STALE_AFTER_INTERVALS}
+                                "stale_after_seconds": float(config["RECONCILE_INTERVAL_SECONDS"])
+                                * _stale_after_intervals(config)}
         return False
+
+
+def _stale_after_intervals(config) -> float:
+    """How many of its own intervals a job may miss (``JOB_STALE_AFTER_INTERVALS``), as the checks judge it."""
+    return float(config.get("JOB_STALE_AFTER_INTERVALS", STALE_AFTER_INTERVALS))
 
 
 def _read_heartbeats(report: dict, config, now: datetime) -> bool:
     age = heartbeat_age(RECONCILER, now)
-    limit = float(config["RECONCILE_INTERVAL_SECONDS"]) * STALE_AFTER_INTERVALS
+    limit = float(config["RECONCILE_INTERVAL_SECONDS"]) * _stale_after_intervals(config)
     fresh = age is not None and age <= limit
     report["reconciler"] = {"heartbeat_age_seconds": None if age is None else round(age, 1),
                             "stale_after_seconds": limit, "fresh": fresh}
