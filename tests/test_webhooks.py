@@ -120,6 +120,14 @@ def test_tampered_body_is_rejected(sqlite_hook_app):
     ('{"object": "event", "type": "checkout.session.completed", "data": {"object": {}}}', "no valid id"),
     ('{"id": "evt_1", "object": "event", "type": "charge.refunded"}', "no data.object"),
     ('{"id": "evt_1", "object": "charge", "type": "x", "data": {"object": {}}}', "not a Stripe event"),
+    ('{"id": "evt_1", "object": "event", "type": "charge.refunded", "data": {"object": "ch_1"}}', "no data.object"),
+    ('{"id": "evt_1", "object": "event", "type": "charge.refunded", "data": []}', "no data.object"),
+    ('{"id": "evt_\\u0000", "type": "charge.refunded", "data": {"object": {}}}', "no valid id"),
+    ('{"id": "evt_\\ud800", "type": "charge.refunded", "data": {"object": {}}}', "no valid id"),
+    ('{"id": "evt_1", "type": "charge.\\u0000", "data": {"object": {}}}', "no valid type"),
+    ('{"id": "evt_1", "type": "charge.refunded", "data": {"object": {"id": "ch_\\u0000"}}}', "invalid id"),
+    ('{"id": "evt_1", "type": "charge.refunded", "data": {"object": {"id": 7}}}', "invalid id"),
+    pytest.param("[" * 2000 + "]" * 2000, "not JSON", id="nested deeper than the recursion limit"),
 ])
 def test_signed_body_that_is_not_an_event_is_400(sqlite_hook_app, body, message):
     response = post(sqlite_hook_app, body, signing.header(body, OLD))
@@ -445,6 +453,58 @@ def test_dead_webhook_processing_is_recovered_by_an_admin_retry(hook_app):
     assert shop.purchase(4242).status == "completed"
     assert shop.event(event["id"]).processing_state == "processed"
     assert len(shop.email_operations(4242)) == 1
+
+
+def _store_raw_event(event_id: str, event_type: str, payload: str) -> int:
+    """Store an event row and its operation directly, as an older intake or a hand fix might have."""
+    now = utcnow()
+    db.session.add(StripeEvent(id=event_id, type=event_type, payload=payload, received_at=now,
+                               processing_state="received"))
+    operation = operations.create_operation(f"stripe.{event_type}", {"event_id": event_id, "type": event_type},
+                                            idempotency_key=f"stripe-event:{event_id}", now=now)
+    db.session.flush()
+    db.session.get(StripeEvent, event_id).operation_id = operation.id
+    db.session.commit()
+    return operation.id
+
+
+@pytest.mark.parametrize("event_type", ["checkout.session.completed", "checkout.session.expired",
+                                        "payment_intent.payment_failed", "charge.refunded"])
+@pytest.mark.parametrize("payload, reason", [
+    ('{"id": "evt_x", "object": "event", "type": "T"}', "has no data.object"),
+    ('{"id": "evt_x", "object": "event", "type": "T", "data": {"object": null}}', "has no data.object"),
+    ('{"id": "evt_x", "object": "event", "type": "T", "data": "oops"}', "has no data.object"),
+    ("[1, 2]", "has no data.object"),
+    ("{not json", "is not valid JSON"),
+    ("", "has no body"),
+])
+def test_stored_event_without_an_object_dead_letters_with_a_reason(hook_app, event_type, payload, reason):
+    """Signed-but-malformed shapes that got stored anyway never raise KeyError inside a handler:
+    the first attempt dead-letters (permanent, nothing to retry) with a sentence an admin can read."""
+    event_id = f"evt_malformed_{abs(hash((event_type, payload))) % 10**8}"
+    operation_id = _store_raw_event(event_id, event_type, payload.replace('"T"', f'"{event_type}"'))
+
+    result = engine.execute(operation_id)
+
+    assert result.outcome == "dead"
+    op = shop.operation(operation_id)
+    assert op.attempts == 1 and op.error_kind == "permanent"
+    assert op.error_class != "KeyError"
+    assert f"stored Stripe event {event_id}" in op.error_message and reason in op.error_message
+    assert shop.event(event_id).processing_state == "failed"
+
+
+@pytest.mark.parametrize("purchase_id", ["12.5", "-3", "\u0661\u0662", "99999999999999999999999", "abc"])
+def test_metadata_purchase_id_that_is_not_an_id_dead_letters_with_a_reason(hook_app, purchase_id):
+    event = shop.event_for("checkout.session.completed", None)
+    event["data"]["object"]["metadata"] = {"purchase_id": purchase_id.encode().decode("unicode_escape")}
+    assert deliver(hook_app, event).status_code == 200
+
+    assert process(event["id"]).outcome == "dead"
+
+    op = shop.operation(shop.event(event["id"]).operation_id)
+    assert op.attempts == 1 and op.error_kind == "permanent"
+    assert "which is not a purchase id" in op.error_message or "which does not exist" in op.error_message
 
 
 def test_rejection_counts_accumulate_by_reason(sqlite_hook_app):

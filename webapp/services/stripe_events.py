@@ -102,21 +102,29 @@ def parse_event(text: str) -> dict:
     """The verified body as an event dict, or :class:`WebhookRejected` if it is not one."""
     try:
         event = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
         raise WebhookRejected(INVALID_PAYLOAD, "signed body is not JSON") from None
     if not isinstance(event, dict):
         raise WebhookRejected(INVALID_PAYLOAD, "signed body is not a JSON object")
-    event_id, event_type = event.get("id"), event.get("type")
-    if not isinstance(event_id, str) or not event_id.strip() or len(event_id) > 255:
+    if not _is_text(event.get("id"), 255):
         raise WebhookRejected(INVALID_PAYLOAD, "event has no valid id")
-    if not isinstance(event_type, str) or not event_type.strip() or len(event_type) > 120:
+    if not _is_text(event.get("type"), 120):
         raise WebhookRejected(INVALID_PAYLOAD, "event has no valid type")
     if event.get("object") not in (None, "event"):
         raise WebhookRejected(INVALID_PAYLOAD, "body is not a Stripe event object")
     data = event.get("data")
     if not isinstance(data, dict) or not isinstance(data.get("object"), dict):
         raise WebhookRejected(INVALID_PAYLOAD, "event has no data.object")
+    object_id = data["object"].get("id")
+    if object_id is not None and not _is_text(object_id, 255):
+        raise WebhookRejected(INVALID_PAYLOAD, "event's data.object has an invalid id")
     return event
+
+
+def _is_text(value, max_length: int) -> bool:
+    """A non-blank printable string no longer than ``max_length`` (no NUL, no lone surrogate:
+    PostgreSQL could not store those, and a 503 would make Stripe retry it for days)."""
+    return isinstance(value, str) and bool(value.strip()) and len(value) <= max_length and value.isprintable()
 
 
 def operation_name(event_type: str) -> str:
@@ -166,12 +174,12 @@ def _existing(event_id: str) -> Intake | None:
 def _insert(raw: str, event: dict, now: datetime) -> Intake:
     event_type = event["type"]
     data_object = event["data"]["object"]
-    object_id = data_object.get("id") if isinstance(data_object.get("id"), str) else None
+    object_id = data_object.get("id")  # parse_event checked: printable text or None
     handled = is_handled(event_type)
     row = StripeEvent(
         id=event["id"], type=event_type, livemode=bool(event.get("livemode")),
-        api_version=str(event["api_version"])[:40] if event.get("api_version") else None,
-        object_id=object_id[:255] if object_id else None, payload=raw, received_at=now,
+        api_version=_printable(event.get("api_version"), 40),
+        object_id=object_id, payload=raw, received_at=now,
         processing_state="received" if handled else "ignored",
         processed_at=None if handled else now,
     )
@@ -191,10 +199,17 @@ def _insert(raw: str, event: dict, now: datetime) -> Intake:
 
 def _subject(data_object: dict, object_id: str | None) -> str | None:
     metadata = data_object.get("metadata")
-    purchase_id = metadata.get("purchase_id") if isinstance(metadata, dict) else None
+    purchase_id = _printable(metadata.get("purchase_id") if isinstance(metadata, dict) else None, 200)
     if purchase_id:
-        return f"purchase:{str(purchase_id)[:200]}"
-    return f"stripe:{object_id}" if object_id else None
+        return f"purchase:{purchase_id}"
+    return f"stripe:{object_id}"[:255] if object_id else None
+
+
+def _printable(value, max_length: int) -> str | None:
+    """``value`` as text cut to ``max_length`` if it is a printable string or a number, else None."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    return value[:max_length] if isinstance(value, str) and value.strip() and value.isprintable() else None
 
 
 def mark_event(event_id: str, state: str, *, now: datetime) -> None:

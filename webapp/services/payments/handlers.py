@@ -58,15 +58,34 @@ def register_handlers(policy: RetryPolicy) -> None:
 
 
 def load_event(ctx: HandlerContext) -> tuple[StripeEvent, dict]:
-    """The stored event row for this operation and its parsed body."""
+    """The stored event row for this operation and its ``data.object``.
+
+    A stored body that is not an event with an object (its retention copy was cleared, it
+    was stored by hand or by an older intake) is a PermanentError naming what is missing:
+    retrying cannot repair it, and a ``KeyError`` would only say ``'data'``.
+    """
     event_id = ctx.payload.get("event_id")
-    row = db.session.get(StripeEvent, event_id) if event_id else None
+    row = db.session.get(StripeEvent, event_id) if isinstance(event_id, str) and event_id else None
     if row is None:
         raise PermanentError(f"stored Stripe event {event_id!r} does not exist")
+    return row, event_object(row)
+
+
+def event_object(row: StripeEvent) -> dict:
+    """The ``data.object`` of a stored event, or PermanentError saying why there is none."""
+    if not row.payload:
+        raise PermanentError(f"stored Stripe event {row.id} has no body (cleared by retention?): "
+                             "re-send it from the Stripe dashboard")
     try:
-        return row, json.loads(row.payload)
-    except ValueError as exc:
-        raise PermanentError(f"stored Stripe event {event_id} is not valid JSON") from exc
+        event = json.loads(row.payload)
+    except (ValueError, RecursionError) as exc:
+        raise PermanentError(f"stored Stripe event {row.id} is not valid JSON") from exc
+    data = event.get("data") if isinstance(event, dict) else None
+    obj = data.get("object") if isinstance(data, dict) else None
+    if not isinstance(obj, dict):
+        raise PermanentError(f"stored Stripe event {row.id} ({row.type}) has no data.object, "
+                             "so there is nothing to apply")
+    return obj
 
 
 def finish(ctx: HandlerContext, row: StripeEvent, outcome: str, state: str = "processed") -> str:
@@ -78,8 +97,7 @@ def finish(ctx: HandlerContext, row: StripeEvent, outcome: str, state: str = "pr
 @stripe_handler("checkout.session.completed", "checkout.session.async_payment_succeeded")
 def checkout_paid(ctx: HandlerContext) -> str:
     """Complete the purchase named in the session's metadata, exactly once."""
-    row, event = load_event(ctx)
-    session = event["data"]["object"]
+    row, session = load_event(ctx)
     purchase = _purchase_for(session, row)
     if purchase is None:
         return finish(ctx, row, "not_ours", "ignored")
@@ -97,8 +115,7 @@ def checkout_paid(ctx: HandlerContext) -> str:
 @stripe_handler("checkout.session.async_payment_failed", "checkout.session.expired")
 def checkout_unpaid(ctx: HandlerContext) -> str:
     """Mark the purchase failed (async payment failed) or expired, and tell the customer."""
-    row, event = load_event(ctx)
-    session = event["data"]["object"]
+    row, session = load_event(ctx)
     purchase = _purchase_for(session, row)
     if purchase is None:
         return finish(ctx, row, "not_ours", "ignored")
@@ -113,8 +130,7 @@ def checkout_unpaid(ctx: HandlerContext) -> str:
 @stripe_handler("payment_intent.payment_failed")
 def payment_failed(ctx: HandlerContext) -> str:
     """A declined payment: mark the pending purchase failed with Stripe's reason, tell the customer."""
-    row, event = load_event(ctx)
-    intent = event["data"]["object"]
+    row, intent = load_event(ctx)
     purchase = _purchase_for(intent, row, payment_intent_id=_str(intent.get("id")))
     if purchase is None:
         return finish(ctx, row, "not_ours", "ignored")
@@ -127,8 +143,7 @@ def payment_failed(ctx: HandlerContext) -> str:
 @stripe_handler("charge.refunded")
 def charge_refunded(ctx: HandlerContext) -> str:
     """Record a full or partial refund (from the charge's cumulative amount_refunded) and notify."""
-    row, event = load_event(ctx)
-    charge = event["data"]["object"]
+    row, charge = load_event(ctx)
     payment_intent_id = _id_of(charge.get("payment_intent"))
     purchase = _purchase_for(charge, row, payment_intent_id=payment_intent_id)
     if purchase is None:
@@ -168,10 +183,7 @@ def _purchase_for(obj: dict, row: StripeEvent, *, payment_intent_id: str | None 
     metadata = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
     raw_id = metadata.get("purchase_id") or obj.get("client_reference_id")
     if raw_id not in (None, ""):
-        try:
-            purchase_id = int(str(raw_id))
-        except ValueError:
-            raise PermanentError(f"{row.type} {row.id} names purchase {raw_id!r}, which is not a purchase id") from None
+        purchase_id = _purchase_id(raw_id, row)
         purchase = db.session.get(Purchase, purchase_id, populate_existing=True)
         if purchase is None:
             raise PermanentError(f"{row.type} {row.id} names purchase {purchase_id}, which does not exist")
@@ -183,6 +195,14 @@ def _purchase_for(obj: dict, row: StripeEvent, *, payment_intent_id: str | None 
         if found is not None:
             return found
     return None
+
+
+def _purchase_id(raw_id, row: StripeEvent) -> int:
+    """A purchase id from metadata (ASCII digits, in range), or PermanentError."""
+    text = str(raw_id) if isinstance(raw_id, (str, int)) and not isinstance(raw_id, bool) else ""
+    if not (text.isascii() and text.isdigit() and 0 < int(text) < purchases.MAX_ID):
+        raise PermanentError(f"{row.type} {row.id} names purchase {str(raw_id)[:80]!r}, which is not a purchase id")
+    return int(text)
 
 
 def _id_of(value) -> str | None:
