@@ -27,6 +27,8 @@ class Received:
     mail_from: str
     rcpt_tos: tuple[str, ...]
     message: EmailMessage
+    tls: bool = False  # the message travelled over TLS (STARTTLS or implicit)
+    login: str | None = None  # the AUTH user the session authenticated as
 
 
 class _Handler:
@@ -46,14 +48,18 @@ class _Handler:
             await asyncio.get_running_loop().run_in_executor(None, self.server._release.wait, 30)
             return "451 4.3.0 Released after hanging"
         message = message_from_bytes(envelope.content, policy=default_policy)
-        self.server._record(Received(envelope.mail_from, tuple(envelope.rcpt_tos), message))
+        tls = session.ssl is not None or server.transport.get_extra_info("ssl_object") is not None
+        login = session.auth_data.login.decode() if session.authenticated and session.auth_data else None
+        self.server._record(Received(envelope.mail_from, tuple(envelope.rcpt_tos), message, tls, login))
         return "250 2.0.0 OK queued as " + f"Q{len(self.server.messages):05d}"
 
 
 class SmtpServer:
     """Controls and observes the server: ``mode``, ``messages``, ``url``."""
 
-    def __init__(self):
+    def __init__(self, **controller_options):
+        """``controller_options`` go to aiosmtpd's Controller: ``tls_context`` (STARTTLS),
+        ``ssl_context`` (implicit TLS), ``authenticator``, ``require_starttls``, ..."""
         self.host = "127.0.0.1"
         self.port = _free_port()
         self.mode = ACCEPT
@@ -62,7 +68,7 @@ class SmtpServer:
         self.offered: list[str] = []
         self._lock = threading.Lock()
         self._release = threading.Event()
-        self._controller = Controller(_Handler(self), hostname=self.host, port=self.port)
+        self._controller = Controller(_Handler(self), hostname=self.host, port=self.port, **controller_options)
 
     @property
     def url(self) -> str:

@@ -33,7 +33,7 @@ def build_provider(name: str, config):
     """The provider called ``name``, built from the config; raises NotConfigured when settings lack."""
     timeout = float(config.get("EMAIL_TIMEOUT_SECONDS") or 10.0)
     if name == "smtp":
-        return SmtpProvider(config.get("SMTP_URL"), timeout)
+        return SmtpProvider.from_config(config)
     if name == "resend":
         return ResendProvider(config.get("RESEND_API_KEY"), config.get("RESEND_API_BASE") or "https://api.resend.com",
                               timeout)

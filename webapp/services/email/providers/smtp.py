@@ -1,5 +1,11 @@
 """SMTP (``SMTP_URL``): ``smtp://[user:pass@]host[:port][?starttls=1]`` or ``smtps://`` for TLS.
 
+TLS (``smtps://``, or STARTTLS with ``?starttls=1``) always verifies the server's certificate
+and host name: against the system's trusted CAs, or only against the CAs in ``SMTP_CA_FILE``
+(a PEM bundle) when that is set, for a relay with a private CA. There is no switch that turns
+verification off. A certificate that does not verify is our configuration's problem, not the
+message's: it fails over like refused credentials (``ProviderMisconfigured``).
+
 The conversation is driven step by step (EHLO, STARTTLS, AUTH, MAIL, RCPT, DATA) so that each
 reply code is classified where it happens: 4xx is transient, 5xx on RCPT/DATA rejects the
 message, 5xx on AUTH/MAIL FROM means our configuration is wrong (fail over). The message's
@@ -83,12 +89,24 @@ class SmtpProvider:
         self.timeout = timeout
         self.ssl_context = ssl_context
 
+    @classmethod
+    def from_config(cls, config) -> "SmtpProvider":
+        """The provider for ``SMTP_URL``, trusting ``SMTP_CA_FILE``'s CAs when it is set."""
+        provider = cls(config.get("SMTP_URL"), float(config.get("EMAIL_TIMEOUT_SECONDS") or 10.0))
+        if provider.settings.ssl or provider.settings.starttls:
+            provider.ssl_context = tls_context(config.get("SMTP_CA_FILE"))
+        return provider
+
     def send(self, email: OutgoingEmail, now: datetime) -> SendResult:
         """Send one email; raises a ProviderError subclass on failure."""
         try:
             return self._send(email)
         except (socket.timeout, TimeoutError) as exc:
             raise TransientProviderError(self.name, f"timed out after {self.timeout:g}s") from exc
+        except ssl.SSLCertVerificationError as exc:
+            raise ProviderMisconfigured(
+                self.name, f"TLS certificate of {self.settings.host} not trusted: "
+                f"{exc.verify_message or exc.reason or exc} (for a private CA, set SMTP_CA_FILE)") from exc
         except smtplib.SMTPServerDisconnected as exc:
             if isinstance(exc.__context__, TimeoutError):  # smtplib reports a read timeout this way
                 raise TransientProviderError(self.name, f"timed out after {self.timeout:g}s") from exc
@@ -139,7 +157,9 @@ class SmtpProvider:
             # Never echo the credentials; the server's reply is enough.
             raise self._reply_error("AUTH", exc.smtp_code, exc.smtp_error, ours=True) from exc
         except smtplib.SMTPNotSupportedError as exc:
-            raise ProviderMisconfigured(self.name, "server does not support AUTH") from exc
+            hint = "" if self.settings.ssl or self.settings.starttls else (
+                " on an unencrypted connection (servers offer AUTH only after TLS: add ?starttls=1 or use smtps://)")
+            raise ProviderMisconfigured(self.name, f"server does not offer AUTH{hint}") from exc
 
     def _transaction(self, client: smtplib.SMTP, email: OutgoingEmail) -> bytes:
         sender = _envelope_address(email.sender)
@@ -167,6 +187,19 @@ class SmtpProvider:
         if ours:
             return ProviderMisconfigured(self.name, detail, status=code)
         return RejectedError(self.name, detail, status=code)
+
+
+def tls_context(ca_file: str | None = None) -> ssl.SSLContext:
+    """A verifying client context: the system's CAs, or only those in ``ca_file`` (PEM).
+
+    An unreadable ``ca_file`` is NotConfigured (the provider is skipped, and says why).
+    """
+    if not ca_file:
+        return ssl.create_default_context()
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise NotConfigured(f"SMTP_CA_FILE {ca_file!r} cannot be loaded: {exc}") from None
 
 
 def _envelope_address(sender: str) -> str:
