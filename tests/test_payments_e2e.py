@@ -12,13 +12,17 @@ from tests.support import shop
 from tests.support import stripe_signing as signing
 from tests.support.http_server import serve
 from tests.support.polling import wait_for
+from tests.support.smtp import smtp_server  # noqa: F401  (fixture)
 from webapp.extensions import db
 from webapp.models import Operation, StripeEvent
 from webapp.services import operations
 
 SECRET = "whsec_e2e_3c9d41f07a"
-# The worker must not deliver these emails anywhere real: nothing listens on port 1.
-WORKER_ENV = {"SMTP_URL": "smtp://127.0.0.1:1", "EMAIL_PROVIDERS": "smtp"}
+
+
+def worker_env(smtp) -> dict:
+    """The worker sends its emails to the test's real SMTP server."""
+    return {"SMTP_URL": smtp.url, "EMAIL_PROVIDERS": "smtp", "EMAIL_FROM": "Shop <noreply@shop.example>"}
 
 
 def deliver(base: str, body: str) -> int:
@@ -40,13 +44,22 @@ def wait_op(event_id: str, states: set[str], timeout: float = 60) -> Operation:
                     message=f"operation of {event_id} to reach {states}")
 
 
-def test_twenty_concurrent_deliveries_complete_once_and_a_replay_changes_nothing(backend, start_worker):
+def wait_sent(purchase_id: int) -> Operation:
+    """Poll until the purchase's one email operation has finished (succeeded or dead)."""
+    def finished():
+        emails = shop.email_operations(purchase_id)
+        return emails and emails[0].state in ("succeeded", "dead") and emails[0]
+    return wait_for(finished, timeout=60, message=f"the email of purchase {purchase_id} to finish")
+
+
+def test_twenty_concurrent_deliveries_complete_once_and_a_replay_changes_nothing(backend, start_worker,
+                                                                                smtp_server):
     app = make_app(backend, STRIPE_WEBHOOK_SECRET=SECRET)
     with app.app_context(), serve(app) as base:
         purchase = shop.add_purchase(shop.add_customer(), shop.add_product())
         event = shop.event_for("checkout.session.completed", purchase)
         body = signing.body_of(event)
-        start_worker(backend, **WORKER_ENV)
+        start_worker(backend, **worker_env(smtp_server))
         barrier = threading.Barrier(20)
         statuses: list[int] = []
 
@@ -68,6 +81,10 @@ def test_twenty_concurrent_deliveries_complete_once_and_a_replay_changes_nothing
         assert completed.status == "completed"
         assert len(shop.operations("stripe.")) == 1
         assert [e.name for e in shop.email_operations(purchase.id)] == ["email.lead_purchase_confirmation"]
+        assert wait_sent(purchase.id).state == "succeeded"
+        [received] = wait_for(smtp_server.received, message="the confirmation at the SMTP server")
+        assert received.rcpt_tos == ("ada@example.com",)
+        assert f"#{purchase.id}" in received.message["Subject"]
 
         # Seed 000, "Test Idempotency": replay the same event; then Stripe sends a second,
         # distinct event for the same session. Neither changes anything.
@@ -86,6 +103,10 @@ def test_twenty_concurrent_deliveries_complete_once_and_a_replay_changes_nothing
             "completed", completed.completed_at, completed.stripe_payment_intent_id)
         assert len(shop.email_operations(purchase.id)) == 1
         assert shop.event(twin["id"]).processing_state == "processed"
+        # Both extra events were fully processed before this point, and neither queued an email:
+        # the SMTP server still holds the one confirmation, and the purchase is fulfilled.
+        assert len(smtp_server.received()) == 1 and len(smtp_server.offered) == 1
+        assert (after.fulfilment_status, after.fulfilled_at is not None) == ("sent", True)
         db.session.remove()
         db.engine.dispose()
 
@@ -111,7 +132,8 @@ def run_sql(statements: list[str]) -> None:
     db.session.commit()
 
 
-def test_webhook_processing_that_keeps_failing_dead_letters_then_an_admin_retry_completes_it(backend, start_worker):
+def test_webhook_processing_that_keeps_failing_dead_letters_then_an_admin_retry_completes_it(backend, start_worker,
+                                                                                              smtp_server):
     """Seed 000, "Test Webhook Retry": the database refuses the write, the event dead-letters,
     the database recovers, an admin retry (service call) completes the purchase."""
     app = make_app(backend, STRIPE_WEBHOOK_SECRET=SECRET)
@@ -119,7 +141,7 @@ def test_webhook_processing_that_keeps_failing_dead_letters_then_an_admin_retry_
         purchase = shop.add_purchase(shop.add_customer(), shop.add_product())
         event = shop.event_for("checkout.session.completed", purchase)
         run_sql(FREEZE[backend.name])
-        start_worker(backend, WEBHOOK_RETRY_LADDER="100ms, 100ms, 100ms, 100ms, 100ms", **WORKER_ENV)
+        start_worker(backend, WEBHOOK_RETRY_LADDER="100ms, 100ms, 100ms, 100ms, 100ms", **worker_env(smtp_server))
 
         assert deliver(base, signing.body_of(event)) == 200
         dead = wait_op(event["id"], {"dead", "succeeded"})
@@ -138,5 +160,7 @@ def test_webhook_processing_that_keeps_failing_dead_letters_then_an_admin_retry_
         assert shop.purchase(purchase.id).status == "completed"
         assert shop.event(event["id"]).processing_state == "processed"
         assert len(shop.email_operations(purchase.id)) == 1
+        assert wait_sent(purchase.id).state == "succeeded"
+        assert len(smtp_server.received()) == 1
         db.session.remove()
         db.engine.dispose()
