@@ -145,6 +145,15 @@ def test_bad_bodies_get_precise_4xx(client):
     assert wrong_method.headers["Allow"] == "POST"
 
 
+def test_json_nested_past_the_recursion_limit_is_400_not_500(client):
+    deep = "[" * 5000 + "]" * 5000
+
+    for path in ("/api/customers", "/api/purchases"):
+        response = client.client.post(path, data=deep, content_type="application/json",
+                                       headers={"Authorization": f"Bearer {client.token}"})
+        assert (response.status_code, response.get_json()["error"]) == (400, "malformed_json")
+
+
 # --- purchases: validation and credits ----------------------------------------------------------
 
 def test_purchase_validation_reports_every_field(client):
@@ -349,6 +358,22 @@ def test_idempotency_key_is_released_when_nothing_was_written(client):
     assert shop.count(IdempotencyRecord) == 1
 
 
+def test_idempotency_key_on_create_customer_replays_the_first_answer(client):
+    body = {"email": "grace@example.com", "name": "Grace Hopper"}
+
+    first = client.post("/api/customers", json=body, headers={"Idempotency-Key": "signup-1"})
+    again = client.post("/api/customers", json=body, headers={"Idempotency-Key": "signup-1"})
+    without_key = client.post("/api/customers", json=body)
+    other = client.post("/api/customers", json={**body, "name": "G. Hopper"}, headers={"Idempotency-Key": "signup-1"})
+
+    assert first.status_code == again.status_code == 201
+    assert again.get_json() == first.get_json() and again.headers["Idempotent-Replayed"] == "true"
+    assert (without_key.status_code, without_key.get_json()["error"]) == (409, "customer_exists")
+    assert (other.status_code, other.get_json()["error"]) == (422, "idempotency_key_reused")
+    assert shop.count(Customer) == 1
+    assert len(shop.operations("email.welcome")) == 1
+
+
 def test_stripe_failure_is_replayed_not_retried_with_the_same_key(client, httpserver):
     customer = shop.add_customer()
     shop.add_product(sku="lead-1")
@@ -373,6 +398,8 @@ def test_get_purchase_shows_status_amounts_and_fulfilment(client):
     found = client.get(f"/api/purchases/{purchase.id}")
     missing = client.get("/api/purchases/999999")
     nonsense = client.get("/api/purchases/abc")
+    # Digits that str.isdigit() accepts but int() does not (superscripts), and other scripts' digits.
+    odd_digits = [client.get(f"/api/purchases/{value}") for value in ("\u00b2", "\u0661\u0662", "1\u00b3")]
 
     assert found.status_code == 200
     body = found.get_json()
@@ -382,3 +409,4 @@ def test_get_purchase_shows_status_amounts_and_fulfilment(client):
     assert set(body) >= {"created_at", "completed_at", "fulfilled_at", "refunded_at"}
     assert (missing.status_code, missing.get_json()["error"]) == (404, "not_found")
     assert (nonsense.status_code, nonsense.get_json()["error"]) == (404, "not_found")
+    assert [(r.status_code, r.get_json()["error"]) for r in odd_digits] == [(404, "not_found")] * 3

@@ -138,7 +138,7 @@ def json_body() -> tuple[dict, bytes]:
         raise ApiError(413, "payload_too_large", f"the body is larger than {limit} bytes")
     try:
         data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: absurd nesting
         raise ApiError(400, "malformed_json", "the body is not valid JSON") from None
     if not isinstance(data, dict):
         raise ApiError(400, "malformed_json", "the body must be a JSON object")
@@ -150,12 +150,15 @@ def json_body() -> tuple[dict, bytes]:
 @require_token
 def create_customer():
     """Create a customer (201) and queue their welcome email in the same transaction."""
-    data, _ = json_body()
+    data, raw = json_body()
+    return answer_once(raw, lambda: _customer(data))
+
+
+def _customer(data: dict) -> tuple[int, dict]:
     customer = customers.create_customer(data)
-    body = {"id": customer.id, "email": customer.email, "name": customer.name,
-            "credit_balance_cents": customer.credit_balance_cents,
-            "created_at": customer.created_at.isoformat() + "Z"}
-    return jsonify(body), 201
+    return 201, {"id": customer.id, "email": customer.email, "name": customer.name,
+                 "credit_balance_cents": customer.credit_balance_cents,
+                 "created_at": customer.created_at.isoformat() + "Z"}
 
 
 @bp.route("/api/purchases", methods=ALL_METHODS)
@@ -164,28 +167,42 @@ def create_customer():
 def create_purchase():
     """Buy a product with credits (completed at once) or by card (answers a checkout_url)."""
     data, raw = json_body()
+    return answer_once(raw, lambda: _purchase(data))
+
+
+def answer_once(raw: bytes, run):
+    """Answer ``run()`` (→ status, body); with an ``Idempotency-Key``, only once per key.
+
+    A repeat of the same request gets the first answer back (``Idempotent-Replayed: true``);
+    the key with another body is 422; while the first is still running, 409.
+    """
     key = request.headers.get("Idempotency-Key")
     if key is None:
-        status, body = _purchase(data)
+        status, body = _run_recorded(run)
         return jsonify(body), status
-    key = idempotency.check_key(key)
     fingerprint = idempotency.fingerprint(request.method, request.path, raw)
-    reservation = idempotency.reserve(g.api_token.id, key, fingerprint)
+    reservation = idempotency.reserve(g.api_token.id, idempotency.check_key(key), fingerprint)
     if reservation.is_replay:
         response = jsonify(reservation.replay_body)
         response.headers["Idempotent-Replayed"] = "true"
         return response, reservation.replay_status
     try:
-        status, body = _purchase(data)
-    except CheckoutFailed as exc:
-        # A purchase row exists (marked failed): the answer is part of the record, keep it.
-        status, body = 502, {"error": exc.code, "message": exc.message, "purchase_id": exc.purchase_id}
+        status, body = _run_recorded(run)
     except Exception:
-        # Nothing was written (validation, short balance, outage): the key may be used again.
+        # Nothing was written (validation, conflict, outage): the key may be used again.
         idempotency.release(reservation.record_id)
         raise
     idempotency.store(reservation.record_id, status, body)
     return jsonify(body), status
+
+
+def _run_recorded(run) -> tuple[int, dict]:
+    """``run()``, with a failed checkout turned into its 502 answer: the purchase row exists
+    (marked failed), so that answer is part of the record and is what a repeat replays."""
+    try:
+        return run()
+    except CheckoutFailed as exc:
+        return 502, {"error": exc.code, "message": exc.message, "purchase_id": exc.purchase_id}
 
 
 def _purchase(data: dict) -> tuple[int, dict]:
@@ -204,7 +221,7 @@ def _purchase(data: dict) -> tuple[int, dict]:
 @require_token
 def get_purchase(purchase_id: str):
     """A purchase's status, amounts, fulfilment status and timestamps."""
-    if not purchase_id.isdigit() or len(purchase_id) > 15:
+    if not (purchase_id.isascii() and purchase_id.isdigit()) or len(purchase_id) > 15:
         raise ApiError(404, "not_found", f"purchase {purchase_id[:40]!r} does not exist")
     purchase = purchases.get_purchase(int(purchase_id))
     sku = purchases.product_sku(purchase.product_id)
