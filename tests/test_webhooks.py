@@ -18,6 +18,7 @@ from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.models import Operation, StripeEvent
 from webapp.services import engine, operations, stripe_events, tokens
+from webapp.services.email.render import render_email
 
 OLD, NEW = "whsec_current_5f1c0a7e9b", "whsec_rotated_77ad02c4e1"
 LIMIT = 4096
@@ -360,6 +361,73 @@ def test_partial_then_full_refund_each_notified_once(hook_app):
     emails = shop.email_operations(purchase.id)
     assert [e.name for e in emails] == ["email.refund_notification"] * 2
     assert [e.payload["context"]["refunded_amount"] for e in emails] == ["$10.00", "$25.00"]
+
+
+def _refund_events(hook_app, purchase, *amounts):
+    """Deliver one charge.refunded per cumulative amount; return their ids."""
+    ids = []
+    for amount in amounts:
+        event = shop.event_for("charge.refunded", purchase, amount_refunded=amount, payment_intent_id="pi_pack")
+        deliver(hook_app, event)
+        ids.append(event["id"])
+    return ids
+
+
+def test_credit_pack_refund_takes_back_the_refunded_share_of_its_credits(hook_app):
+    customer = shop.add_customer(balance=0)
+    pack = shop.add_product(sku="credits-50", kind="credits", price=4500, credits=5000)
+    purchase = shop.add_purchase(customer, pack)
+    paid = shop.event_for("checkout.session.completed", purchase, payment_intent_id="pi_pack")
+    deliver(hook_app, paid)
+    process(paid["id"])
+    assert shop.customer(customer.id).credit_balance_cents == 5000
+    partial, full, repeat = _refund_events(hook_app, purchase, 1500, 4500, 4500)
+
+    process(partial)
+    assert shop.customer(customer.id).credit_balance_cents == 5000 - 1666  # a third, rounded down
+    process(full)
+    process(repeat)  # the same cumulative amount again: nothing more is taken
+
+    assert shop.customer(customer.id).credit_balance_cents == 0
+    refunds = [e for e in shop.email_operations(purchase.id) if e.name == "email.refund_notification"]
+    assert [(e.payload["context"]["credits_removed"], e.payload["context"]["credits_already_spent"])
+            for e in refunds] == [(1666, 0), (3334, 0)]
+
+
+def test_credit_pack_refund_never_takes_the_balance_below_zero(hook_app):
+    customer = shop.add_customer(balance=0)
+    pack = shop.add_product(sku="credits-50", kind="credits", price=4500, credits=5000)
+    purchase = shop.add_purchase(customer, pack)
+    paid = shop.event_for("checkout.session.completed", purchase, payment_intent_id="pi_pack")
+    deliver(hook_app, paid)
+    process(paid["id"])
+    db.session.execute(shop.Customer.__table__.update().values(credit_balance_cents=1000))  # 4000 spent
+    db.session.commit()
+    [full] = _refund_events(hook_app, purchase, 4500)
+
+    assert process(full).outcome == "succeeded"
+
+    assert shop.customer(customer.id).credit_balance_cents == 0
+    [refund] = [e for e in shop.email_operations(purchase.id) if e.name == "email.refund_notification"]
+    context = refund.payload["context"]
+    assert (context["credits_removed"], context["credits_already_spent"]) == (1000, 4000)
+    rendered = render_email("refund_notification", context, to="ada@example.com", purchase_id=purchase.id)
+    assert "$10.00 in credits were removed from your balance" in rendered.text
+    assert "credits you had already used are not affected" in rendered.html
+
+
+def test_lead_refund_leaves_the_credit_balance_alone(hook_app):
+    customer = shop.add_customer(balance=700)
+    purchase = shop.add_purchase(customer, shop.add_product(price=2500), status="completed",
+                                 stripe_payment_intent_id="pi_pack", completed_at=utcnow())
+    [full] = _refund_events(hook_app, purchase, 2500)
+
+    process(full)
+
+    assert shop.purchase(purchase.id).status == "refunded"
+    assert shop.customer(customer.id).credit_balance_cents == 700
+    [refund] = shop.email_operations(purchase.id)
+    assert refund.payload["context"]["credits_removed"] == 0
 
 
 def test_refund_found_by_payment_intent_without_metadata(hook_app):

@@ -7,17 +7,21 @@ same transaction as the transition it confirms.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import select, update
 
+from ...domain.errors import TransientError
 from ...domain.time import utcnow
 from ...extensions import db
 from ...models import Customer, Product, Purchase
 from ...models.commerce import PAYMENT_METHODS
 from ..email import queue_email
 from .errors import Conflict, NotFound, ValidationFailed
+
+log = logging.getLogger("backstop.payments")
 
 # States from which a checkout payment may still complete the purchase: a declined card
 # (payment_intent.payment_failed) can be followed by a successful retry in the same session.
@@ -235,6 +239,7 @@ def refund(purchase_id: int, refunded_cents: int, *, now: datetime, event_id: st
     event (a lower or equal amount) changes nothing.
     """
     purchase = db.session.get(Purchase, purchase_id, populate_existing=True)
+    previous = purchase.refunded_cents or 0
     target = min(refunded_cents, purchase.amount_cents)
     status = "refunded" if target >= purchase.amount_cents else "partially_refunded"
     changed = db.session.execute(
@@ -250,12 +255,47 @@ def refund(purchase_id: int, refunded_cents: int, *, now: datetime, event_id: st
                           and purchase.refunded_cents >= target else f"not_refundable:{purchase.status}",
                           purchase)
     customer, product = purchase.customer, purchase.product
+    removed, spent = claw_back_credits(customer.id, product, purchase.amount_cents, previous, target)
     queue_email("refund_notification", customer.email,
                 {**_context(purchase, customer, product),
                  "refunded_amount": money(target, purchase.currency), "refunded_cents": target,
-                 "fully_refunded": "yes" if status == "refunded" else "no"},
+                 "fully_refunded": "yes" if status == "refunded" else "no",
+                 "credits_removed": removed, "credits_removed_display": money(removed, purchase.currency),
+                 "credits_already_spent": spent},
                 idempotency_key=f"stripe-event:{event_id}:refund_notification", purchase_id=purchase.id)
     return Transition(status, purchase)
+
+
+def claw_back_credits(customer_id: int, product: Product, amount_cents: int, previous_cents: int,
+                      target_cents: int) -> tuple[int, int]:
+    """Take back the refunded share of a credit pack's credits, as far as they are unspent.
+
+    A refund of ``target - previous`` cents of ``amount_cents`` owes back the same share of
+    ``credits_granted`` (rounded so that a full refund owes exactly all of them). The balance
+    never goes below zero: credits already spent stay spent. Returns ``(removed, already_spent)``.
+    Runs in the caller's transaction; a concurrent change of the balance raises TransientError
+    (the whole refund transaction rolls back and is retried).
+    """
+    granted = product.credits_granted or 0
+    if product.kind != "credits" or granted <= 0 or amount_cents <= 0:
+        return 0, 0
+    owed = granted * target_cents // amount_cents - granted * previous_cents // amount_cents
+    if owed <= 0:
+        return 0, 0
+    balance = db.session.execute(select(Customer.credit_balance_cents).where(Customer.id == customer_id)).scalar_one()
+    removed = min(owed, max(balance, 0))
+    if removed:
+        changed = db.session.execute(
+            update(Customer).where(Customer.id == customer_id, Customer.credit_balance_cents >= removed)
+            .values(credit_balance_cents=Customer.credit_balance_cents - removed)
+            .execution_options(synchronize_session=False)).rowcount
+        if not changed:
+            raise TransientError(f"customer {customer_id}'s credit balance changed while refunded credits "
+                                 "were being removed; retrying")
+    if owed > removed:
+        log.warning("refund of credit pack for customer %s: %s refunded credits were already spent",
+                    customer_id, owed - removed)
+    return removed, owed - removed
 
 
 def queue_confirmation(purchase: Purchase, customer: Customer, product: Product):
