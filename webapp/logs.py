@@ -16,7 +16,8 @@ SECRET_TEXT = [
     (re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"), r"\1[redacted]"),
     (re.compile(r"\b(sk|rk|whsec|pk)_(live|test)?_?[A-Za-z0-9]{6,}"), "[redacted]"),
     (re.compile(r"(?i)((?:password|secret|token|api[_-]?key)\s*[=:]\s*)[^\s,;&]+"), r"\1[redacted]"),
-    (re.compile(r"(?i)(https?://[^\s:/@]+:)[^\s@/]+@"), r"\1[redacted]@"),
+    # user:password@ in any URL: database, Redis (often ":password@"), SMTP, HTTP.
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s:/@]*:)[^\s@/]+@"), r"\1[redacted]@"),
     (re.compile(r"https://hooks\.slack\.com/[^\s\"']+"), "https://hooks.slack.com/[redacted]"),
 ]
 REDACTED = "[redacted]"
@@ -51,7 +52,21 @@ class RedactingFilter(logging.Filter):
         record.msg, record.args = redact_text(message), None
         for key in [k for k in record.__dict__ if k not in _STANDARD]:
             record.__dict__[key] = redact_value(key, record.__dict__[key])
+        _redact_traceback(record)
         return True
+
+
+def _redact_traceback(record: logging.LogRecord) -> None:
+    """Pre-format the record's traceback and stack redacted: an exception's text can carry a secret.
+
+    Formatters print ``record.exc_text`` when it is set, so the raw exception is never formatted again.
+    """
+    if record.exc_info and not record.exc_text:
+        record.exc_text = logging.Formatter().formatException(record.exc_info)
+    if record.exc_text:
+        record.exc_text = redact_text(record.exc_text)
+    if record.stack_info:
+        record.stack_info = redact_text(record.stack_info)
 
 
 class JsonFormatter(logging.Formatter):
@@ -65,8 +80,10 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         entry.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD})
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exc"] = record.exc_text  # already redacted by RedactingFilter
         return json.dumps(entry, default=str)
 
 

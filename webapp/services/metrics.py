@@ -137,10 +137,12 @@ class DatabaseCollector:
         docs = {"created": "Operations created", "succeeded": "Operations that succeeded",
                 "failed": "Failed attempts (failed, crashed or dead-lettering)",
                 "dead_lettered": "Attempts that dead-lettered their operation"}
+        # Every counter has a series (0 if need be) for every kind and name seen: a name whose
+        # operations never ran yet still shows failed_total 0, so its first failure is a rise.
+        keys = {(kind, name) for (_, kind, name) in live}
+        keys |= {(kind, name) for (m, kind, name, _) in rollups if m in COUNTERS}
         for metric in COUNTERS:
             family = CounterMetricFamily(f"backstop_operations_{metric}", docs[metric], labels=["kind", "name"])
-            keys = {(kind, name) for (m, kind, name) in live if m == metric}
-            keys |= {(kind, name) for (m, kind, name, label) in rollups if m == metric}
             for kind, name in sorted(keys):
                 family.add_metric([kind, name], live.get((metric, kind, name), 0)
                                   + rollups.get((metric, kind, name, ""), 0))
