@@ -23,6 +23,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     configure_logging(app.config["LOG_FORMAT"])
     configure_engine_options(app)
 
+    _trust_proxies(app)
     db.init_app(app)
     migrate.init_app(app, db, directory=str(config_module.PROJECT_ROOT / "migrations"),
                      render_as_batch=True, compare_type=True)
@@ -34,6 +35,15 @@ def create_app(overrides: dict | None = None) -> Flask:
     _register_cli(app)
     logging.getLogger("backstop").debug("app created for %s", app.config["BACKSTOP_ENV"])
     return app
+
+
+def _trust_proxies(app: Flask) -> None:
+    """Behind TRUSTED_PROXY_COUNT proxies, take client address, scheme and host from their headers."""
+    hops = int(app.config.get("TRUSTED_PROXY_COUNT") or 0)
+    if hops:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops, x_prefix=hops)
 
 
 def _split(value) -> list[str]:
