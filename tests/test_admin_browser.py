@@ -309,3 +309,55 @@ def test_issues_page(page, site):
     issue = page.locator("tr", has_text="Rate limited by provider, retry after <n>s")
     expect(issue.locator("td.num").first).to_have_text("3")
     shot(page, "issues")
+
+
+def test_health_panels_poll_every_10s_and_stop_while_the_tab_is_hidden(page, site):
+    """Playwright's clock drives the page's timers, so 10 s pass without anyone waiting for them."""
+    from playwright.sync_api import expect
+
+    page.clock.install()
+    page.goto(site.url + "/admin/operations-health?window=1h")
+    expect(page.locator('[data-metric="dlq_unresolved"]')).to_be_visible()
+    # Count the panel requests as htmx starts them, and mark the body as each one completes.
+    page.evaluate("""() => {
+        window.__polls = [];
+        let done = 0;
+        const panel = (event) => (event.detail.requestConfig.path || "").includes("/admin/partials/health/");
+        document.body.addEventListener("htmx:beforeRequest", (event) => {
+            if (panel(event)) window.__polls.push(event.detail.requestConfig.path.split("?")[0]);
+        });
+        document.body.addEventListener("htmx:afterRequest", (event) => {
+            if (panel(event)) document.body.dataset.pollsDone = String(++done);
+        });
+    }""")
+    polls = lambda: sorted(page.evaluate("window.__polls"))  # noqa: E731
+    body = page.locator("body")
+    panels = sorted(f"/admin/partials/health/{name}" for name in ("breakdown", "cards", "status", "trend"))
+
+    page.clock.run_for(9_000)
+    assert polls() == []  # not before 10 s
+    page.clock.run_for(1_500)
+    assert polls() == panels  # every panel, once
+    expect(body).to_have_attribute("data-polls-done", "4")  # answered (a slow answer delays the next poll)
+    page.clock.run_for(10_000)
+    assert polls() == sorted(panels * 2)
+    expect(body).to_have_attribute("data-polls-done", "8")
+
+    page.evaluate("""() => {
+        window.__polls = [];
+        Object.defineProperty(document, "visibilityState", {configurable: true, get: () => "hidden"});
+        Object.defineProperty(document, "hidden", {configurable: true, get: () => true});
+        document.dispatchEvent(new Event("visibilitychange"));
+    }""")
+    page.clock.run_for(65_000)
+    assert polls() == []  # a hidden tab asks for nothing
+
+    page.evaluate("""() => {
+        Object.defineProperty(document, "visibilityState", {configurable: true, get: () => "visible"});
+        Object.defineProperty(document, "hidden", {configurable: true, get: () => false});
+        document.dispatchEvent(new Event("visibilitychange"));
+    }""")
+    assert polls() == panels  # back in view: refreshed at once, then every 10 s again
+    expect(body).to_have_attribute("data-polls-done", "12")
+    page.clock.run_for(10_500)
+    assert polls() == sorted(panels * 2)

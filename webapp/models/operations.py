@@ -40,6 +40,9 @@ class Operation(db.Model):
     error_kind: Mapped[str | None] = mapped_column(String(20))
     error_message: Mapped[str | None] = mapped_column(Text)
     error_stack: Mapped[str | None] = mapped_column(Text)
+    # The normalised error's fingerprint (webapp/domain/fingerprints.py), written with the error:
+    # the admin console's Issues view groups dead operations by it in SQL.
+    error_fingerprint: Mapped[str | None] = mapped_column(String(16))
 
     succeeded_at: Mapped[datetime | None]
     dead_at: Mapped[datetime | None]

@@ -16,21 +16,29 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Iterable, Iterator, Mapping
 
-from sqlalchemy import String, and_, cast, func, or_, select
+from sqlalchemy import String, and_, bindparam, case, cast, func, literal_column, or_, select, update
 
+from ..domain.fingerprints import FINGERPRINT_LENGTH, fingerprint_of, normalise_error  # noqa: F401  (re-exported)
 from ..domain.states import State
 from ..domain.time import as_naive_utc, utcnow
 from ..extensions import db
 from ..models import Operation, OperationAttempt
 from ..models.commerce import Customer, Purchase
 from ..models.email import EmailLog
+from .engine import on_outcome
 from .registry import KINDS
 
 STATUSES = ("unresolved", "resolved", "all", "retrying", "scheduled")
 RANGES = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7),
           "30d": timedelta(days=30), "all": None}
 MAX_QUERY = 200
-ISSUES_SCAN_LIMIT = 50_000
+ISSUES_SHOWN = 200
+# ``state = 'dead'`` as a literal, not a bound parameter: SQLite uses a partial index
+# (``WHERE state = 'dead'``) only when it can see the query asks for exactly that.
+DEAD = Operation.state == literal_column("'dead'")
+# The Issues group of dead operations that carry no error at all (fingerprints are hex).
+NO_FINGERPRINT = "none"
+_FINGERPRINT = re.compile(f"[0-9a-f]{{{FINGERPRINT_LENGTH}}}")
 
 
 class FilterError(ValueError):
@@ -97,9 +105,12 @@ def parse_filters(args: Mapping[str, str]) -> Filters:
     q = (args.get("q") or "").strip()
     if len(q) > MAX_QUERY:
         raise FilterError(f"search text is limited to {MAX_QUERY} characters")
+    fingerprint = (args.get("fingerprint") or "").strip().lower()
+    if fingerprint and fingerprint != NO_FINGERPRINT and not _FINGERPRINT.fullmatch(fingerprint):
+        raise FilterError(f"fingerprint must be {FINGERPRINT_LENGTH} hex digits (from the Issues view)")
     return Filters(kind=kind, name=(args.get("name") or "").strip()[:120], status=status, range=range_,
                    since=_parse_time(args.get("since"), "since"), until=_parse_time(args.get("until"), "until"),
-                   q=q, fingerprint=(args.get("fingerprint") or "").strip()[:64])
+                   q=q, fingerprint=fingerprint)
 
 
 def _parse_time(raw: str | None, label: str) -> datetime | None:
@@ -115,26 +126,40 @@ def _parse_time(raw: str | None, label: str) -> datetime | None:
 # --- the filtered selection ---------------------------------------------------------------
 
 def _sort_column(filters: Filters):
+    """Dead operations by when they died (newest first); the others by when they are due (soonest first)."""
+    return Operation.dead_at if filters.dead_only else Operation.next_attempt_at
+
+
+def _descending(filters: Filters) -> bool:
+    return filters.dead_only
+
+
+def _time_column(filters: Filters):
+    """The column the time range and since/until apply to: dead_at, or created_at for live states."""
     return Operation.dead_at if filters.dead_only else Operation.created_at
 
 
 def filter_conditions(filters: Filters, now: datetime | None = None) -> list:
-    """SQL conditions on ``Operation`` for ``filters`` (everything but the fingerprint)."""
+    """SQL conditions on ``Operation`` for ``filters``, fingerprint included."""
     now = now or utcnow()
     conditions = []
     if filters.status == "unresolved":
-        conditions += [Operation.state == State.DEAD.value, Operation.resolved_at.is_(None)]
+        conditions += [DEAD, Operation.resolved_at.is_(None)]
     elif filters.status == "resolved":
-        conditions += [Operation.state == State.DEAD.value, Operation.resolved_at.is_not(None)]
+        conditions += [DEAD, Operation.resolved_at.is_not(None)]
     elif filters.status == "all":
-        conditions.append(Operation.state == State.DEAD.value)
+        conditions.append(DEAD)
     else:
         conditions.append(Operation.state == filters.status)
     if filters.kind:
         conditions.append(Operation.kind == filters.kind)
     if filters.name:
         conditions.append(Operation.name == filters.name)
-    column = _sort_column(filters)
+    if filters.fingerprint == NO_FINGERPRINT:
+        conditions.append(Operation.error_fingerprint.is_(None))
+    elif filters.fingerprint:
+        conditions.append(Operation.error_fingerprint == filters.fingerprint)
+    column = _time_column(filters)
     window = RANGES[filters.range]
     if window is not None:
         conditions.append(column >= now - window)
@@ -194,54 +219,40 @@ def decode_cursor(cursor: str | None) -> tuple[datetime, int] | None:
 
 def list_operations(filters: Filters, *, cursor: str | None = None, limit: int = 50,
                     now: datetime | None = None) -> Page:
-    """A page of operations matching ``filters``, newest first, keyset-paginated by (time, id).
+    """A page of operations matching ``filters``, keyset-paginated by (sort time, id).
 
-    The fingerprint filter is applied after the SQL query (it is computed from the message),
-    so a page may hold fewer rows than ``limit`` while more pages follow.
+    Dead operations come newest death first; live ones (retrying, scheduled) soonest due first.
     """
     column = _sort_column(filters)
     query = select(Operation).where(*filter_conditions(filters, now))
     after = decode_cursor(cursor)
     if after is not None:
         stamp, last_id = after
-        query = query.where(or_(column < stamp, and_(column == stamp, Operation.id < last_id)))
-    rows = db.session.execute(query.order_by(column.desc(), Operation.id.desc()).limit(limit + 1)
+        if _descending(filters):
+            query = query.where(or_(column < stamp, and_(column == stamp, Operation.id < last_id)))
+        else:
+            query = query.where(or_(column > stamp, and_(column == stamp, Operation.id > last_id)))
+    order = (column.desc(), Operation.id.desc()) if _descending(filters) else (column.asc(), Operation.id.asc())
+    rows = db.session.execute(query.order_by(*order).limit(limit + 1)
                               .execution_options(populate_existing=True)).scalars().all()
     _detach(rows)
     more = len(rows) > limit
     rows = rows[:limit]
     next_cursor = encode_cursor(getattr(rows[-1], column.key), rows[-1].id) if more and rows else None
-    if filters.fingerprint:
-        rows = [row for row in rows if fingerprint_of(row.error_class, row.error_message) == filters.fingerprint]
     return Page(rows, next_cursor, filters)
 
 
 def count_matching(filters: Filters, now: datetime | None = None) -> int:
     """How many operations match ``filters``."""
-    if filters.fingerprint:
-        return len(matching_ids(filters, now))
     total = db.session.execute(select(func.count()).select_from(Operation)
                                .where(*filter_conditions(filters, now))).scalar_one()
     db.session.rollback()
     return total
 
 
-def matching_ids(filters: Filters, now: datetime | None = None, batch: int = 5000) -> list[int]:
-    """Every id matching ``filters`` (fingerprint included), read in keyset batches."""
-    ids: list[int] = []
-    last_id = None
-    while True:
-        query = (select(Operation.id, Operation.error_class, Operation.error_message)
-                 .where(*filter_conditions(filters, now)))
-        if last_id is not None:
-            query = query.where(Operation.id < last_id)
-        rows = db.session.execute(query.order_by(Operation.id.desc()).limit(batch)).all()
-        db.session.rollback()
-        if not rows:
-            return ids
-        ids += [row.id for row in rows
-                if not filters.fingerprint or fingerprint_of(row.error_class, row.error_message) == filters.fingerprint]
-        last_id = rows[-1].id
+def matching_ids_query(filters: Filters, now: datetime | None = None):
+    """A SELECT of the ids matching ``filters`` (for INSERT ... SELECT and UPDATE ... WHERE id IN)."""
+    return select(Operation.id).where(*filter_conditions(filters, now))
 
 
 def get_operation_detail(operation_id: int) -> dict | None:
@@ -332,31 +343,36 @@ def operation_names() -> list[str]:
 
 # --- fingerprints and the Issues view -----------------------------------------------------
 
-_NORMALISERS = [
-    (re.compile(r"[\w.+-]+@[\w-]+(\.[\w-]+)*", re.ASCII), "<email>"),
-    (re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b", re.I), "<uuid>"),
-    (re.compile(r"\b(?:cs|pi|ch|evt|cus|in|re|sub|price|prod|txn|msg|req)_[A-Za-z0-9_]+\b"), "<id>"),
-    (re.compile(r"\b0x[0-9a-f]+\b", re.I), "<hex>"),
-    (re.compile(r"\b(?=[0-9a-f]*\d)(?=[0-9a-f]*[a-f])[0-9a-f]{8,}\b", re.I), "<hex>"),
-    (re.compile(r"\d+(?:\.\d+)*"), "<n>"),
-    (re.compile(r"\s+"), " "),
-]
+@on_outcome
+def _store_fingerprint(operation: Operation, outcome: str) -> None:
+    """Store the fingerprint of the error the engine just recorded, in the same transaction."""
+    if outcome != "succeeded" and (operation.error_class or operation.error_message):
+        operation.error_fingerprint = fingerprint_of(operation.error_class, operation.error_message)
 
 
-def normalise_error(message: str | None) -> str:
-    """The message with emails, UUIDs, provider ids, hex ids and numbers replaced by placeholders."""
-    text = (message or "").strip()
-    for pattern, placeholder in _NORMALISERS:
-        text = pattern.sub(placeholder, text)
-    return text[:300]
-
-
-def fingerprint_of(error_class: str | None, message: str | None) -> str:
-    """A stable 16-hex-digit fingerprint of an error's class and normalised message."""
-    import hashlib
-
-    basis = f"{error_class or ''}|{normalise_error(message)}"
-    return hashlib.sha256(basis.encode()).hexdigest()[:16]
+def refingerprint(batch: int = 5000) -> int:
+    """Recompute every stored fingerprint (after the normalisation changed); return how many changed. Commits."""
+    changed, last_id = 0, 0
+    while True:
+        rows = db.session.execute(
+            select(Operation.id, Operation.error_class, Operation.error_message, Operation.error_fingerprint)
+            .where(Operation.id > last_id,
+                   or_(Operation.error_class.is_not(None), Operation.error_message.is_not(None)))
+            .order_by(Operation.id).limit(batch)).all()
+        if not rows:
+            db.session.rollback()
+            return changed
+        updates = [{"id": row.id, "error_fingerprint": fingerprint}
+                   for row in rows
+                   if (fingerprint := fingerprint_of(row.error_class, row.error_message)) != row.error_fingerprint]
+        if updates:
+            table = Operation.__table__
+            db.session.execute(update(table).where(table.c.id == bindparam("b_id"))
+                               .values(error_fingerprint=bindparam("b_fp")),
+                               [{"b_id": u["id"], "b_fp": u["error_fingerprint"]} for u in updates])
+        db.session.commit()
+        changed += len(updates)
+        last_id = rows[-1].id
 
 
 @dataclass
@@ -364,8 +380,8 @@ class Issue:
     """Failures that share a fingerprint."""
 
     fingerprint: str
-    error_class: str | None
-    sample: str
+    error_class: str | None = None
+    sample: str = ""
     names: set = field(default_factory=set)
     count: int = 0
     unresolved: int = 0
@@ -373,34 +389,52 @@ class Issue:
     last_seen: datetime | None = None
 
 
-def issues(filters: Filters, now: datetime | None = None, scan_limit: int = ISSUES_SCAN_LIMIT) -> tuple[list[Issue], bool]:
-    """Dead operations matching ``filters`` grouped by fingerprint, largest group first.
+@dataclass
+class IssueList:
+    """The Issues view: the largest groups, and how many groups there are in all."""
 
-    Reads at most ``scan_limit`` of the most recent failures; returns ``(issues, truncated)``.
+    issues: list
+    total_groups: int
+    total_failures: int
+
+
+def issues(filters: Filters, now: datetime | None = None, shown: int = ISSUES_SHOWN) -> IssueList:
+    """Dead operations matching ``filters`` grouped by stored fingerprint, largest group first.
+
+    Grouped in SQL over every matching row (the partial index on dead operations covers the
+    grouping); only the ``shown`` largest groups are returned, each with a sample message.
     """
     if not filters.dead_only:
         filters = replace(filters, status="unresolved")
-    query = (select(Operation.id, Operation.name, Operation.error_class, Operation.error_message,
-                    Operation.dead_at, Operation.resolved_at)
-             .where(*filter_conditions(filters, now))
-             .order_by(Operation.dead_at.desc(), Operation.id.desc()).limit(scan_limit + 1))
-    rows = db.session.execute(query).all()
-    db.session.rollback()
-    truncated = len(rows) > scan_limit
+    fingerprint = func.coalesce(Operation.error_fingerprint, NO_FINGERPRINT).label("fingerprint")
+    rows = db.session.execute(
+        select(fingerprint, Operation.name, func.count().label("count"),
+               func.sum(case((Operation.resolved_at.is_(None), 1), else_=0)).label("unresolved"),
+               func.min(Operation.dead_at).label("first_seen"), func.max(Operation.dead_at).label("last_seen"))
+        .where(*filter_conditions(filters, now))
+        .group_by(fingerprint, Operation.name)).all()
     groups: dict[str, Issue] = {}
-    for row in rows[:scan_limit]:
-        key = fingerprint_of(row.error_class, row.error_message)
-        issue = groups.get(key)
-        if issue is None:
-            issue = groups[key] = Issue(key, row.error_class, normalise_error(row.error_message))
-        issue.count += 1
-        issue.unresolved += row.resolved_at is None
+    for row in rows:
+        issue = groups.setdefault(row.fingerprint, Issue(row.fingerprint))
+        issue.count += row.count
+        issue.unresolved += int(row.unresolved or 0)
         issue.names.add(row.name)
-        issue.first_seen = min(filter(None, [issue.first_seen, row.dead_at]), default=None)
-        issue.last_seen = max(filter(None, [issue.last_seen, row.dead_at]), default=None)
-    if filters.fingerprint:
-        groups = {k: v for k, v in groups.items() if k == filters.fingerprint}
-    return sorted(groups.values(), key=lambda issue: (-issue.count, issue.fingerprint)), truncated
+        issue.first_seen = min(filter(None, [issue.first_seen, row.first_seen]), default=None)
+        issue.last_seen = max(filter(None, [issue.last_seen, row.last_seen]), default=None)
+    ordered = sorted(groups.values(), key=lambda issue: (-issue.count, issue.fingerprint))
+    top = ordered[:shown]
+    for issue in top:
+        if issue.fingerprint == NO_FINGERPRINT:
+            issue.sample = "(no error recorded)"
+            continue
+        sample = db.session.execute(
+            select(Operation.error_class, Operation.error_message)
+            .where(DEAD, Operation.error_fingerprint == issue.fingerprint)
+            .order_by(Operation.dead_at.desc()).limit(1)).first()
+        if sample is not None:
+            issue.error_class, issue.sample = sample.error_class, normalise_error(sample.error_message)
+    db.session.rollback()
+    return IssueList(top, len(groups), sum(issue.count for issue in groups.values()))
 
 
 # --- export -------------------------------------------------------------------------------
@@ -416,7 +450,7 @@ def operation_record(operation: Operation) -> dict:
     for name in EXPORT_FIELDS:
         value = getattr(operation, name)
         record[name] = value.isoformat() if isinstance(value, datetime) else value
-    record["fingerprint"] = fingerprint_of(operation.error_class, operation.error_message)
+    record["fingerprint"] = operation.error_fingerprint
     return record
 
 

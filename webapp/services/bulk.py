@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, literal, select, update
 
 from ..domain.errors import PermanentError
 from ..domain.retry import RetryPolicy
@@ -20,7 +20,7 @@ from ..domain.states import State
 from ..domain.time import utcnow
 from ..extensions import db
 from ..models import BulkJob, BulkJobItem, Operation
-from .admin_queries import Filters, matching_ids
+from .admin_queries import Filters, filter_conditions
 from .doorbell import ring_after_commit
 from .engine import on_outcome
 from .operations import create_operation
@@ -95,29 +95,46 @@ def _checked(ids) -> list[int]:
 
 
 def resolve_matching(filters: Filters, *, by: str, note: str = "", now: datetime | None = None) -> int:
-    """Resolve every unresolved dead operation matching ``filters`` (an Issues group). Commits."""
-    ids = matching_ids(filters, now)
-    resolved = 0
-    for start in range(0, len(ids), MAX_SELECTED):
-        resolved += resolve_ids(ids[start:start + MAX_SELECTED], by=by, note=note, now=now)[0]
+    """Resolve every unresolved dead operation matching ``filters`` (an Issues group), in one UPDATE. Commits.
+
+    Pass ``until`` in the filters (the time the group was shown) so failures that arrive
+    after the admin looked at the group are left alone.
+    """
+    if not filters.dead_only:
+        raise BulkError("only dead-lettered operations can be resolved")
+    now = now or utcnow()
+    resolved = db.session.execute(
+        update(Operation)
+        .where(*filter_conditions(filters, now), Operation.resolved_at.is_(None))
+        .values(resolved_at=now, resolved_by=by, resolution_note=note.strip() or None, updated_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    db.session.commit()
     return resolved
 
 
 def create_draft(filters: Filters, *, by: str, now: datetime | None = None) -> BulkJob:
-    """Snapshot the dead operations matching ``filters`` into a draft retry job. Commits."""
+    """Snapshot the dead operations matching ``filters`` into a draft retry job. Commits.
+
+    The snapshot is one ``INSERT ... SELECT`` in the database, so its size costs no memory
+    here; the job's ``total`` is the number of rows it took.
+    """
     if not filters.dead_only:
         raise BulkError("only dead-lettered operations can be retried in bulk")
     now = now or utcnow()
-    ids = matching_ids(filters, now)
     job = BulkJob(action="retry", state="draft", filters=filters.to_json(), description=filters.describe(),
-                  total=len(ids), created_by=by, created_at=now)
+                  total=0, created_by=by, created_at=now)
     db.session.add(job)
     db.session.flush()
-    for start in range(0, len(ids), 1000):
-        db.session.execute(insert(BulkJobItem), [{"bulk_job_id": job.id, "operation_id": operation_id}
-                                                 for operation_id in ids[start:start + 1000]])
+    db.session.execute(insert(BulkJobItem).from_select(
+        ["bulk_job_id", "operation_id"],
+        select(literal(job.id), Operation.id).where(*filter_conditions(filters, now))))
+    total = db.session.execute(select(func.count()).select_from(BulkJobItem)
+                               .where(BulkJobItem.bulk_job_id == job.id)).scalar_one()
+    db.session.execute(update(BulkJob).where(BulkJob.id == job.id).values(total=total)
+                       .execution_options(synchronize_session=False))
     db.session.commit()
-    return job
+    return get_job(job.id)
 
 
 def get_job(job_id: int) -> BulkJob:

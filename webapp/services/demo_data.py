@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 
+from ..domain.fingerprints import fingerprint_of
 from ..domain.time import utcnow
 from ..extensions import db
 from ..models import Operation, OperationAttempt
@@ -197,6 +198,7 @@ class _Builder:
         else:
             operation.state, operation.dead_at = "dead", min(finished, self.now)
             operation.error_class, operation.error_message = error_class, message
+            operation.error_fingerprint = fingerprint_of(error_class, message)
             operation.error_kind = "permanent" if permanent else "transient"
             operation.error_stack = _stack(error_class, message)
             self.counts["dead letters"] += 1

@@ -1,10 +1,10 @@
-"""``flask --app wsgi create-admin EMAIL`` and ``flask --app wsgi demo-data``."""
+"""``flask --app wsgi create-admin EMAIL``, ``demo-data`` and ``refingerprint``."""
 
 from __future__ import annotations
 
 import click
 
-from ...services import admin_auth, demo_data
+from ...services import admin_auth, admin_queries, demo_data
 from . import bp
 
 
@@ -32,3 +32,10 @@ def demo_data_command(days: int, seed: int):
     except demo_data.NotEmpty as exc:
         raise click.ClickException(str(exc)) from None
     click.echo("demo data: " + ", ".join(f"{count} {what}" for what, count in summary.items()))
+
+
+@bp.cli.command("refingerprint")
+def refingerprint_command():
+    """Recompute stored error fingerprints (needed only after the normalisation rules change)."""
+    changed = admin_queries.refingerprint()
+    click.echo(f"refingerprinted {changed} operation{'s' if changed != 1 else ''}")

@@ -54,14 +54,15 @@ def _http_error(error: HTTPException):
 
 @bp.app_template_filter("ago")
 def _ago(value: datetime | None) -> str:
-    """'5m ago' style ages for timestamps (naive UTC)."""
+    """'5m ago' (or 'in 5m' for a future time) for timestamps in naive UTC."""
     if value is None:
         return "—"
-    seconds = max(int((utcnow() - value).total_seconds()), 0)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit} ago"
-    return f"{seconds}s ago"
+    seconds = int((utcnow() - value).total_seconds())
+    ahead, seconds = seconds < 0, abs(seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size or unit == "s":
+            amount = f"{seconds // size}{unit}"
+            return f"in {amount}" if ahead else f"{amount} ago"
 
 
 @bp.app_template_filter("duration")
@@ -258,19 +259,24 @@ def bulk_progress(job_id: int):
 @bp.get("/issues")
 @login_required
 def issues():
-    """Failures grouped by normalised error fingerprint."""
+    """Failures grouped by their stored error fingerprint (grouped in SQL, over every match)."""
     filters = _filters()
-    groups, truncated = admin_queries.issues(filters)
-    return render_template("admin/issues.html", issues=groups, truncated=truncated, filters=filters,
-                           kinds=KINDS, names=admin_queries.operation_names(),
-                           scan_limit=admin_queries.ISSUES_SCAN_LIMIT)
+    as_of = utcnow()
+    found = admin_queries.issues(filters, now=as_of)
+    return render_template("admin/issues.html", found=found, issues=found.issues, filters=filters,
+                           kinds=KINDS, names=admin_queries.operation_names(), as_of=as_of.isoformat())
+
+
+def _group_filters(fingerprint: str, **extra) -> Filters:
+    """The Issues page's filters for one group, up to ``until`` (when the page was shown)."""
+    return _filters({**request.form.to_dict(), **extra, "fingerprint": fingerprint})
 
 
 @bp.post("/issues/<fingerprint>/retry")
 @login_required
 def issue_retry(fingerprint: str):
     """Retry a group: the same snapshot-and-confirm flow as "retry everything matching"."""
-    filters = _filters({**request.form.to_dict(), "fingerprint": fingerprint})
+    filters = _group_filters(fingerprint)
     try:
         job = bulk.create_draft(filters, by=_by())
     except bulk.BulkError as exc:
@@ -281,9 +287,15 @@ def issue_retry(fingerprint: str):
 @bp.post("/issues/<fingerprint>/resolve")
 @login_required
 def issue_resolve(fingerprint: str):
-    """Resolve every unresolved failure in a group, with a note."""
-    form = {**request.form.to_dict(), "fingerprint": fingerprint, "status": "unresolved"}
-    resolved = bulk.resolve_matching(_filters(form), by=_by(), note=request.form.get("note", "")[:2000])
+    """Resolve the group's unresolved failures shown on the page (dead by ``until``), with a note."""
+    note = (request.form.get("note") or "").strip()
+    if len(note) > 2000:
+        abort(400, description="the note is limited to 2000 characters")
+    filters = _group_filters(fingerprint, status="unresolved")
+    try:
+        resolved = bulk.resolve_matching(filters, by=_by(), note=note)
+    except bulk.BulkError as exc:
+        abort(400, description=str(exc))
     response = make_response(render_template("admin/_notice.html",
                                              message=f"Resolved {resolved} operation{'s' * (resolved != 1)}."))
     response.headers["HX-Refresh"] = "true"
