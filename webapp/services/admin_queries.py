@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Iterable, Iterator, Mapping
 
-from sqlalchemy import String, and_, bindparam, case, cast, func, literal_column, or_, select, update
+from sqlalchemy import String, and_, bindparam, case, cast, func, literal, literal_column, or_, select, update
 
 from ..domain.fingerprints import FINGERPRINT_LENGTH, fingerprint_of, normalise_error  # noqa: F401  (re-exported)
 from ..domain.states import State
@@ -32,6 +32,7 @@ STATUSES = ("unresolved", "resolved", "all", "retrying", "scheduled")
 RANGES = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7),
           "30d": timedelta(days=30), "all": None}
 MAX_QUERY = 200
+MAX_ID = 2**63 - 1  # the largest BIGINT: ids beyond it cannot exist
 ISSUES_SHOWN = 200
 # ``state = 'dead'`` as a literal, not a bound parameter: SQLite uses a partial index
 # (``WHERE state = 'dead'``) only when it can see the query asks for exactly that.
@@ -105,10 +106,13 @@ def parse_filters(args: Mapping[str, str]) -> Filters:
     q = (args.get("q") or "").strip()
     if len(q) > MAX_QUERY:
         raise FilterError(f"search text is limited to {MAX_QUERY} characters")
+    name = (args.get("name") or "").strip()[:120]
+    if "\x00" in q or "\x00" in name:
+        raise FilterError("search text and name cannot contain NUL characters")
     fingerprint = (args.get("fingerprint") or "").strip().lower()
     if fingerprint and fingerprint != NO_FINGERPRINT and not _FINGERPRINT.fullmatch(fingerprint):
         raise FilterError(f"fingerprint must be {FINGERPRINT_LENGTH} hex digits (from the Issues view)")
-    return Filters(kind=kind, name=(args.get("name") or "").strip()[:120], status=status, range=range_,
+    return Filters(kind=kind, name=name, status=status, range=range_,
                    since=_parse_time(args.get("since"), "since"), until=_parse_time(args.get("until"), "until"),
                    q=q, fingerprint=fingerprint)
 
@@ -117,10 +121,9 @@ def _parse_time(raw: str | None, label: str) -> datetime | None:
     if not raw or not raw.strip():
         return None
     try:
-        value = datetime.fromisoformat(raw.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise FilterError(f"{label} must be an ISO date or date-time (UTC), got {raw!r}") from None
-    return as_naive_utc(value)
+        return as_naive_utc(datetime.fromisoformat(raw.strip().replace("Z", "+00:00")))
+    except (ValueError, OverflowError):
+        raise FilterError(f"{label} must be an ISO date or date-time (UTC), got {raw[:40]!r}") from None
 
 
 # --- the filtered selection ---------------------------------------------------------------
@@ -173,7 +176,12 @@ def filter_conditions(filters: Filters, now: datetime | None = None) -> list:
 
 
 def _search(q: str):
-    """Text search over subject, idempotency key, error message and the customer's email."""
+    """Text search over subject, idempotency key, error message and the customer's email.
+
+    The customer's email matches an email's recipient, and any operation whose payload
+    ``purchase_id`` or whose subject (``purchase:<id>``, ``customer:<id>``) names a purchase
+    or customer with that email (Stripe webhooks, welcome emails).
+    """
     pattern = "%" + q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
     def like(column):
@@ -182,12 +190,18 @@ def _search(q: str):
     # Compared as text: a payload's purchase_id is JSON (a number, or junk) and must never fail a cast.
     purchases_of_customer = (select(cast(Purchase.id, String)).join(Customer, Customer.id == Purchase.customer_id)
                              .where(like(Customer.email)))
+    # Webhooks and welcome emails name their purchase or customer in the subject instead.
+    purchase_subjects = (select(literal("purchase:", String) + cast(Purchase.id, String))
+                         .join(Customer, Customer.id == Purchase.customer_id).where(like(Customer.email)))
+    customer_subjects = select(literal("customer:", String) + cast(Customer.id, String)).where(like(Customer.email))
     return or_(
         like(Operation.subject),
         like(Operation.idempotency_key),
         like(Operation.error_message),
         like(Operation.payload["to"].as_string()),
         cast(Operation.payload["purchase_id"].as_string(), String).in_(purchases_of_customer),
+        Operation.subject.in_(purchase_subjects),
+        Operation.subject.in_(customer_subjects),
     )
 
 
@@ -212,6 +226,8 @@ def decode_cursor(cursor: str | None) -> tuple[datetime, int] | None:
         return None
     try:
         stamp, raw_id = cursor.rsplit("_", 1)
+        if not raw_id.isascii() or not raw_id.isdigit() or int(raw_id) > MAX_ID:
+            raise ValueError(raw_id)
         return datetime.fromisoformat(stamp), int(raw_id)
     except ValueError:
         raise FilterError("the page cursor is malformed; start again from the first page") from None

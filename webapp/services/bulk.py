@@ -37,6 +37,10 @@ class BulkError(ValueError):
     """A bulk request that cannot be carried out (unknown job, wrong state, too many rows)."""
 
 
+class BulkJobNotFound(BulkError):
+    """No bulk job has this id."""
+
+
 def retry_ids(ids: list[int], *, by: str, now: datetime | None = None) -> tuple[int, int]:
     """Retry the dead operations among ``ids`` now; return ``(retried, skipped)``. Commits."""
     ids = _checked(ids)
@@ -142,7 +146,7 @@ def get_job(job_id: int) -> BulkJob:
     job = db.session.get(BulkJob, job_id, populate_existing=True)
     db.session.rollback()
     if job is None:
-        raise BulkError(f"bulk job {job_id} does not exist")
+        raise BulkJobNotFound(f"bulk job {job_id} does not exist")
     return job
 
 

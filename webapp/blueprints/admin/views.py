@@ -19,6 +19,8 @@ from ...services.registry import KINDS
 from . import bp
 
 TERMINAL_STATES = {state.value for state in TERMINAL}
+# Ids in URLs: integers that fit the BIGINT columns (a larger one is a 404, not a database error).
+ID = f"int(max={admin_queries.MAX_ID})"
 
 
 def _by() -> str:
@@ -125,7 +127,7 @@ def _row(operation_id: int, message: str | None = None, status: int = 200):
     return response
 
 
-@bp.get("/partials/operations/<int:operation_id>/row")
+@bp.get(f"/partials/operations/<{ID}:operation_id>/row")
 @login_required
 def operation_row(operation_id: int):
     """One row in its current state (polled after a retry until the state is terminal)."""
@@ -134,7 +136,7 @@ def operation_row(operation_id: int):
     return response
 
 
-@bp.get("/partials/operations/<int:operation_id>/details")
+@bp.get(f"/partials/operations/<{ID}:operation_id>/details")
 @login_required
 def operation_details(operation_id: int):
     """Payload, error, stack, every attempt, the related purchase, customer and email log."""
@@ -156,14 +158,14 @@ def _act(operation_id: int, action) -> Response:
     return response
 
 
-@bp.post("/operations/<int:operation_id>/retry")
+@bp.post(f"/operations/<{ID}:operation_id>/retry")
 @login_required
 def retry(operation_id: int):
     """Retry a dead operation; the row comes back live and polls until it finishes."""
     return _act(operation_id, lambda: operations.retry_dead(operation_id, by=_by()))
 
 
-@bp.post("/operations/<int:operation_id>/resolve")
+@bp.post(f"/operations/<{ID}:operation_id>/resolve")
 @login_required
 def resolve(operation_id: int):
     """Resolve a dead operation with a note (who and when are recorded)."""
@@ -173,7 +175,7 @@ def resolve(operation_id: int):
     return _act(operation_id, lambda: operations.resolve(operation_id, by=_by(), note=note))
 
 
-@bp.post("/operations/<int:operation_id>/cancel")
+@bp.post(f"/operations/<{ID}:operation_id>/cancel")
 @login_required
 def cancel(operation_id: int):
     """Cancel an operation that has not started (a scheduled one)."""
@@ -218,29 +220,33 @@ def bulk_preview():
     return render_template("admin/_bulk_confirm.html", job=job)
 
 
-@bp.post("/bulk-jobs/<int:job_id>/start")
+@bp.post(f"/bulk-jobs/<{ID}:job_id>/start")
 @login_required
 def bulk_start(job_id: int):
     """Confirm: the background job starts working through the snapshot."""
     try:
         job = bulk.start(job_id, by=_by())
+    except bulk.BulkJobNotFound as exc:
+        abort(404, description=str(exc))
     except bulk.BulkError as exc:
         abort(409, description=str(exc))
     return render_template("admin/_bulk_job.html", job=job)
 
 
-@bp.post("/bulk-jobs/<int:job_id>/cancel")
+@bp.post(f"/bulk-jobs/<{ID}:job_id>/cancel")
 @login_required
 def bulk_cancel(job_id: int):
     """Cancel a draft at once, or a running job after its current batch."""
     try:
         job = bulk.cancel(job_id)
+    except bulk.BulkJobNotFound as exc:
+        abort(404, description=str(exc))
     except bulk.BulkError as exc:
         abort(409, description=str(exc))
     return render_template("admin/_bulk_job.html", job=job)
 
 
-@bp.get("/partials/bulk-jobs/<int:job_id>")
+@bp.get(f"/partials/bulk-jobs/<{ID}:job_id>")
 @login_required
 def bulk_progress(job_id: int):
     """A job's progress (polled every second until it finishes; then the list reloads)."""

@@ -5,6 +5,8 @@ Every error answers ``{"error": <stable code>, "message": <human text>}`` with a
 
 from __future__ import annotations
 
+import re
+
 from flask import Blueprint, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
@@ -14,6 +16,8 @@ from ...services.admin_queries import FilterError
 bp = Blueprint("admin_api", __name__, url_prefix="/api/admin")
 
 MAX_LIMIT = 500
+# Ids in URLs: integers that fit the BIGINT columns (a larger one is a 404, not a database error).
+ID = f"int(max={admin_queries.MAX_ID})"
 ERROR_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                405: "method_not_allowed", 409: "conflict", 413: "too_large", 415: "unsupported_media_type",
                422: "unprocessable", 429: "too_many_requests"}
@@ -88,7 +92,7 @@ def _filters(args) -> admin_queries.Filters:
 
 def _limit(default: int = 50) -> int:
     raw = request.args.get("limit", str(default))
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    if not re.fullmatch(r"[0-9]{1,4}", raw) or not 1 <= int(raw) <= MAX_LIMIT:
         raise ApiError(400, "invalid_limit", f"limit must be an integer from 1 to {MAX_LIMIT}")
     return int(raw)
 
@@ -151,7 +155,7 @@ def list_operations():
                    next_cursor=page.next_cursor, filters=filters.to_json())
 
 
-@bp.get("/operations/<int:operation_id>")
+@bp.get(f"/operations/<{ID}:operation_id>")
 def get_operation(operation_id: int):
     """One operation with its attempts, related purchase, customer and email log."""
     return jsonify(_operation_json(operation_id))
@@ -167,13 +171,13 @@ def _act(operation_id: int, action):
     return jsonify(_operation_json(operation_id))
 
 
-@bp.post("/operations/<int:operation_id>/retry")
+@bp.post(f"/operations/<{ID}:operation_id>/retry")
 def retry(operation_id: int):
     """Retry a dead operation."""
     return _act(operation_id, lambda: operations.retry_dead(operation_id, by=_actor()))
 
 
-@bp.post("/operations/<int:operation_id>/resolve")
+@bp.post(f"/operations/<{ID}:operation_id>/resolve")
 def resolve(operation_id: int):
     """Resolve a dead operation; body ``{"note": "..."}``."""
     note = _json_body().get("note", "")
@@ -182,7 +186,7 @@ def resolve(operation_id: int):
     return _act(operation_id, lambda: operations.resolve(operation_id, by=_actor(), note=note))
 
 
-@bp.post("/operations/<int:operation_id>/cancel")
+@bp.post(f"/operations/<{ID}:operation_id>/cancel")
 def cancel(operation_id: int):
     """Cancel an operation that has not started."""
     return _act(operation_id, lambda: operations.cancel(operation_id, by=_actor()))
@@ -204,7 +208,7 @@ def bulk_retry():
     return jsonify(bulk_job=_job_json(job)), 202
 
 
-@bp.get("/bulk-jobs/<int:job_id>")
+@bp.get(f"/bulk-jobs/<{ID}:job_id>")
 def bulk_job(job_id: int):
     """A bulk job's progress."""
     try:
@@ -213,11 +217,13 @@ def bulk_job(job_id: int):
         raise ApiError(404, "not_found", str(exc)) from None
 
 
-@bp.post("/bulk-jobs/<int:job_id>/cancel")
+@bp.post(f"/bulk-jobs/<{ID}:job_id>/cancel")
 def bulk_job_cancel(job_id: int):
     """Stop a bulk job after its current batch."""
     try:
         return jsonify(bulk_job=_job_json(bulk.cancel(job_id)))
+    except bulk.BulkJobNotFound as exc:
+        raise ApiError(404, "not_found", str(exc)) from None
     except bulk.BulkError as exc:
         raise ApiError(409, "invalid_state", str(exc)) from None
 
