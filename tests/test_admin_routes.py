@@ -969,3 +969,25 @@ def test_bad_input_answers_4xx_never_500(app):
         assert set(response.json) == {"error", "message"}, url
     response = client.post("/api/admin/operations/bulk-retry", headers=auth, json={"filters": {"q": "\x00"}})
     assert response.status_code == 400 and response.json["error"] == "invalid_filter"
+
+
+def test_admin_tokens_made_and_revoked_by_the_cli_are_stored_hashed(sqlite_app):
+    from webapp.models import ApiToken
+
+    runner = sqlite_app.test_cli_runner()
+    created = runner.invoke(args=["tokens", "create", "--scope", "admin", "--name", "oncall"])
+    assert created.exit_code == 0, created.output
+    raw = created.output.strip().splitlines()[-1]
+    assert raw.startswith("bst_ad_")
+    stored = db.session.execute(select(ApiToken)).scalar_one()
+    assert stored.token_hash == tokens.hash_token(raw) and raw not in (stored.token_hash, stored.prefix)
+    db.session.rollback()
+    client = sqlite_app.test_client()
+    auth = {"Authorization": f"Bearer {raw}"}
+    assert client.get("/api/admin/queue-health", headers=auth).status_code == 200
+    listed = runner.invoke(args=["tokens", "list"])
+    assert "oncall" in listed.output and raw not in listed.output
+    revoked = runner.invoke(args=["tokens", "revoke", str(stored.id)])
+    assert revoked.exit_code == 0, revoked.output
+    response = client.get("/api/admin/queue-health", headers=auth)
+    assert response.status_code == 401 and response.json["error"] == "unauthorized"
