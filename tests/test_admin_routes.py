@@ -991,3 +991,15 @@ def test_admin_tokens_made_and_revoked_by_the_cli_are_stored_hashed(sqlite_app):
     assert revoked.exit_code == 0, revoked.output
     response = client.get("/api/admin/queue-health", headers=auth)
     assert response.status_code == 401 and response.json["error"] == "unauthorized"
+
+
+def test_details_find_the_customer_a_welcome_email_names_in_its_subject(client):
+    customer = Customer(email="new@example.com", name="Katherine Johnson")
+    db.session.add(customer)
+    db.session.commit()
+    # The address on the email differs from the customer's current one: the subject still links them.
+    operation = make_op(payload={"to": "old@example.com"}, subject=f"customer:{customer.id}")
+    html = client.get(f"/admin/partials/operations/{operation.id}/details").text
+    assert "Katherine Johnson" in html and "new@example.com" in html
+    odd = make_op(payload={}, subject="customer:" + "9" * 30)  # never a database error
+    assert client.get(f"/admin/partials/operations/{odd.id}/details").status_code == 200

@@ -305,9 +305,13 @@ def _related_purchase(operation: Operation):
     except (TypeError, ValueError):
         purchase = None
     customer = None
+    subject = operation.subject or ""
     if purchase is not None and purchase.customer_id is not None:
         customer = db.session.get(Customer, purchase.customer_id)
-    elif isinstance(payload.get("to"), str):
+    elif subject.startswith("customer:") and subject[9:].isascii() and subject[9:].isdigit() \
+            and int(subject[9:]) <= MAX_ID:
+        customer = db.session.get(Customer, int(subject[9:]))
+    if customer is None and isinstance(payload.get("to"), str):
         customer = db.session.execute(select(Customer).where(Customer.email == payload["to"])).scalars().first()
     return purchase, customer
 
