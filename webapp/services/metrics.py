@@ -83,13 +83,17 @@ def duration_histogram(*conditions, attempt_conditions=()) -> dict[tuple[str, st
 
 def add_to_rollups(values: dict[tuple[str, str, str, str], int]) -> None:
     """Add ``{(metric, kind, name, label): delta}`` to the roll-ups in the caller's transaction."""
+    if not values:
+        return
     insert = pg_insert if db.session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    for (metric, kind, name, label), delta in values.items():
-        # Zeros are stored too, so a series keeps existing after its rows are gone.
-        statement = insert(MetricRollup).values(metric=metric, kind=kind, name=name, label=label, value=delta)
-        db.session.execute(statement.on_conflict_do_update(
-            index_elements=[MetricRollup.metric, MetricRollup.kind, MetricRollup.name, MetricRollup.label],
-            set_={"value": MetricRollup.value + statement.excluded.value}))
+    statement = insert(MetricRollup.__table__)
+    statement = statement.on_conflict_do_update(
+        index_elements=[MetricRollup.metric, MetricRollup.kind, MetricRollup.name, MetricRollup.label],
+        set_={"value": MetricRollup.__table__.c.value + statement.excluded.value})
+    # One executemany, not a statement per row: it runs inside a cleanup batch that holds the
+    # write lock. Zeros are stored too, so a series keeps existing after its rows are gone.
+    db.session.execute(statement, [{"metric": metric, "kind": kind, "name": name, "label": label, "value": delta}
+                                   for (metric, kind, name, label), delta in sorted(values.items())])
 
 
 def roll_up_operations(ids: list[int]) -> None:
