@@ -6,14 +6,17 @@ import threading
 import time
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import func, insert, select
 
 from tests.support.monitoring import T0, alerts, create, create_and_run, insert_operations, later, operation_row, \
     run_at
+from webapp.domain.errors import PermanentError
 from webapp.extensions import db
 from webapp.models import AutoRequeue, EmailLog, Operation, OperationAttempt, StripeEvent
 from webapp.services import checks, health, jobs, maintenance, operations
 from webapp.services.metrics import operation_counters, duration_histogram
+from webapp.services.payments.handlers import event_object
 
 DAY = 86400
 
@@ -97,6 +100,9 @@ def test_cleanup_honours_30_and_90_day_retention_and_keeps_metric_counters(sqlit
     bodies = dict(db.session.execute(select(StripeEvent.id, StripeEvent.payload)).all())
     assert bodies == {"evt_old_done": "", "evt_old_failed": '{"id": "evt_old_failed"}',
                       "evt_young": '{"id": "evt_young"}'}
+    # A trimmed body is "" (the column is NOT NULL), and processing it again says why it is gone.
+    with pytest.raises(PermanentError, match="cleared by retention"):
+        event_object(db.session.get(StripeEvent, "evt_old_done"))
     db.session.rollback()
     # Counters are live rows plus roll-ups, so deleting rows never makes /metrics go backwards.
     from webapp.services.metrics import _rollups
