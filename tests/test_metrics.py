@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import timedelta
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -94,6 +95,9 @@ def test_counters_survive_cleanup_and_heartbeats_are_reported(sqlite_app):
     age = value(after, "backstop_periodic_job_heartbeat_age_seconds", job="cleanup")
     assert age > 86400  # it last ran at T0, months ago
     assert value(after, "backstop_periodic_job_stale", job="cleanup") == 1
+    # A configured job that never ran is reported too (as by /healthz): no age, stale.
+    assert math.isnan(value(after, "backstop_periodic_job_heartbeat_age_seconds", job="daily_report"))
+    assert value(after, "backstop_periodic_job_stale", job="daily_report") == 1
 
 
 def test_metrics_token_is_required_when_configured(sqlite_backend):

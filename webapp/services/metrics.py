@@ -10,6 +10,7 @@ counts plus ``metric_rollups`` (what cleanup deleted), so they never go down.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Mapping
 
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily)
 from sqlalchemy import case, func, select
@@ -19,7 +20,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from ..domain.states import CLAIMABLE, State
 from ..domain.time import utcnow
 from ..extensions import db
-from ..models import MetricRollup, Operation, OperationAttempt, OperationPause, PeriodicJob, StripeEvent
+from ..models import MetricRollup, Operation, OperationAttempt, OperationPause, StripeEvent
 from .doorbell import get_doorbell
 
 # Attempt duration buckets in seconds (upper bounds; +Inf is added).
@@ -117,8 +118,8 @@ def _rollups() -> dict[tuple[str, str, str, str], int]:
 class DatabaseCollector:
     """A prometheus_client collector whose every sample is read from the database per scrape."""
 
-    def __init__(self, *, stale_after_intervals: float = 3.0, now: datetime | None = None):
-        self.stale_after_intervals = stale_after_intervals
+    def __init__(self, config: Mapping, *, now: datetime | None = None):
+        self.config = config
         self.now = now
 
     def collect(self):
@@ -205,15 +206,17 @@ class DatabaseCollector:
         yield paused
 
     def _job_heartbeats(self, now):
+        """Every configured job, judged as /healthz and the job_stale alert judge it."""
+        from .schedule import job_heartbeats  # schedule -> maintenance -> this module
+
         age = GaugeMetricFamily("backstop_periodic_job_heartbeat_age_seconds",
-                                "Seconds since each periodic job last finished a run", labels=["job"])
+                                "Seconds since each periodic job last finished a run (NaN: never)", labels=["job"])
         stale = GaugeMetricFamily("backstop_periodic_job_stale", "1 when a job's heartbeat is stale",
                                   labels=["job"])
-        for job in db.session.execute(select(PeriodicJob).order_by(PeriodicJob.name)).scalars():
-            seconds = None if job.last_finished_at is None else max((now - job.last_finished_at).total_seconds(), 0.0)
-            age.add_metric([job.name], float("nan") if seconds is None else seconds)
-            limit = job.interval_seconds * self.stale_after_intervals
-            stale.add_metric([job.name], 1 if seconds is None or seconds > limit else 0)
+        for beat in sorted(job_heartbeats(self.config, now), key=lambda beat: beat["name"]):
+            seconds = beat["heartbeat_age_seconds"]
+            age.add_metric([beat["name"]], float("nan") if seconds is None else float(seconds))
+            stale.add_metric([beat["name"]], 0 if beat["fresh"] else 1)
         yield age
         yield stale
 

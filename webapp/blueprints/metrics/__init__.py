@@ -28,6 +28,5 @@ def metrics():
                         mimetype="text/plain", headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
     # A registry per scrape holding only the database collector: no process-local state at all.
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(DatabaseCollector(
-        stale_after_intervals=float(current_app.config.get("JOB_STALE_AFTER_INTERVALS", 3))))
+    registry.register(DatabaseCollector(current_app.config))
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
