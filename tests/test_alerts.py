@@ -55,6 +55,7 @@ def test_dead_email_is_alerted_with_context_and_posted_to_slack(slack_app, slack
     assert "550 mailbox unavailable" in alert.context["error"]
     assert alert.context["admin_url"].startswith("https://backstop.example.com/admin/failed-operations?")
     assert "name=test.email_bounce" in alert.context["admin_url"]
+    assert alert.context["details_url"] == f"https://backstop.example.com/api/admin/operations/{operation_id}"
     # The alert and its delivery operation were committed with the dead-letter itself.
     delivery = db.session.get(Operation, alert.operation_id)
     assert (delivery.kind, delivery.name, delivery.state) == ("alert", "alert.slack", "pending")
@@ -70,6 +71,8 @@ def test_dead_email_is_alerted_with_context_and_posted_to_slack(slack_app, slack
     rendered = json.dumps(attachment["blocks"])
     assert f"*Operation*\\n{operation_id}" in rendered and "purchase:42" in rendered
     assert "<https://backstop.example.com/admin/failed-operations?" in rendered
+    assert f"<https://backstop.example.com/api/admin/operations/{operation_id}|Operation details (API)>" in rendered
+    assert "*Details url*" not in rendered  # links are links, not fields
     assert alerts()[0].delivered_at == later(1)
 
 

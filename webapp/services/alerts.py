@@ -48,6 +48,7 @@ FIELD_LABELS = {"operation_id": "Operation", "operation_name": "Name", "subject"
                 "attempts": "Attempts", "error": "Error", "value": "Value", "warning": "Warning at",
                 "critical": "Critical at", "window": "Window", "sample": "Sample", "job": "Job",
                 "heartbeat_age_seconds": "Heartbeat age (s)", "stale_after_seconds": "Stale after (s)"}
+LINK_KEYS = ("admin_url", "details_url")
 MAX_MESSAGE = 4000
 MAX_SLACK_TEXT = 2900  # Slack refuses section text above 3000 characters
 MAX_FIELDS = 10  # Slack's limit per section
@@ -180,6 +181,8 @@ def alert_on_dead_letter(operation: Operation, outcome: str) -> None:
         "fingerprint": fingerprint,
         "admin_url": admin_url(kind=operation.kind, name=operation.name, fingerprint=fingerprint,
                                status="unresolved"),
+        # This very operation (payload, error, stack, every attempt) as JSON, for admin tokens.
+        "details_url": admin_url(f"/api/admin/operations/{operation.id}"),
     }
     what = "Email" if operation.kind == "email" else "Webhook processing"
     title = f"{what} {operation.name} failed after {operation.attempts} attempt(s)"
@@ -203,14 +206,15 @@ def slack_payload(alert: Alert) -> dict:
     fields = [{"type": "mrkdwn", "text": f"*{FIELD_LABELS.get(key, key.replace('_', ' ').capitalize())}*\n"
                                          f"{_escape(value)[:500]}"}
               for key, value in context.items()
-              if key not in ("admin_url", "report", "fingerprint", "error_kind") and value not in (None, "")
+              if key not in LINK_KEYS + ("report", "fingerprint", "error_kind") and value not in (None, "")
               and not isinstance(value, (dict, list))][:MAX_FIELDS]
     blocks = [{"type": "section",
                "text": {"type": "mrkdwn", "text": f"*{_escape(headline)}*\n{_escape(alert.message)}"[:MAX_SLACK_TEXT]}}]
     if fields:
         blocks.append({"type": "section", "fields": fields})
+    details = f" · <{context['details_url']}|Operation details (API)>" if context.get("details_url") else ""
     blocks.append({"type": "context", "elements": [
-        {"type": "mrkdwn", "text": f"<{link}|Open in Backstop> · {alert.type} · alert #{alert.id}"}]})
+        {"type": "mrkdwn", "text": f"<{link}|Open in Backstop>{details} · {alert.type} · alert #{alert.id}"}]})
     return {"text": headline[:MAX_SLACK_TEXT], "attachments": [{"color": colour, "blocks": blocks}]}
 
 
