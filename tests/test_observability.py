@@ -47,10 +47,10 @@ class Gunicorn:
              "--access-logfile", str(self.access_path), "--access-logformat", "%(p)s %(U)s %(q)s",
              "wsgi:app"],
             cwd=ROOT, env=backend.env(**env), stdout=self._log, stderr=subprocess.STDOUT)
-        port = wait_for(self._port, timeout=30, message="gunicorn to listen")
+        port = wait_for(self._port, timeout=60, message="gunicorn to listen")
         self.url = f"http://127.0.0.1:{port}"
         wait_for(lambda: len(set(re.findall(r"Booting worker with pid: (\d+)", self.output()))) == workers,
-                 timeout=30, message="every gunicorn worker to boot")
+                 timeout=60, message="every gunicorn worker to boot")
 
     def _port(self):
         if self.proc.poll() is not None:
@@ -110,7 +110,7 @@ def scrape_concurrently(server: Gunicorn, count: int) -> list[tuple[str, dict]]:
     probes = [uuid.uuid4().hex for _ in range(count)]
 
     def get(probe):
-        response = requests.get(f"{server.url}/metrics", params={"probe": probe}, timeout=30)
+        response = requests.get(f"{server.url}/metrics", params={"probe": probe}, timeout=60)
         assert response.status_code == 200, response.text[:500]
         return parse(response.text)
 
@@ -177,7 +177,7 @@ def assert_every_worker_agrees_with_the_database(server: Gunicorn, deadline: flo
 def post_bad_signature(server: Gunicorn, count: int) -> None:
     """``count`` webhook deliveries with a wrong signature, sent at once (several workers count them)."""
     def post(_):
-        response = requests.post(f"{server.url}/webhooks/stripe", data=b'{"id": "evt_x"}', timeout=30,
+        response = requests.post(f"{server.url}/webhooks/stripe", data=b'{"id": "evt_x"}', timeout=60,
                                  headers={"Stripe-Signature": "t=1,v1=00", "Content-Type": "application/json"})
         assert response.status_code == 400, response.text
 
@@ -220,10 +220,10 @@ def test_real_processes_log_json_per_attempt_without_secrets_or_payloads(sqlite_
                "SLACK_WEBHOOK_URL": f"http://127.0.0.1:9/services/T0/B0/{CANARY}-slack"}
     server = start_gunicorn(backend, workers=1, **secrets)
     body, signature = _signed_event(email=f"{CANARY}@example.com")
-    assert requests.post(f"{server.url}/webhooks/stripe", data=body, timeout=30,
+    assert requests.post(f"{server.url}/webhooks/stripe", data=body, timeout=60,
                          headers={"Stripe-Signature": signature}).status_code == 200
     tampered = body.replace(b"checkout.session", b"checkout.sessionX")
-    assert requests.post(f"{server.url}/webhooks/stripe", data=tampered, timeout=30,
+    assert requests.post(f"{server.url}/webhooks/stripe", data=tampered, timeout=60,
                          headers={"Stripe-Signature": signature}).status_code == 400
     held = create("test.permanent", "secret-payload", payload_secret=CANARY, api_key=SECRET_KEY)
     worker = start_worker(backend, **secrets)
@@ -233,7 +233,7 @@ def test_real_processes_log_json_per_attempt_without_secrets_or_payloads(sqlite_
         db.session.rollback()
         return len(states) == 2 and set(states) <= {"succeeded", "dead"}
 
-    wait_for(finished, timeout=30, message="the event and the operation to finish")
+    wait_for(finished, timeout=60, message="the event and the operation to finish")
     server.stop()
     worker.stop()
 
