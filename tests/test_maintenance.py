@@ -118,6 +118,50 @@ def test_cleanup_honours_30_and_90_day_retention_and_keeps_metric_counters(sqlit
     assert (again.succeeded, again.resolved_dead) == (0, 0)
 
 
+def _webhook_event(i: int, event_id: str, received, state: str, op_state: str) -> int:
+    insert_operations([operation_row(i, kind="webhook", name="test.webhook_broken", state=op_state, at=received)])
+    operation_id = db.session.execute(select(func.max(Operation.id))).scalar_one()
+    db.session.add(StripeEvent(id=event_id, type="checkout.session.completed", payload='{"id": "%s"}' % event_id,
+                               received_at=received, processing_state=state, operation_id=operation_id))
+    db.session.commit()
+    return operation_id
+
+
+def test_a_stripe_event_settled_after_the_walk_passed_it_loses_its_body_too(app):
+    now = later(200 * DAY)
+    _webhook_event(1, "evt_done", now - timedelta(days=40), "processed", "succeeded")
+    late = _webhook_event(2, "evt_late", now - timedelta(days=40), "failed", "dead")
+    young = _webhook_event(3, "evt_young", now - timedelta(days=10), "failed", "dead")
+
+    maintenance.cleanup(now, app.config)
+    assert bodies() == {"evt_done": "", "evt_late": '{"id": "evt_late"}', "evt_young": '{"id": "evt_young"}'}
+
+    # A week later an admin replays both failed events and they are processed.
+    replayed = now + timedelta(days=7)
+    for operation_id, event_id in ((late, "evt_late"), (young, "evt_young")):
+        db.session.execute(Operation.__table__.update().where(Operation.id == operation_id).values(
+            state="succeeded", succeeded_at=replayed, dead_at=None))
+        db.session.execute(StripeEvent.__table__.update().where(StripeEvent.id == event_id).values(
+            processing_state="processed", processed_at=replayed))
+    db.session.commit()
+    maintenance.cleanup(replayed + timedelta(seconds=60), app.config)  # within a lease: not yet looked at
+    assert bodies()["evt_late"] != ""
+
+    maintenance.cleanup(replayed + timedelta(hours=1), app.config)
+
+    # Past retention and settled: trimmed. The young one waits for its own 30 days.
+    assert bodies() == {"evt_done": "", "evt_late": "", "evt_young": '{"id": "evt_young"}'}
+    maintenance.cleanup(now + timedelta(days=21), app.config)
+    assert bodies()["evt_young"] == ""
+
+
+def bodies() -> dict:
+    """Every stored Stripe event's body, by id."""
+    result = dict(db.session.execute(select(StripeEvent.id, StripeEvent.payload)).all())
+    db.session.rollback()
+    return result
+
+
 def test_stale_heartbeats_raise_job_stale_and_turn_healthz_red(sqlite_app):
     # Alerts and /healthz judge staleness from the same configured intervals.
     config = dict(sqlite_app.config, RECONCILE_INTERVAL_SECONDS=60, AUTO_REQUEUE_INTERVAL_SECONDS=60,

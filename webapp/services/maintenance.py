@@ -34,6 +34,8 @@ AUTO_REQUEUE_BY = "auto-requeue"
 # Stripe events whose processing is settled; a failed or pending event keeps its body for replay.
 SETTLED_EVENT_STATES = ("processed", "ignored")
 STRIPE_CURSOR = "stripe_event_bodies"
+# Webhook operations that succeeded after the body walk passed their (then unsettled) event.
+STRIPE_LATE_CURSOR = "stripe_event_bodies_late"
 
 
 # --- auto-requeue -------------------------------------------------------------------------------
@@ -181,6 +183,9 @@ def cleanup(now: datetime, config: Mapping) -> CleanupReport:
         select(Operation.id).where(Operation.state == State.DEAD.value, Operation.resolved_at < dead_cutoff), size))
     body_cutoff = now - _days(config, "RETENTION_STRIPE_BODY_DAYS", 30)
     report.stripe_bodies += batches.drain(lambda: _trim_stripe_bodies(body_cutoff, size, now))
+    # A success commits at most one lease after its succeeded_at: look no closer to now than that.
+    settled_before = now - timedelta(seconds=float(config.get("OPERATION_LEASE_SECONDS", 300)))
+    report.stripe_bodies += batches.drain(lambda: _trim_late_settled_bodies(settled_before, size, now))
     runs_cutoff = now - _days(config, "RETENTION_JOB_RUNS_DAYS", 14)
     report.job_runs += batches.drain(lambda: _delete_ids(JobRun, select(JobRun.id).where(
         JobRun.started_at < runs_cutoff).order_by(JobRun.id), size))
@@ -237,6 +242,44 @@ def _trim_stripe_bodies(cutoff: datetime, size: int, now: datetime) -> int:
     cursor.position, cursor.last_key, cursor.updated_at = rows[-1].received_at, rows[-1].id, now
     db.session.commit()
     return len(rows)
+
+
+def _trim_late_settled_bodies(settled_before: datetime, size: int, now: datetime) -> int:
+    """One batch of webhook operations that succeeded since the last look, oldest first.
+
+    The body walk passes failed and pending events by (they keep their body for a replay);
+    when such an event is settled later, its operation's success brings it back here and its
+    body is trimmed too. Walks ``succeeded_at`` (the ``(kind, succeeded_at)`` index) with its
+    own cursor; returns the number of operations looked at.
+    """
+    body = db.session.get(MaintenanceCursor, STRIPE_CURSOR)
+    if body is None or body.position is None:
+        db.session.rollback()
+        return 0  # the walk has passed nothing yet
+    cursor = db.session.get(MaintenanceCursor, STRIPE_LATE_CURSOR)
+    after = cursor.position if cursor is not None else None
+    query = select(Operation.succeeded_at).where(Operation.kind == "webhook",
+                                                 Operation.succeeded_at < settled_before)
+    if after is not None:
+        query = query.where(Operation.succeeded_at > after)
+    times = db.session.execute(query.order_by(Operation.succeeded_at).limit(size)).scalars().all()
+    if not times:
+        db.session.rollback()
+        return 0
+    window = [Operation.kind == "webhook", Operation.succeeded_at <= times[-1]]  # every tie of the last
+    if after is not None:
+        window.append(Operation.succeeded_at > after)
+    db.session.execute(
+        update(StripeEvent).where(StripeEvent.operation_id.in_(select(Operation.id).where(*window)),
+                                  StripeEvent.received_at <= body.position, StripeEvent.payload != "",
+                                  StripeEvent.processing_state.in_(SETTLED_EVENT_STATES))
+        .values(payload="").execution_options(synchronize_session=False))
+    if cursor is None:
+        cursor = MaintenanceCursor(name=STRIPE_LATE_CURSOR)
+        db.session.add(cursor)
+    cursor.position, cursor.updated_at = times[-1], now
+    db.session.commit()
+    return len(times)
 
 
 def cleanup_job(config: Mapping, now: datetime) -> str:
