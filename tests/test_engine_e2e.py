@@ -12,8 +12,9 @@ from tests.conftest import make_app
 from tests.support.polling import wait_for
 from webapp.domain.time import utcnow
 from webapp.extensions import db
-from webapp.models import JobRun, Operation, OperationAttempt
+from webapp.models import JobRun, Operation
 from webapp.services import doorbell, operations
+from tests.support.reads import attempts_of, detached, load  # noqa: F401
 
 TERMINAL = {"succeeded", "dead", "cancelled"}
 
@@ -25,36 +26,11 @@ def create(name: str, key: str, **payload) -> int:
     return operation.id
 
 
-def detached(fetch):
-    """Run ``fetch`` in a fresh transaction and return its result detached from the session.
-
-    SQLite transactions here are immediate (they take the write lock), so a test must not
-    leave one open while a worker needs to write.
-    """
-    db.session.expire_all()
-    result = fetch()
-    db.session.expunge_all()
-    db.session.rollback()
-    return result
-
-
-def load(operation_id: int) -> Operation:
-    """Fresh copy of an operation from the database."""
-    return detached(lambda: db.session.get(Operation, operation_id))
-
-
 def wait_state(operation_id: int, states, timeout: float = 30) -> Operation:
     """Poll until the operation is in one of ``states``."""
     states = {states} if isinstance(states, str) else set(states)
     return wait_for(lambda: (op := load(operation_id)).state in states and op,
                     timeout=timeout, message=f"operation {operation_id} to reach {states}")
-
-
-def attempts_of(operation_id: int) -> list[OperationAttempt]:
-    """The operation's attempt rows in order."""
-    return detached(lambda: db.session.execute(
-        select(OperationAttempt).where(OperationAttempt.operation_id == operation_id)
-        .order_by(OperationAttempt.number, OperationAttempt.id)).scalars().all())
 
 
 def calls(log: Path) -> list[str]:

@@ -21,6 +21,7 @@ from webapp.models import JobRun, Operation, OperationAttempt, PeriodicJob
 from webapp.services import doorbell, engine, jobs, operations, reconciler
 from webapp.services.engine import RunResult
 from webapp.services.registry import handler
+from tests.support.reads import attempts_of, detached, load  # noqa: F401
 
 T0 = datetime(2030, 1, 1, 12, 0, 0)
 LEASE = 30
@@ -62,25 +63,6 @@ def new_op(key: str, *steps, run_at=None, now=T0, **payload) -> int:
                                             run_at=run_at, now=now)
     db.session.commit()
     return operation.id
-
-
-def detached(fetch):
-    """Read in a fresh transaction and end it (an open SQLite transaction holds the write lock)."""
-    db.session.expire_all()
-    result = fetch()
-    db.session.expunge_all()
-    db.session.rollback()
-    return result
-
-
-def load(operation_id: int) -> Operation:
-    return detached(lambda: db.session.get(Operation, operation_id))
-
-
-def attempts_of(operation_id: int) -> list[OperationAttempt]:
-    return detached(lambda: db.session.execute(
-        select(OperationAttempt).where(OperationAttempt.operation_id == operation_id)
-        .order_by(OperationAttempt.id)).scalars().all())
 
 
 def job_row(name: str) -> PeriodicJob | None:

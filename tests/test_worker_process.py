@@ -9,29 +9,11 @@ from sqlalchemy import select
 
 from tests.support.polling import wait_for
 from webapp.extensions import db
-from webapp.models import JobRun, Operation, OperationAttempt
+from webapp.models import JobRun, Operation
 from webapp.services import operations
+from tests.support.reads import attempts_of, detached, load  # noqa: F401
 
 TERMINAL = {"succeeded", "dead", "cancelled"}
-
-
-def detached(fetch):
-    """Read in a fresh transaction and end it (an open SQLite transaction blocks the worker)."""
-    db.session.expire_all()
-    result = fetch()
-    db.session.expunge_all()
-    db.session.rollback()
-    return result
-
-
-def load(operation_id: int) -> Operation:
-    return detached(lambda: db.session.get(Operation, operation_id))
-
-
-def attempts_of(operation_id: int) -> list[OperationAttempt]:
-    return detached(lambda: db.session.execute(
-        select(OperationAttempt).where(OperationAttempt.operation_id == operation_id)
-        .order_by(OperationAttempt.id)).scalars().all())
 
 
 def create(name: str, key: str, **payload) -> int:

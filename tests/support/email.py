@@ -9,9 +9,10 @@ from sqlalchemy import select
 
 from webapp.domain.time import utcnow
 from webapp.extensions import db
-from webapp.models import Customer, EmailLog, Operation, OperationAttempt, Product, Purchase
+from webapp.models import Customer, EmailLog, Operation, Product, Purchase
 from webapp.services import engine
 from webapp.services.email import queue_email
+from tests.support.reads import attempts_of, detached, load  # noqa: F401
 
 
 class Clock:
@@ -28,15 +29,6 @@ class Clock:
         self.now += timedelta(seconds=seconds)
 
 
-def detached(fetch):
-    """Run ``fetch`` in a fresh transaction and return detached results (frees SQLite's lock)."""
-    db.session.expire_all()
-    result = fetch()
-    db.session.expunge_all()
-    db.session.rollback()
-    return result
-
-
 def queue(template: str = "welcome", to: str = "buyer@example.com", *, key: str | None = None,
           purchase_id: int | None = None, context: dict | None = None) -> int:
     """Queue one email, commit, return the operation id."""
@@ -44,11 +36,6 @@ def queue(template: str = "welcome", to: str = "buyer@example.com", *, key: str 
                             idempotency_key=key or f"email-{uuid.uuid4().hex}", purchase_id=purchase_id)
     db.session.commit()
     return operation.id
-
-
-def load(operation_id: int) -> Operation:
-    """Fresh copy of an operation."""
-    return detached(lambda: db.session.get(Operation, operation_id))
 
 
 def run(operation_id: int, clock: Clock):
@@ -90,13 +77,6 @@ def email_log(operation_id: int | None = None) -> list[EmailLog]:
     if operation_id is not None:
         query = query.where(EmailLog.operation_id == operation_id)
     return detached(lambda: db.session.execute(query).scalars().all())
-
-
-def attempts_of(operation_id: int) -> list[OperationAttempt]:
-    """Attempt rows of an operation in order."""
-    return detached(lambda: db.session.execute(
-        select(OperationAttempt).where(OperationAttempt.operation_id == operation_id)
-        .order_by(OperationAttempt.id)).scalars().all())
 
 
 def make_purchase() -> int:

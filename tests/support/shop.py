@@ -7,15 +7,7 @@ from sqlalchemy import select
 from webapp.extensions import db
 from webapp.models import Customer, Operation, Product, Purchase, StripeEvent
 from webapp.services import stripe_samples
-
-
-def detached(fetch):
-    """Run ``fetch`` in a fresh transaction; return its result detached (no lock left open)."""
-    db.session.expire_all()
-    result = fetch()
-    db.session.expunge_all()
-    db.session.rollback()
-    return result
+from tests.support.reads import detached  # noqa: F401
 
 
 def _saved(row):

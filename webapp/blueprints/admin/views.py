@@ -224,21 +224,20 @@ def bulk_preview():
 @login_required
 def bulk_start(job_id: int):
     """Confirm: the background job starts working through the snapshot."""
-    try:
-        job = bulk.start(job_id, by=_by())
-    except bulk.BulkJobNotFound as exc:
-        abort(404, description=str(exc))
-    except bulk.BulkError as exc:
-        abort(409, description=str(exc))
-    return render_template("admin/_bulk_job.html", job=job)
+    return _bulk_job_action(lambda: bulk.start(job_id, by=_by()))
 
 
 @bp.post(f"/bulk-jobs/<{ID}:job_id>/cancel")
 @login_required
 def bulk_cancel(job_id: int):
     """Cancel a draft at once, or a running job after its current batch."""
+    return _bulk_job_action(lambda: bulk.cancel(job_id))
+
+
+def _bulk_job_action(action):
+    """Run a bulk-job action; an unknown job is 404, a job in the wrong state 409."""
     try:
-        job = bulk.cancel(job_id)
+        job = action()
     except bulk.BulkJobNotFound as exc:
         abort(404, description=str(exc))
     except bulk.BulkError as exc:
