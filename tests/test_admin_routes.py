@@ -524,6 +524,22 @@ def test_health_metrics_grading_and_banner(app):
     assert "Heartbeats" in status and "Email provider circuits" in status
 
 
+def test_health_page_judges_job_heartbeats_as_healthz_does(client, sqlite_app):
+    from webapp.services import jobs
+
+    def states(html: str) -> dict:
+        heartbeats = html.split("Email provider circuits")[0]
+        return dict(re.findall(r'<td class="mono">(\w+)</td>.*?data-state="(\w+)"', heartbeats, re.S))
+
+    # Nothing has run yet: every configured job is stale, as /healthz says, not just the ones with a row.
+    before = states(client.get("/admin/partials/health/status").text)
+    assert before == {name: "stale" for name in client.get("/healthz").json["jobs"]}
+    assert set(before) == {"reconciler", "auto_requeue", "cleanup", "daily_report", "checks"}
+    jobs.run_exclusive("daily_report", lambda now: "ok", interval_seconds=86_400, lease_seconds=60, clock=utcnow)
+    after = states(client.get("/admin/partials/health/status").text)
+    assert after["daily_report"] == "fresh" and after["reconciler"] == "stale"
+
+
 def test_health_trend_counts_attempts_per_hour(app):
     operation = make_op(state="succeeded")
     now = utcnow()

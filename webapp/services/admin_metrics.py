@@ -9,18 +9,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Mapping
 
 from sqlalchemy import case, func, literal_column, or_, select
 
 from ..domain.states import State
 from ..domain.time import utcnow
 from ..extensions import db
-from ..models import Operation, OperationAttempt, PeriodicJob
+from ..models import Operation, OperationAttempt
 from .doorbell import get_doorbell
 from .registry import KINDS
 
 WINDOWS = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7)}
-STALE_AFTER_INTERVALS = 3
 FAILED_OUTCOMES = ("failed", "dead", "crashed")
 
 LABELS = {
@@ -219,22 +219,15 @@ def trend(window: str, now: datetime | None = None) -> dict:
     return {"labels": labels, "successes": successes, "failures": failures}
 
 
-def heartbeats(now: datetime | None = None) -> list[dict]:
-    """Each periodic job's last run, its age and whether it is stale (3 intervals)."""
-    now = now or utcnow()
-    jobs = db.session.execute(select(PeriodicJob).order_by(PeriodicJob.name)).scalars().all()
-    db.session.rollback()
-    result = []
-    for job in jobs:
-        age = None if job.last_finished_at is None else max((now - job.last_finished_at).total_seconds(), 0.0)
-        result.append({"name": job.name, "last_finished_at": job.last_finished_at, "age_seconds": age,
-                       "interval_seconds": job.interval_seconds, "runs": job.runs,
-                       "last_error": job.last_error, "last_summary": job.last_summary,
-                       "stale": age is None or age > job.interval_seconds * STALE_AFTER_INTERVALS})
-    return result
+def heartbeats(config: Mapping, now: datetime | None = None) -> list[dict]:
+    """Each periodic job's heartbeat, judged exactly as /healthz, /metrics and ``job_stale`` judge it."""
+    from .schedule import job_heartbeats  # schedule imports the jobs, which import this module's peers
+
+    beats = sorted(job_heartbeats(config, now), key=lambda beat: beat["name"])
+    return [dict(beat, stale=not beat["fresh"]) for beat in beats]
 
 
-def queue_health(now: datetime | None = None) -> dict:
+def queue_health(config: Mapping, now: datetime | None = None) -> dict:
     """Seed 003's queue-health view, from the operations table and Huey."""
     now = now or utcnow()
     by_state = dict(db.session.execute(select(Operation.state, func.count()).group_by(Operation.state)).all())
@@ -243,7 +236,7 @@ def queue_health(now: datetime | None = None) -> dict:
     finished = by_state.get("succeeded", 0) + by_state.get("dead", 0)
     waiting = sum(by_state.get(state, 0) for state in ("pending", "retrying", "scheduled"))
     return {
-        "healthy": depth is not None and not any(beat["stale"] for beat in heartbeats(now)
+        "healthy": depth is not None and not any(beat["stale"] for beat in heartbeats(config, now)
                                                  if beat["name"] == "reconciler"),
         "metrics": {state.value: by_state.get(state.value, 0) for state in State},
         "queue": depth,

@@ -339,7 +339,7 @@ def _cards_context(window: str) -> dict:
 
 
 def _status_context() -> dict:
-    return {"heartbeats": admin_metrics.heartbeats(), "circuits": circuit_states(),
+    return {"heartbeats": admin_metrics.heartbeats(current_app.config), "circuits": circuit_states(),
             "alerts": alerts.recent_alerts(10), "pauses": pauses.list_pauses()}
 
 

@@ -233,7 +233,7 @@ def bulk_job_cancel(job_id: int):
 @bp.get("/queue-health")
 def queue_health():
     """Counts by state, Huey's depth and whether the reconciler beats."""
-    return jsonify(admin_metrics.queue_health())
+    return jsonify(admin_metrics.queue_health(current_app.config))
 
 
 @bp.get("/delivery-stats")
