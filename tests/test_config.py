@@ -157,3 +157,11 @@ def test_bad_huey_url_fails_at_start_up(env):
     app = create_app()
     with pytest.raises(QueueConfigurationError):
         tasks.bind(app)
+
+
+def test_alert_thresholds_are_the_health_cards_defaults_unless_overridden(env):
+    env(BACKSTOP_ENV="test", ALERT_EMAIL_RATE_WARNING=97, ALERT_DLQ_CRITICAL=80, HEALTH_DLQ_UNRESOLVED_WARN=3)
+    thresholds = create_app().config["HEALTH_THRESHOLDS"]
+    assert thresholds["email_delivery_rate"] == ("min", 97.0, 90.0)
+    assert thresholds["dlq_unresolved"] == ("max", 3.0, 80.0)
+    assert thresholds["webhook_success_rate"] == ("min", 99.0, 95.0)

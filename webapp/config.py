@@ -147,13 +147,26 @@ HEALTH_THRESHOLD_DEFAULTS = {
 }
 
 
+# Health cards that show the number an alert watches, and that alert's setting prefix.
+SHARED_WITH_ALERTS = {
+    "email_delivery_rate": "ALERT_EMAIL_RATE",
+    "webhook_success_rate": "ALERT_WEBHOOK_RATE",
+    "dlq_unresolved": "ALERT_DLQ",
+}
+
+
 def admin_console_settings(env) -> dict:
     """The admin console's settings: cookies, CSRF, login throttling and health thresholds."""
-    thresholds = {
-        metric: (direction, _float(env, f"HEALTH_{metric.upper()}_WARN", warn),
-                 _float(env, f"HEALTH_{metric.upper()}_CRIT", crit))
-        for metric, (direction, warn, crit) in HEALTH_THRESHOLD_DEFAULTS.items()
-    }
+    thresholds = {}
+    for metric, (direction, warn, crit) in HEALTH_THRESHOLD_DEFAULTS.items():
+        # One knob where alerts and cards watch the same number: an ALERT_* setting is also
+        # the card's default, so the page turns red exactly when the alert fires.
+        alert = SHARED_WITH_ALERTS.get(metric)
+        if alert:
+            warn = _float(env, f"{alert}_WARNING", warn)
+            crit = _float(env, f"{alert}_CRITICAL", crit)
+        thresholds[metric] = (direction, _float(env, f"HEALTH_{metric.upper()}_WARN", warn),
+                              _float(env, f"HEALTH_{metric.upper()}_CRIT", crit))
     return {
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
