@@ -344,6 +344,55 @@ def test_idempotency_key_replays_the_first_answer(client, httpserver):
     assert shop.customer(customer.id).credit_balance_cents == 7500
 
 
+def test_a_repeat_after_a_lost_card_answer_resumes_the_same_purchase(client, httpserver, monkeypatch):
+    """The pending purchase committed, Stripe made the session, then recording it failed (the
+    database went away): the client saw a 503 and retries with the same key."""
+    from sqlalchemy.exc import OperationalError
+
+    from webapp.services.payments import purchases
+
+    customer = shop.add_customer()
+    shop.add_product(sku="lead-1", price=2500)
+    httpserver.expect_request(SESSIONS, method="POST").respond_with_json(session_answer())
+    real_attach, failures = purchases.attach_checkout, []
+
+    def attach_fails_once(*args, **kwargs):
+        if not failures:
+            failures.append("database gone")
+            raise OperationalError("UPDATE purchases", {}, Exception("server closed the connection"))
+        return real_attach(*args, **kwargs)
+
+    monkeypatch.setattr(purchases, "attach_checkout", attach_fails_once)
+    card = {"customer_id": customer.id, "product_sku": "lead-1", "payment_method": "card"}
+
+    lost = client.post("/api/purchases", json=card, headers={"Idempotency-Key": "order-9"})
+    retried = client.post("/api/purchases", json=card, headers={"Idempotency-Key": "order-9"})
+
+    assert lost.status_code == 503 and retried.status_code == 201
+    assert shop.count(Purchase) == 1
+    assert retried.get_json()["checkout_url"] and retried.get_json()["status"] == "pending"
+    # Both Stripe calls carried the purchase's idempotency key, so Stripe made one session.
+    keys = {request.headers["Idempotency-Key"] for request, _ in httpserver.log}
+    assert len(httpserver.log) == 2 and keys == {f"backstop-checkout-purchase-{retried.get_json()['id']}"}
+
+
+def test_a_repeat_whose_key_record_was_lost_never_pays_twice(client):
+    customer = shop.add_customer(balance=10_000)
+    shop.add_product(sku="lead-1", price=2500)
+    order = {"customer_id": customer.id, "product_sku": "lead-1", "payment_method": "credits"}
+
+    first = client.post("/api/purchases", json=order, headers={"Idempotency-Key": "order-7"})
+    db.session.execute(IdempotencyRecord.__table__.delete())  # the answer's record is gone
+    db.session.commit()
+    again = client.post("/api/purchases", json=order, headers={"Idempotency-Key": "order-7"})
+    other_key = client.post("/api/purchases", json=order, headers={"Idempotency-Key": "order-8"})
+
+    assert first.status_code == again.status_code == other_key.status_code == 201
+    assert again.get_json()["id"] == first.get_json()["id"] != other_key.get_json()["id"]
+    assert shop.customer(customer.id).credit_balance_cents == 10_000 - 2 * 2500
+    assert shop.count(Purchase) == 2
+
+
 def test_idempotency_key_is_released_when_nothing_was_written(client):
     customer = shop.add_customer(balance=0)
     shop.add_product(sku="lead-1", price=2500)

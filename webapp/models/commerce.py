@@ -86,6 +86,9 @@ class Purchase(db.Model):
     refunded_at: Mapped[datetime | None]
     # pending, sent, failing, undeliverable, not_required (seed 002's "user never told" gap).
     fulfilment_status: Mapped[str] = mapped_column(String(20), default="pending")
+    # "<api token id>:<Idempotency-Key>" of the request that made it: a repeat after a lost
+    # answer finds this purchase instead of buying again (even if the key's record was lost).
+    request_key: Mapped[str | None] = mapped_column(String(300))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -97,6 +100,7 @@ class Purchase(db.Model):
         Index("ix_purchases_stripe_payment_intent_id", "stripe_payment_intent_id"),
         Index("ix_purchases_customer_id_created_at", "customer_id", "created_at"),
         Index("ix_purchases_status_created_at", "status", "created_at"),
+        Index("uq_purchases_request_key", "request_key", unique=True),
         CheckConstraint("amount_cents >= 0", name="amount_nonnegative"),
         CheckConstraint("refunded_cents >= 0", name="refunded_nonnegative"),
     )

@@ -167,7 +167,7 @@ def _customer(data: dict) -> tuple[int, dict]:
 def create_purchase():
     """Buy a product with credits (completed at once) or by card (answers a checkout_url)."""
     data, raw = json_body()
-    return answer_once(raw, lambda: _purchase(data))
+    return answer_once(raw, lambda: _purchase(data, _request_key()))
 
 
 def answer_once(raw: bytes, run):
@@ -205,14 +205,20 @@ def _run_recorded(run) -> tuple[int, dict]:
         return 502, {"error": exc.code, "message": exc.message, "purchase_id": exc.purchase_id}
 
 
-def _purchase(data: dict) -> tuple[int, dict]:
+def _request_key() -> str | None:
+    """This token's ``Idempotency-Key``, as stored on what the request creates."""
+    key = request.headers.get("Idempotency-Key")
+    return f"{g.api_token.id}:{key}" if key else None
+
+
+def _purchase(data: dict, request_key: str | None) -> tuple[int, dict]:
     request_ = purchases.check_purchase_input(data)
     if request_.payment_method == "credits":
-        purchase = purchases.buy_with_credits(request_)
+        purchase = purchases.buy_with_credits(request_, request_key=request_key)
     else:
         settings = checkout.StripeSettings.from_config(current_app.config)
         # The pending purchase commits (ending the validation reads) before Stripe is called.
-        purchase = checkout.buy_by_card(request_, settings)
+        purchase = checkout.buy_by_card(request_, settings, request_key)
     return 201, purchases.describe(purchase, request_.product.sku)
 
 

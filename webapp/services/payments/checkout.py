@@ -62,13 +62,22 @@ def checkout_idempotency_key(purchase_id: int) -> str:
     return f"backstop-checkout-purchase-{purchase_id}"
 
 
-def buy_by_card(request: purchases.PurchaseRequest, settings: StripeSettings) -> Purchase:
+def buy_by_card(request: purchases.PurchaseRequest, settings: StripeSettings,
+                request_key: str | None = None) -> Purchase:
     """Create a pending purchase (committed), then its Checkout Session; return the purchase.
 
-    A Stripe error marks the purchase failed with the reason and raises CheckoutFailed.
+    A Stripe error marks the purchase failed with the reason and raises CheckoutFailed. With
+    a ``request_key``, a purchase an earlier request made under it is resumed instead: its
+    session is created (or, with the same Stripe idempotency key, found again) if missing.
     """
     client = stripe_client(settings)  # before the purchase: unconfigured means nothing is written
-    purchase = purchases.start_card_purchase(request)
+    purchase = purchases.find_by_request_key(request_key)
+    if purchase is None:
+        purchase = purchases.start_card_purchase(request, request_key=request_key)
+    elif purchase.status == "failed" and not purchase.stripe_checkout_session_id:
+        raise CheckoutFailed(purchase.failure_reason or "checkout failed", purchase.id)
+    if purchase.stripe_checkout_session_id:
+        return purchase
     params = session_params(purchase, request, settings)
     try:
         session = client.v1.checkout.sessions.create(

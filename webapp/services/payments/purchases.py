@@ -91,9 +91,25 @@ def check_purchase_input(data: dict) -> PurchaseRequest:
     return PurchaseRequest(customer, product, method)
 
 
-def buy_with_credits(request: PurchaseRequest, *, now: datetime | None = None) -> Purchase:
+def find_by_request_key(request_key: str | None) -> Purchase | None:
+    """The purchase an earlier request with this key made, if any."""
+    if not request_key:
+        return None
+    purchase = db.session.execute(select(Purchase).where(Purchase.request_key == request_key)).scalar_one_or_none()
+    db.session.rollback()
+    return purchase
+
+
+def buy_with_credits(request: PurchaseRequest, *, request_key: str | None = None,
+                     now: datetime | None = None) -> Purchase:
     """Deduct the price from the balance atomically, complete the purchase and queue its
-    confirmation, all in one transaction; commits. A short balance is a Conflict."""
+    confirmation, all in one transaction; commits. A short balance is a Conflict.
+
+    With a ``request_key`` an earlier purchase made under it is returned instead: a repeat
+    after a lost answer never pays twice."""
+    existing = find_by_request_key(request_key)
+    if existing is not None:
+        return existing
     now = now or utcnow()
     customer, product = request.customer, request.product
     deducted = db.session.execute(
@@ -110,7 +126,7 @@ def buy_with_credits(request: PurchaseRequest, *, now: datetime | None = None) -
                        code="insufficient_credits")
     purchase = Purchase(customer_id=customer.id, product_id=product.id, payment_method="credits",
                         status="completed", amount_cents=product.price_cents, currency=product.currency,
-                        completed_at=now, created_at=now, updated_at=now)
+                        completed_at=now, created_at=now, updated_at=now, request_key=request_key)
     db.session.add(purchase)
     db.session.flush()
     queue_confirmation(purchase, customer, product)
@@ -118,12 +134,14 @@ def buy_with_credits(request: PurchaseRequest, *, now: datetime | None = None) -
     return purchase
 
 
-def start_card_purchase(request: PurchaseRequest, *, now: datetime | None = None) -> Purchase:
+def start_card_purchase(request: PurchaseRequest, *, request_key: str | None = None,
+                        now: datetime | None = None) -> Purchase:
     """Create and commit a pending card purchase (the Checkout Session comes next)."""
     now = now or utcnow()
     purchase = Purchase(customer_id=request.customer.id, product_id=request.product.id,
                         payment_method="card", status="pending", amount_cents=request.product.price_cents,
-                        currency=request.product.currency, created_at=now, updated_at=now)
+                        currency=request.product.currency, created_at=now, updated_at=now,
+                        request_key=request_key)
     db.session.add(purchase)
     db.session.commit()
     return purchase
