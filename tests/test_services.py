@@ -822,6 +822,26 @@ def test_a_crashed_holders_lease_is_taken_over_after_it_expires(app):
     assert job_row("job.crash").lease_holder is None
 
 
+def test_a_runner_that_waited_for_the_lease_does_not_run_the_job_again(app):
+    """Runner B saw the job due, then runner A ran it to the end while B waited for the lock:
+    B gets the free lease but must find the job no longer due (and record nothing stale)."""
+    ran: list[str] = []
+    calls = {"b": 0}
+
+    def clock_of_b():
+        calls["b"] += 1
+        if calls["b"] == 2:  # B is about to take the lease: A gets there first and finishes
+            jobs.run_exclusive("job.race", lambda now: ran.append("a") or "a", interval_seconds=60,
+                               lease_seconds=30, clock=lambda: T0 + timedelta(seconds=1))
+        return T0 + timedelta(seconds=calls["b"] * 0.001)
+
+    run = jobs.run_exclusive("job.race", lambda now: ran.append("b") or "b", interval_seconds=60,
+                             lease_seconds=30, clock=clock_of_b)
+
+    assert run is None and ran == ["a"]
+    assert job_row("job.race").lease_holder is None and job_row("job.race").runs == 1
+
+
 def test_run_records_heartbeat_and_history_and_respects_the_interval(app):
     now = {"t": T0}
 

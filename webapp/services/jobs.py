@@ -72,10 +72,15 @@ def run_exclusive(name: str, fn: Callable[[datetime], str | None], *, interval_s
     Returns the run record, or ``None`` when the job was not due or another runner holds it.
     """
     holder = holder or f"{uuid.uuid4().hex[:12]}"
+    if not is_due(name, interval_seconds, clock()):  # cheap check before contending for the lease
+        return None
+    if not acquire_lease(name, holder, ttl_seconds=lease_seconds, now=clock(), interval_seconds=interval_seconds):
+        return None
+    # Read the clock and check again only now: a runner that waited for the lock while another
+    # ran the job must neither record a stale start nor run it a second time in one interval.
     now = clock()
     if not is_due(name, interval_seconds, now):
-        return None
-    if not acquire_lease(name, holder, ttl_seconds=lease_seconds, now=now, interval_seconds=interval_seconds):
+        release_lease(name, holder)
         return None
     run = JobRun(job_name=name, holder=holder, started_at=now, outcome="running")
     db.session.add(run)
