@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,6 +91,17 @@ def sqlite_backend(tmp_path):
     return _sqlite_backend(tmp_path)
 
 
+@contextmanager
+def inside(app):
+    """Run inside ``app``'s context; afterwards drop its session and close its connections."""
+    with app.app_context():
+        try:
+            yield app
+        finally:
+            db.session.remove()
+            db.engine.dispose()
+
+
 def make_app(backend: Backend, **overrides):
     """An app on ``backend`` with its schema migrated to head."""
     app = create_app(backend.config(**overrides))
@@ -103,20 +115,16 @@ def make_app(backend: Backend, **overrides):
 def app(backend):
     """App on the parametrised backend, inside an app context."""
     app = make_app(backend)
-    with app.app_context():
+    with inside(app):
         yield app
-        db.session.remove()
-        db.engine.dispose()
 
 
 @pytest.fixture
 def sqlite_app(sqlite_backend):
     """App on SQLite + SqliteHuey, inside an app context."""
     app = make_app(sqlite_backend)
-    with app.app_context():
+    with inside(app):
         yield app
-        db.session.remove()
-        db.engine.dispose()
 
 
 class Worker:

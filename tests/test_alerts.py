@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import func, select
 from werkzeug.wrappers import Response
 
-from tests.conftest import make_app
+from tests.conftest import inside, make_app
 from tests.support.monitoring import T0, alerts, create_and_run, deliver_all, insert_operations, later, \
     operation_row, run_at, run_checks_fresh
 from webapp.extensions import db
@@ -32,10 +32,8 @@ def slack_app(sqlite_backend, slack):
     """App on SQLite whose SLACK_WEBHOOK_URL points at the local server."""
     app = make_app(sqlite_backend, SLACK_WEBHOOK_URL=slack.url_for(SLACK_PATH),
                    PUBLIC_BASE_URL="https://backstop.example.com")
-    with app.app_context():
+    with inside(app):
         yield app
-        db.session.remove()
-        db.engine.dispose()
 
 
 def posts(server) -> list[dict]:

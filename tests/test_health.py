@@ -9,7 +9,7 @@ from sqlalchemy import update
 
 import tasks
 from tasks.runtime import run_periodic_jobs
-from tests.conftest import make_app
+from tests.conftest import inside, make_app
 from webapp import create_app
 from webapp.domain.time import utcnow
 from webapp.extensions import db
@@ -23,10 +23,8 @@ INTERVAL = 60.0
 def health_app(backend):
     """An app whose reconciler runs once a minute, so 'stale' means older than three minutes."""
     app = make_app(backend, RECONCILE_INTERVAL_SECONDS=INTERVAL)
-    with app.app_context():
+    with inside(app):
         yield app
-        db.session.remove()
-        db.engine.dispose()
 
 
 def get_health(app):

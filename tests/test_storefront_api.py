@@ -8,7 +8,7 @@ from urllib.parse import parse_qs
 import pytest
 from werkzeug import Response
 
-from tests.conftest import make_app
+from tests.conftest import inside, make_app
 from tests.support import shop
 from webapp.extensions import db
 from webapp.models import Customer, IdempotencyRecord, Purchase
@@ -23,10 +23,8 @@ def api_app(backend, httpserver):
     app = make_app(backend, STRIPE_SECRET_KEY="sk_test_backstop_51", STRIPE_MAX_NETWORK_RETRIES=0,
                    STRIPE_TIMEOUT_SECONDS=1.0, STRIPE_API_BASE=httpserver.url_for("/").rstrip("/"),
                    PUBLIC_BASE_URL="https://shop.example.com")
-    with app.app_context():
+    with inside(app):
         yield app
-        db.session.remove()
-        db.engine.dispose()
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from tests.conftest import make_app
+from tests.conftest import inside, make_app
 from tests.support import shop
 from tests.support import stripe_signing as signing
 from tests.support.http_server import serve
@@ -33,20 +33,16 @@ def _app(backend, **config):
 def hook_app(backend):
     """App on both backends with two webhook secrets (mid-rotation) and a 4 KiB body limit."""
     app = _app(backend)
-    with app.app_context():
+    with inside(app):
         yield app
-        db.session.remove()
-        db.engine.dispose()
 
 
 @pytest.fixture
 def sqlite_hook_app(sqlite_backend):
     """The same on SQLite only, for checks that do not depend on the backend."""
     app = _app(sqlite_backend)
-    with app.app_context():
+    with inside(app):
         yield app
-        db.session.remove()
-        db.engine.dispose()
 
 
 def post(app, body, signature=None, **headers):
