@@ -46,14 +46,6 @@ def _trust_proxies(app: Flask) -> None:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops, x_prefix=hops)
 
 
-def _split(value) -> list[str]:
-    if not value:
-        return []
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    return list(value)
-
-
 def _register_handlers(app: Flask) -> None:
     """Import every module that registers operation handlers (and outcome listeners)."""
     from .services import alerts, bulk  # noqa: F401  (alert.slack, admin.bulk_retry, dead-letter alerts)
@@ -62,7 +54,7 @@ def _register_handlers(app: Flask) -> None:
 
     email.init_app(app)
     payments.init_app(app)
-    import_handler_modules(_split(app.config.get("BACKSTOP_HANDLER_MODULES")))
+    import_handler_modules(config_module.comma_list(app.config.get("BACKSTOP_HANDLER_MODULES")))
 
 
 def _register_blueprints(app: Flask) -> None:

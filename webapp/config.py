@@ -24,6 +24,14 @@ class ConfigurationError(RuntimeError):
     """Raised at start-up when required settings are missing or malformed."""
 
 
+def comma_list(value) -> list[str]:
+    """A comma-separated setting (or a list given by a test) as its non-empty, trimmed items."""
+    if not value:
+        return []
+    parts = value.split(",") if isinstance(value, str) else value
+    return [str(part).strip() for part in parts if str(part).strip()]
+
+
 def default_database_url(instance_dir: Path = INSTANCE_DIR) -> str:
     """The embedded default database: a SQLite file under ``instance/`` (absolute path)."""
     return f"sqlite:///{(instance_dir / 'backstop.sqlite3').resolve()}"

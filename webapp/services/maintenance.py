@@ -20,6 +20,7 @@ from typing import Mapping
 
 from sqlalchemy import delete, select, text, update
 
+from ..config import comma_list
 from ..domain.errors import ErrorKind
 from ..domain.states import State
 from ..extensions import db
@@ -41,8 +42,7 @@ STRIPE_LATE_CURSOR = "stripe_event_bodies_late"
 # --- auto-requeue -------------------------------------------------------------------------------
 
 def _kinds(config: Mapping) -> list[str]:
-    raw = config.get("AUTO_REQUEUE_KINDS", "email,webhook,job")
-    return [kind.strip() for kind in str(raw).split(",") if kind.strip()]
+    return comma_list(config.get("AUTO_REQUEUE_KINDS", "email,webhook,job"))
 
 
 def requeue_candidates(now: datetime, config: Mapping) -> list[int]:

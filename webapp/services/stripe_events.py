@@ -17,6 +17,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from ..config import comma_list
 from ..domain.time import utcnow
 from ..extensions import db
 from ..models import StripeEvent, WebhookRejection
@@ -62,7 +63,7 @@ class Intake:
 
 def parse_secrets(value: str | None) -> list[str]:
     """The webhook secrets from ``STRIPE_WEBHOOK_SECRET`` (comma-separated during rotation)."""
-    return [part.strip() for part in (value or "").split(",") if part.strip()]
+    return comma_list(value)
 
 
 def verify(payload: bytes, header: str | None, secrets: list[str], *,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ....config import comma_list
 from .base import (NotConfigured, OutgoingEmail, ProviderError, ProviderMisconfigured, RejectedError,
                    SendResult, TransientProviderError)
 from .postmark import PostmarkProvider
@@ -16,12 +17,8 @@ __all__ = ["NotConfigured", "OutgoingEmail", "ProviderError", "ProviderMisconfig
 
 def provider_names(config) -> list[str]:
     """EMAIL_PROVIDERS as an ordered, de-duplicated list; raises ValueError on an unknown name."""
-    raw = config.get("EMAIL_PROVIDERS") or ""
-    names = raw if isinstance(raw, (list, tuple)) else raw.split(",")
     ordered: list[str] = []
-    for name in (part.strip().lower() for part in names):
-        if not name:
-            continue
+    for name in (part.lower() for part in comma_list(config.get("EMAIL_PROVIDERS"))):
         if name not in PROVIDER_NAMES:
             raise ValueError(f"EMAIL_PROVIDERS names an unknown provider {name!r}; known: {', '.join(PROVIDER_NAMES)}")
         if name not in ordered:
