@@ -20,26 +20,30 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import flask_migrate  # noqa: E402
-from sqlalchemy import insert, text  # noqa: E402
+import flask_migrate
+from sqlalchemy import insert, text
 
-from webapp import create_app  # noqa: E402
-from webapp.domain.fingerprints import fingerprint_of  # noqa: E402
-from webapp.domain.time import utcnow  # noqa: E402
-from webapp.extensions import db  # noqa: E402
-from webapp.models import Operation  # noqa: E402
-from webapp.services import admin_metrics, admin_queries  # noqa: E402
-from webapp.services.admin_queries import Filters  # noqa: E402
+from webapp import create_app
+from webapp.domain.fingerprints import fingerprint_of
+from webapp.domain.time import utcnow
+from webapp.extensions import db
+from webapp.models import Operation
+from webapp.services import admin_metrics, admin_queries
+from webapp.services.admin_queries import Filters
 
-NAMES = {"email": ["email.welcome", "email.lead_purchase_confirmation", "email.refund_notification",
-                   "email.payment_failed"],
-         "webhook": ["stripe.checkout.session.completed", "stripe.charge.refunded", "stripe.payment_intent.failed"],
-         "job": ["admin.bulk_retry", "job.cleanup", "job.report"], "alert": ["alert.slack", "alert.email"]}
+NAMES = {
+    "email": ["email.welcome", "email.lead_purchase_confirmation", "email.refund_notification", "email.payment_failed"],
+    "webhook": ["stripe.checkout.session.completed", "stripe.charge.refunded", "stripe.payment_intent.failed"],
+    "job": ["admin.bulk_retry", "job.cleanup", "job.report"],
+    "alert": ["alert.slack", "alert.email"],
+}
 KIND_WEIGHTS = {"email": 0.55, "webhook": 0.35, "job": 0.08, "alert": 0.02}
-ERRORS = [("SMTPError", "421 busy, try again in {n}s"), ("TransientError", "Connection refused by 10.0.{n}.1"),
-          ("PermanentError", "550 5.1.1 <user{n}@example.com>: mailbox unavailable"),
-          ("TimeoutError", "read timed out after {n} ms")] + [
-          ("ProviderError", f"provider error type {k} on request req_{{n}}") for k in range(36)]
+ERRORS = [
+    ("SMTPError", "421 busy, try again in {n}s"),
+    ("TransientError", "Connection refused by 10.0.{n}.1"),
+    ("PermanentError", "550 5.1.1 <user{n}@example.com>: mailbox unavailable"),
+    ("TimeoutError", "read timed out after {n} ms"),
+] + [("ProviderError", f"provider error type {k} on request req_{{n}}") for k in range(36)]
 
 
 def fill(count: int, seed: int = 7) -> None:
@@ -51,22 +55,36 @@ def fill(count: int, seed: int = 7) -> None:
     for n in range(count):
         kind = rng.choices(kinds, weights)[0]
         created = now - timedelta(seconds=rng.uniform(0, 30 * 86400))
-        row = dict(kind=kind, name=rng.choice(NAMES[kind]), payload={"to": f"user{n}@example.com"},
-                   idempotency_key=f"bench-{n}", subject=f"purchase:{n}", attempts=1, max_attempts=4,
-                   next_attempt_at=created, created_at=created, updated_at=created)
+        row = dict(
+            kind=kind,
+            name=rng.choice(NAMES[kind]),
+            payload={"to": f"user{n}@example.com"},
+            idempotency_key=f"bench-{n}",
+            subject=f"purchase:{n}",
+            attempts=1,
+            max_attempts=4,
+            next_attempt_at=created,
+            created_at=created,
+            updated_at=created,
+        )
         roll = rng.random()
         if roll < 0.03:
             error_class, template = rng.choice(ERRORS)
             message = template.format(n=rng.randint(1, 99999))
-            row.update(state="dead", attempts=4, dead_at=created + timedelta(minutes=5), error_class=error_class,
-                       error_message=message, error_fingerprint=fingerprint_of(error_class, message))
+            row.update(
+                state="dead",
+                attempts=4,
+                dead_at=created + timedelta(minutes=5),
+                error_class=error_class,
+                error_message=message,
+                error_fingerprint=fingerprint_of(error_class, message),
+            )
             if rng.random() < 0.25:
                 row.update(resolved_at=created + timedelta(hours=2), resolved_by="ops@example.com")
         elif roll < 0.032:
             row.update(state="retrying", attempts=2, next_attempt_at=now + timedelta(seconds=rng.uniform(-60, 600)))
         else:
-            row.update(state="succeeded", succeeded_at=created + timedelta(seconds=2),
-                       attempts=1 if roll < 0.95 else 2)
+            row.update(state="succeeded", succeeded_at=created + timedelta(seconds=2), attempts=1 if roll < 0.95 else 2)
         batch.append(row)
         if len(batch) == 10_000:
             db.session.execute(insert(Operation), batch)
@@ -94,8 +112,11 @@ def best_of(call, repeat: int = 3) -> float:
 def measure_baseline() -> None:
     """Baseline, measured in the same run: one pass over every operation row (what any
     query without a usable index costs), here a count of dead rows with no index help."""
-    seconds = best_of(lambda: db.session.execute(text(
-        "SELECT count(*) FROM operations WHERE attempts + 0 >= 0 AND state || '' = 'dead'")).scalar_one())
+    seconds = best_of(
+        lambda: db.session.execute(
+            text("SELECT count(*) FROM operations WHERE attempts + 0 >= 0 AND state || '' = 'dead'")
+        ).scalar_one()
+    )
     BASELINE["seconds"] = seconds
     print(f"{'baseline: full scan of operations':<48} {seconds * 1000:9.1f} ms   1.000x")
 
@@ -126,9 +147,17 @@ def main() -> None:
     if args.postgres:
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
         from tests.support import servers
+
         url = servers.create_postgres_database()
-    app = create_app({"TESTING": True, "BACKSTOP_ENV": "test", "SECRET_KEY": "bench", "SQLALCHEMY_DATABASE_URI": url,
-                      "HUEY_URL": f"sqlite:///{tmp / 'huey.sqlite3'}"})
+    app = create_app(
+        {
+            "TESTING": True,
+            "BACKSTOP_ENV": "test",
+            "SECRET_KEY": "bench",
+            "SQLALCHEMY_DATABASE_URI": url,
+            "HUEY_URL": f"sqlite:///{tmp / 'huey.sqlite3'}",
+        }
+    )
     try:
         with app.app_context():
             flask_migrate.upgrade()
@@ -138,16 +167,23 @@ def main() -> None:
             db.session.execute(text("ANALYZE"))
             db.session.commit()
             measure_baseline()
-            for label, filters in (("unresolved", Filters()), ("kind=alert, all", Filters(status="all", kind="alert")),
-                                   ("name=email.welcome", Filters(name="email.welcome")),
-                                   ("retrying", Filters(status="retrying"))):
+            for label, filters in (
+                ("unresolved", Filters()),
+                ("kind=alert, all", Filters(status="all", kind="alert")),
+                ("name=email.welcome", Filters(name="email.welcome")),
+                ("retrying", Filters(status="retrying")),
+            ):
                 timed(f"list page 1: {label}", lambda f=filters: admin_queries.list_operations(f, limit=50))
                 cursor = deep_cursor(filters)
-                timed(f"list page 21: {label}", lambda f=filters, c=cursor: admin_queries.list_operations(
-                    f, cursor=c, limit=50))
+                timed(
+                    f"list page 21: {label}",
+                    lambda f=filters, c=cursor: admin_queries.list_operations(f, cursor=c, limit=50),
+                )
             top = admin_queries.issues(Filters(status="all")).issues[0].fingerprint
-            timed("list page 1: one fingerprint", lambda: admin_queries.list_operations(
-                Filters(status="all", fingerprint=top), limit=50))
+            timed(
+                "list page 1: one fingerprint",
+                lambda: admin_queries.list_operations(Filters(status="all", fingerprint=top), limit=50),
+            )
             timed("search q=user4242@", lambda: admin_queries.list_operations(Filters(q="user4242@"), limit=50))
             timed("issues: unresolved", lambda: admin_queries.issues(Filters()))
             timed("issues: all", lambda: admin_queries.issues(Filters(status="all")))

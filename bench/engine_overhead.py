@@ -17,13 +17,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import flask_migrate  # noqa: E402
-from sqlalchemy import text  # noqa: E402
+import flask_migrate
+from sqlalchemy import text
 
-from webapp import create_app  # noqa: E402
-from webapp.extensions import db  # noqa: E402
-from webapp.services import engine, operations  # noqa: E402
-from webapp.services.registry import handler  # noqa: E402
+from webapp import create_app
+from webapp.extensions import db
+from webapp.services import engine, operations
+from webapp.services.registry import handler
 
 
 @handler("bench.noop", kind="job")
@@ -58,8 +58,14 @@ def with_engine(count: int) -> float:
 def run(database_url: str, count: int) -> tuple[float, float]:
     """Both measurements on one fresh database."""
     with tempfile.TemporaryDirectory() as tmp:
-        app = create_app({"TESTING": True, "BACKSTOP_ENV": "test", "SQLALCHEMY_DATABASE_URI": database_url,
-                          "HUEY_URL": f"sqlite:///{tmp}/huey.db"})
+        app = create_app(
+            {
+                "TESTING": True,
+                "BACKSTOP_ENV": "test",
+                "SQLALCHEMY_DATABASE_URI": database_url,
+                "HUEY_URL": f"sqlite:///{tmp}/huey.db",
+            }
+        )
         with app.app_context():
             flask_migrate.upgrade()
             base = baseline(count)

@@ -9,11 +9,10 @@ from __future__ import annotations
 from flask import Flask
 from huey import Huey
 
+from tasks.cli import register_cli
+from tasks.queue import HueyDoorbell, huey_from_url
+from tasks.runtime import register_tasks
 from webapp.services.doorbell import set_doorbell
-
-from .cli import register_cli
-from .queue import HueyDoorbell, huey_from_url
-from .runtime import register_tasks
 
 
 def bind(app: Flask) -> Huey:

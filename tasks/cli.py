@@ -8,7 +8,7 @@ import click
 from flask import Flask
 from huey import Huey
 
-from .consumer import build_consumer
+from tasks.consumer import build_consumer
 
 
 def register_cli(app: Flask, huey: Huey) -> None:
@@ -16,9 +16,12 @@ def register_cli(app: Flask, huey: Huey) -> None:
 
     @app.cli.command("worker")
     @click.option("--workers", "-w", type=int, default=None, help="Worker threads (default WORKER_THREADS).")
-    @click.option("--scheduler/--no-scheduler", default=True,
-                  help="Run periodic jobs here. Exactly one consumer per deployment should, "
-                       "though the database leases make more than one safe.")
+    @click.option(
+        "--scheduler/--no-scheduler",
+        default=True,
+        help="Run periodic jobs here. Exactly one consumer per deployment should, "
+        "though the database leases make more than one safe.",
+    )
     def worker(workers: int | None, scheduler: bool):
         """Run a Huey consumer: SIGTERM drains running operations, then exits."""
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -10,8 +10,9 @@ IDLE_POLL_MIN_SECONDS = 0.1
 IDLE_POLL_MAX_SECONDS = 0.5
 
 
-def build_consumer(huey: Huey, *, workers: int, periodic: bool, tick_seconds: float,
-                   shutdown_timeout: float) -> Consumer:
+def build_consumer(
+    huey: Huey, *, workers: int, periodic: bool, tick_seconds: float, shutdown_timeout: float
+) -> Consumer:
     """A thread consumer that drains on SIGTERM and ticks periodic jobs every ``tick_seconds``."""
     # Huey checks periodic tasks once a minute; each Backstop job keeps its own interval in
     # the database, so a finer tick only makes the reconciler's interval honest.

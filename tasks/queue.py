@@ -18,7 +18,7 @@ def huey_from_url(url: str, name: str = "backstop") -> Huey:
     """``sqlite:////abs/path.db`` → SqliteHuey; ``redis://host:port/db`` → RedisHuey."""
     scheme = urlsplit(url).scheme
     if scheme == "sqlite":
-        path = url[len("sqlite:///"):]
+        path = url[len("sqlite:///") :]
         if not path:
             raise QueueConfigurationError("HUEY_URL needs a file path: sqlite:////absolute/path/huey.db")
         Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -75,10 +75,15 @@ def put_back_running(operation_id: int) -> bool:
         return False
     number = operation.attempts
     holder = db.session.execute(
-        select(OperationAttempt.worker).where(OperationAttempt.operation_id == operation_id,
-                                              OperationAttempt.number == number,
-                                              OperationAttempt.finished_at.is_(None))
-        .order_by(OperationAttempt.id.desc()).limit(1)).scalar()
+        select(OperationAttempt.worker)
+        .where(
+            OperationAttempt.operation_id == operation_id,
+            OperationAttempt.number == number,
+            OperationAttempt.finished_at.is_(None),
+        )
+        .order_by(OperationAttempt.id.desc())
+        .limit(1)
+    ).scalar()
     db.session.rollback()
     # The interrupted task may be a duplicate delivery that never claimed the operation while
     # another worker runs it: only an attempt claimed by this process is ours to give back.
@@ -99,8 +104,12 @@ def run_periodic_jobs(app: Flask) -> None:
     config = app.config
     for job in schedule.PERIODIC_JOBS:
         try:
-            jobs.run_exclusive(job.name, partial(job.run, config),
-                               interval_seconds=job.interval(config), lease_seconds=job.lease(config))
+            jobs.run_exclusive(
+                job.name,
+                partial(job.run, config),
+                interval_seconds=job.interval(config),
+                lease_seconds=job.lease(config),
+            )
         except Exception:  # recorded in the log; the job's stale heartbeat raises the alarm
             db.session.rollback()
             log.exception("periodic job %s could not run", job.name)

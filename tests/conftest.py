@@ -45,9 +45,16 @@ class Backend:
     def env(self, **overrides) -> dict:
         """Environment for a worker or CLI process on this backend."""
         env = dict(os.environ)
-        env.update(BACKSTOP_ENV="test", DATABASE_URL=self.database_url, HUEY_URL=self.huey_url,
-                   HUEY_NAME=self.huey_name, BACKSTOP_HANDLER_MODULES="tests.support.handlers",
-                   PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", **FAST)
+        env.update(
+            BACKSTOP_ENV="test",
+            DATABASE_URL=self.database_url,
+            HUEY_URL=self.huey_url,
+            HUEY_NAME=self.huey_name,
+            BACKSTOP_HANDLER_MODULES="tests.support.handlers",
+            PYTHONPATH=str(ROOT),
+            PYTHONUNBUFFERED="1",
+            **FAST,
+        )
         env.update(self.extra)
         env.update({k: str(v) for k, v in overrides.items()})
         return env
@@ -55,18 +62,28 @@ class Backend:
     def config(self, **overrides) -> dict:
         """Flask config overrides matching :meth:`env`."""
         config = {
-            "TESTING": True, "BACKSTOP_ENV": "test", "SECRET_KEY": "test-secret",
-            "SQLALCHEMY_DATABASE_URI": self.database_url, "HUEY_URL": self.huey_url,
-            "HUEY_NAME": self.huey_name, "RECONCILE_INTERVAL_SECONDS": 1.0,
-            "REDELIVER_AFTER_SECONDS": 1.0, "RECONCILE_LEASE_SECONDS": 10.0,
+            "TESTING": True,
+            "BACKSTOP_ENV": "test",
+            "SECRET_KEY": "test-secret",
+            "SQLALCHEMY_DATABASE_URI": self.database_url,
+            "HUEY_URL": self.huey_url,
+            "HUEY_NAME": self.huey_name,
+            "RECONCILE_INTERVAL_SECONDS": 1.0,
+            "REDELIVER_AFTER_SECONDS": 1.0,
+            "RECONCILE_LEASE_SECONDS": 10.0,
         }
         config.update(overrides)
         return config
 
 
 def _sqlite_backend(tmp_path: Path) -> Backend:
-    return Backend("sqlite", f"sqlite:///{tmp_path / 'backstop.sqlite3'}",
-                   f"sqlite:///{tmp_path / 'huey.sqlite3'}", f"q{uuid.uuid4().hex[:8]}", tmp_path)
+    return Backend(
+        "sqlite",
+        f"sqlite:///{tmp_path / 'backstop.sqlite3'}",
+        f"sqlite:///{tmp_path / 'huey.sqlite3'}",
+        f"q{uuid.uuid4().hex[:8]}",
+        tmp_path,
+    )
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=[pytest.mark.postgres, pytest.mark.redis])])
@@ -135,7 +152,10 @@ class Worker:
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "flask", "--app", "wsgi", "worker", "-w", "2"],
-            cwd=ROOT, env=backend.env(**env), stdout=self._log, stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=backend.env(**env),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
 
     def stop(self, sig=signal.SIGTERM, timeout: float = 20) -> int:

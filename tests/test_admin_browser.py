@@ -24,8 +24,15 @@ from webapp.services import admin_auth, demo_data, operations
 pytestmark = pytest.mark.browser
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 EMAIL, PASSWORD = "admin@example.com", "correct horse battery"
 TIMEOUT_MS = 20_000
@@ -60,11 +67,24 @@ class Site:
         """Insert a dead-lettered operation directly; return its id."""
         now = utcnow()
         with self.app.app_context():
-            values = dict(kind=kind, name=name, payload={"to": "grace@example.com"},
-                          idempotency_key=f"browser-{os.urandom(6).hex()}", subject=f"purchase:{os.urandom(2).hex()}",
-                          state="dead", attempts=3, max_attempts=3, next_attempt_at=now, created_at=now - timedelta(minutes=2),
-                          updated_at=now, dead_at=now - timedelta(minutes=1), error_class="TransientError",
-                          error_kind="transient", error_message=error, error_stack="Traceback ...")
+            values = dict(
+                kind=kind,
+                name=name,
+                payload={"to": "grace@example.com"},
+                idempotency_key=f"browser-{os.urandom(6).hex()}",
+                subject=f"purchase:{os.urandom(2).hex()}",
+                state="dead",
+                attempts=3,
+                max_attempts=3,
+                next_attempt_at=now,
+                created_at=now - timedelta(minutes=2),
+                updated_at=now,
+                dead_at=now - timedelta(minutes=1),
+                error_class="TransientError",
+                error_kind="transient",
+                error_message=error,
+                error_stack="Traceback ...",
+            )
             values.update(fields)
             operation = Operation(**values)
             db.session.add(operation)
@@ -287,16 +307,22 @@ def test_health_page_updates_after_a_failure_without_reload(page, site, start_wo
 def test_post_without_csrf_is_refused(page, site):
     operation_id = site.dead()
     page.goto(site.url + "/admin/failed-operations")
-    status, text = page.evaluate("""async (url) => {
+    status, text = page.evaluate(
+        """async (url) => {
         const response = await fetch(url, {method: "POST"});
         return [response.status, await response.text()];
-    }""", f"/admin/operations/{operation_id}/retry")
+    }""",
+        f"/admin/operations/{operation_id}/retry",
+    )
     assert status == 400 and "CSRF token" in text
     assert site.get(operation_id).state == "dead"
-    status = page.evaluate("""async (url) => {
+    status = page.evaluate(
+        """async (url) => {
         const token = document.querySelector('meta[name="csrf-token"]').content;
         return (await fetch(url, {method: "POST", headers: {"X-CSRFToken": token}})).status;
-    }""", f"/admin/operations/{operation_id}/retry")
+    }""",
+        f"/admin/operations/{operation_id}/retry",
+    )
     assert status == 200
 
 

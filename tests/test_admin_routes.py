@@ -23,30 +23,73 @@ from webapp.services import admin_auth, admin_queries, bulk, engine, tokens
 from webapp.services.admin_queries import Filters, fingerprint_of, normalise_error
 
 PASSWORD = "correct horse battery"
-PAGES = ["/admin/failed-operations", "/admin/operations-health", "/admin/issues",
-         "/admin/failed-operations/export.csv", "/admin/failed-operations/export.json"]
-PARTIALS = ["/admin/partials/stats", "/admin/partials/operations", "/admin/partials/health/cards",
-            "/admin/partials/health/status", "/admin/partials/health/breakdown", "/admin/partials/health/trend",
-            "/admin/partials/operations/1/row", "/admin/partials/operations/1/details",
-            "/admin/partials/bulk-jobs/1"]
-ACTIONS = ["/admin/operations/1/retry", "/admin/operations/1/resolve", "/admin/operations/1/cancel",
-           "/admin/operations/bulk", "/admin/bulk-jobs", "/admin/bulk-jobs/1/start", "/admin/bulk-jobs/1/cancel",
-           "/admin/issues/abc/retry", "/admin/issues/abc/resolve", "/admin/logout"]
+PAGES = [
+    "/admin/failed-operations",
+    "/admin/operations-health",
+    "/admin/issues",
+    "/admin/failed-operations/export.csv",
+    "/admin/failed-operations/export.json",
+]
+PARTIALS = [
+    "/admin/partials/stats",
+    "/admin/partials/operations",
+    "/admin/partials/health/cards",
+    "/admin/partials/health/status",
+    "/admin/partials/health/breakdown",
+    "/admin/partials/health/trend",
+    "/admin/partials/operations/1/row",
+    "/admin/partials/operations/1/details",
+    "/admin/partials/bulk-jobs/1",
+]
+ACTIONS = [
+    "/admin/operations/1/retry",
+    "/admin/operations/1/resolve",
+    "/admin/operations/1/cancel",
+    "/admin/operations/bulk",
+    "/admin/bulk-jobs",
+    "/admin/bulk-jobs/1/start",
+    "/admin/bulk-jobs/1/cancel",
+    "/admin/issues/abc/retry",
+    "/admin/issues/abc/resolve",
+    "/admin/logout",
+]
 
 _sequence = iter(range(1, 10**9))
 
 
-def make_op(state="dead", kind="email", name="email.welcome", *, error="SMTP timeout after 30s",
-            dead_ago=timedelta(hours=1), **fields) -> Operation:
+def make_op(
+    state="dead",
+    kind="email",
+    name="email.welcome",
+    *,
+    error="SMTP timeout after 30s",
+    dead_ago=timedelta(hours=1),
+    **fields,
+) -> Operation:
     """Insert one operation row directly (no handler, no doorbell) and commit."""
     now = utcnow()
     n = next(_sequence)
-    values = dict(kind=kind, name=name, payload={"to": f"user{n}@example.com"}, idempotency_key=f"k-{n}",
-                  subject=f"subject-{n}", state=state, attempts=1, max_attempts=4, next_attempt_at=now,
-                  created_at=now - dead_ago - timedelta(seconds=5), updated_at=now)
+    values = dict(
+        kind=kind,
+        name=name,
+        payload={"to": f"user{n}@example.com"},
+        idempotency_key=f"k-{n}",
+        subject=f"subject-{n}",
+        state=state,
+        attempts=1,
+        max_attempts=4,
+        next_attempt_at=now,
+        created_at=now - dead_ago - timedelta(seconds=5),
+        updated_at=now,
+    )
     if state == "dead":
-        values.update(dead_at=now - dead_ago, error_class="TransientError", error_message=error, error_kind="transient",
-                      error_stack="Traceback...\nTransientError: " + (error or ""))
+        values.update(
+            dead_at=now - dead_ago,
+            error_class="TransientError",
+            error_message=error,
+            error_kind="transient",
+            error_stack="Traceback...\nTransientError: " + (error or ""),
+        )
     if state == "succeeded":
         values.update(succeeded_at=now - dead_ago)
     values.update(fields)
@@ -110,6 +153,7 @@ def post(client, url, data=None, **kwargs):
 
 # --- access -------------------------------------------------------------------------------
 
+
 def test_index_redirects_to_dashboard(client):
     response = client.get("/")
     assert response.status_code == 302 and response.headers["Location"].endswith("/admin/operations-health")
@@ -154,11 +198,12 @@ def test_login_logout_session_cookie_flags(sqlite_app, admin):
 def test_login_rejects_open_redirect_and_wrong_password(sqlite_app, admin):
     client = sqlite_app.test_client()
     token = csrf_from(client.get("/admin/login").text)
-    response = client.post("/admin/login", data={"email": "admin@example.com", "password": "nope",
-                                                  "csrf_token": token})
+    response = client.post("/admin/login", data={"email": "admin@example.com", "password": "nope", "csrf_token": token})
     assert response.status_code == 401 and "Wrong email or password" in response.text
-    response = client.post("/admin/login", data={"email": "admin@example.com", "password": PASSWORD,
-                                                  "csrf_token": token, "next": "//evil.example/x"})
+    response = client.post(
+        "/admin/login",
+        data={"email": "admin@example.com", "password": PASSWORD, "csrf_token": token, "next": "//evil.example/x"},
+    )
     assert response.headers["Location"] == "/admin/operations-health"
 
 
@@ -195,6 +240,7 @@ def test_create_admin_cli_and_duplicates(sqlite_app):
 
 # --- CSRF ---------------------------------------------------------------------------------
 
+
 def test_post_without_csrf_token_is_refused_even_when_testing(client, sqlite_app):
     assert sqlite_app.config["TESTING"] is True
     operation = make_op()
@@ -220,6 +266,7 @@ def test_api_and_webhooks_do_not_need_csrf(client, sqlite_app):
 
 
 # --- failed operations: list, filters, keyset ---------------------------------------------
+
 
 def _ids(html: str) -> list[int]:
     return [int(value) for value in re.findall(r'<tbody id="op-(\d+)"', html)]
@@ -252,8 +299,9 @@ def test_filters_in_the_url(client):
     until = (utcnow() - timedelta(days=2)).isoformat(timespec="minutes")
     assert ids(f"since={since}&until={until}") == {old.id}
     # The list alone, for htmx filter changes.
-    fragment = client.get("/admin/failed-operations?kind=email",
-                          headers={"HX-Request": "true", "HX-Target": "ops-list"})
+    fragment = client.get(
+        "/admin/failed-operations?kind=email", headers={"HX-Request": "true", "HX-Target": "ops-list"}
+    )
     assert "<html" not in fragment.text
     assert set(_ids(fragment.text)) == {email_dead.id, old.id}
     assert "HX-Request" in fragment.headers["Vary"]
@@ -280,7 +328,9 @@ def test_search_finds_operations_by_customer_email(app):
     make_op(payload={"purchase_id": None, "to": "someone@else.org"})
     found = admin_queries.list_operations(Filters(q="grace.hopper")).rows
     assert sorted(op.id for op in found) == sorted([related.id, webhook.id, welcome.id])
-    assert [op.payload["to"] for op in admin_queries.list_operations(Filters(q="ELSE.ORG")).rows] == ["someone@else.org"]
+    assert [op.payload["to"] for op in admin_queries.list_operations(Filters(q="ELSE.ORG")).rows] == [
+        "someone@else.org"
+    ]
 
 
 def test_keyset_pagination_walks_every_row_once_in_order(client, sqlite_app):
@@ -290,7 +340,7 @@ def test_keyset_pagination_walks_every_row_once_in_order(client, sqlite_app):
     expected = [op.id for op in sorted(rows, key=lambda op: (op.dead_at, op.id), reverse=True)]
     html = client.get("/admin/failed-operations").text
     seen = _ids(html)
-    while (match := re.search(r'hx-get="(/admin/partials/operations\?[^"]+)"', html)):
+    while match := re.search(r'hx-get="(/admin/partials/operations\?[^"]+)"', html):
         html = client.get(match.group(1).replace("&amp;", "&")).text
         seen += _ids(html)
     assert seen == expected
@@ -318,16 +368,42 @@ def test_details_show_payload_attempts_purchase_customer_and_email_log(client):
     db.session.commit()
     operation = make_op(payload={"to": "ada@example.com", "purchase_id": purchase.id}, attempts=2)
     start = utcnow() - timedelta(minutes=3)
-    db.session.add_all([
-        OperationAttempt(operation_id=operation.id, number=1, started_at=start, finished_at=start, duration_ms=1234,
-                         outcome="failed", error_class="TransientError", error_message="first try broke"),
-        EmailLog(operation_id=operation.id, purchase_id=purchase.id, attempt=1, to_address="ada@example.com",
-                 template="welcome", provider="smtp", status="failed", error="421 try later"),
-    ])
+    db.session.add_all(
+        [
+            OperationAttempt(
+                operation_id=operation.id,
+                number=1,
+                started_at=start,
+                finished_at=start,
+                duration_ms=1234,
+                outcome="failed",
+                error_class="TransientError",
+                error_message="first try broke",
+            ),
+            EmailLog(
+                operation_id=operation.id,
+                purchase_id=purchase.id,
+                attempt=1,
+                to_address="ada@example.com",
+                template="welcome",
+                provider="smtp",
+                status="failed",
+                error="421 try later",
+            ),
+        ]
+    )
     db.session.commit()
     html = client.get(f"/admin/partials/operations/{operation.id}/details").text
-    for expected in ("&#34;purchase_id&#34;: " + str(purchase.id), "1234 ms", "first try broke", "Solar lead",
-                     "Ada Lovelace", "421 try later", "Stack trace", operation.idempotency_key):
+    for expected in (
+        "&#34;purchase_id&#34;: " + str(purchase.id),
+        "1234 ms",
+        "first try broke",
+        "Solar lead",
+        "Ada Lovelace",
+        "421 try later",
+        "Stack trace",
+        operation.idempotency_key,
+    ):
         assert expected in html, expected
     assert client.get("/admin/partials/operations/999999/details").status_code == 404
 
@@ -343,6 +419,7 @@ def test_external_text_is_escaped(client):
 
 # --- row actions --------------------------------------------------------------------------
 
+
 def test_retry_swaps_the_row_and_polls_until_terminal(client):
     operation = make_op()
     response = post(client, f"/admin/operations/{operation.id}/retry")
@@ -354,8 +431,11 @@ def test_retry_swaps_the_row_and_polls_until_terminal(client):
     assert stored.state == "pending" and stored.resolution_note == "retried by admin@example.com"
     db.session.rollback()
     # Once terminal the row stops polling.
-    db.session.execute(Operation.__table__.update().where(Operation.id == operation.id)
-                       .values(state="succeeded", succeeded_at=utcnow()))
+    db.session.execute(
+        Operation.__table__.update()
+        .where(Operation.id == operation.id)
+        .values(state="succeeded", succeeded_at=utcnow())
+    )
     db.session.commit()
     row = client.get(f"/admin/partials/operations/{operation.id}/row").text
     assert 'data-state="succeeded"' in row and "hx-trigger" not in row
@@ -399,12 +479,13 @@ def test_bulk_selected_retry_and_resolve(client):
 
 # --- retry everything matching: the snapshot ----------------------------------------------
 
+
 def test_bulk_job_acts_on_the_snapshot_shown_not_later_arrivals(client):
     shown = [make_op(kind="webhook", error="Database down") for _ in range(3)]
     make_op(kind="email")  # does not match the filter
     preview = post(client, "/admin/bulk-jobs", {"kind": "webhook", "status": "unresolved"})
     assert preview.status_code == 200 and "Retry 3 operations" in preview.text
-    job_id = int(re.search(r'bulk-job-(\d+)', preview.text).group(1))
+    job_id = int(re.search(r"bulk-job-(\d+)", preview.text).group(1))
     late = make_op(kind="webhook", error="Database down")  # dies after the admin saw the count
     started = post(client, f"/admin/bulk-jobs/{job_id}/start")
     assert started.status_code == 200 and 'hx-trigger="every 1s"' in started.text
@@ -439,14 +520,18 @@ def test_bulk_job_resumes_after_its_cursor(sqlite_app):
     ops = [make_op() for _ in range(5)]
     job = bulk.create_draft(Filters(), by="a")
     bulk.start(job.id, by="a")
-    db.session.execute(BulkJob.__table__.update().where(BulkJob.id == job.id)
-                       .values(cursor=sorted(op.id for op in ops)[1], processed=2))
+    db.session.execute(
+        BulkJob.__table__.update()
+        .where(BulkJob.id == job.id)
+        .values(cursor=sorted(op.id for op in ops)[1], processed=2)
+    )
     db.session.commit()
     result = bulk.run_job(job.id, "a", batch_size=2)
     assert (result.state, result.processed, result.succeeded) == ("done", 5, 3)
 
 
 # --- issues / fingerprints ----------------------------------------------------------------
+
 
 def test_fingerprint_normalisation():
     a = "550 5.1.1 <bob.smith@example.org>: Recipient 123e4567-e89b-12d3-a456-426614174000 rejected after 30s (id 9f3a2c91d0e4)"
@@ -472,12 +557,15 @@ def test_issues_group_by_fingerprint_and_act_on_groups(client):
     assert "Retry 3 operations" in preview.text
     response = post(client, f"/admin/issues/{key}/resolve", {"note": "provider outage"})
     assert "Resolved 3 operations" in response.text
-    states = {op.id: op.resolved_at is not None for op in admin_queries.get_operations(
-        [*(op.id for op in timeouts), refused.id])}
+    states = {
+        op.id: op.resolved_at is not None
+        for op in admin_queries.get_operations([*(op.id for op in timeouts), refused.id])
+    }
     assert states == {**{op.id: True for op in timeouts}, refused.id: False}
 
 
 # --- export -------------------------------------------------------------------------------
+
 
 def test_exports_stream_the_filtered_set(client):
     email = make_op(kind="email", error="=cmd|' /C calc'!A0")
@@ -498,6 +586,7 @@ def test_exports_stream_the_filtered_set(client):
 
 # --- operations health --------------------------------------------------------------------
 
+
 def test_health_metrics_grading_and_banner(app):
     client = app.test_client()
     admin_auth.create_admin("admin@example.com", PASSWORD)
@@ -516,8 +605,11 @@ def test_health_metrics_grading_and_banner(app):
     assert cards.status_code == 200 and "<html" not in cards.text and "75%" in cards.text
     breakdown = client.get("/admin/partials/health/breakdown?window=7d").text
     assert "email.welcome" in breakdown
-    trend = json.loads(re.search(r'id="trend-data">(.*?)</script>', client.get(
-        "/admin/partials/health/trend?window=24h").text).group(1))
+    trend = json.loads(
+        re.search(r'id="trend-data">(.*?)</script>', client.get("/admin/partials/health/trend?window=24h").text).group(
+            1
+        )
+    )
     assert len(trend["labels"]) in (24, 25) and len(trend["successes"]) == len(trend["labels"])
     assert client.get("/admin/operations-health?window=1y").status_code == 400
     status = client.get("/admin/partials/health/status").text
@@ -543,11 +635,17 @@ def test_health_page_judges_job_heartbeats_as_healthz_does(client, sqlite_app):
 def test_health_trend_counts_attempts_per_hour(app):
     operation = make_op(state="succeeded")
     now = utcnow()
-    db.session.add_all([
-        OperationAttempt(operation_id=operation.id, number=1, started_at=now - timedelta(minutes=1), outcome="failed"),
-        OperationAttempt(operation_id=operation.id, number=2, started_at=now - timedelta(minutes=1), outcome="succeeded"),
-        OperationAttempt(operation_id=operation.id, number=3, started_at=now - timedelta(hours=3), outcome="dead"),
-    ])
+    db.session.add_all(
+        [
+            OperationAttempt(
+                operation_id=operation.id, number=1, started_at=now - timedelta(minutes=1), outcome="failed"
+            ),
+            OperationAttempt(
+                operation_id=operation.id, number=2, started_at=now - timedelta(minutes=1), outcome="succeeded"
+            ),
+            OperationAttempt(operation_id=operation.id, number=3, started_at=now - timedelta(hours=3), outcome="dead"),
+        ]
+    )
     db.session.commit()
     from webapp.services import admin_metrics
 
@@ -561,13 +659,19 @@ def test_health_trend_counts_attempts_per_hour(app):
 
 # --- admin JSON API -----------------------------------------------------------------------
 
+
 def test_admin_api_requires_an_admin_token(sqlite_app):
     client = sqlite_app.test_client()
     storefront = tokens.create_token("shop", "storefront").raw
     revoked = tokens.create_token("old", "admin")
     tokens.revoke_token(revoked.token.id)
-    for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": f"Bearer {storefront}"},
-                    {"Authorization": f"Bearer {revoked.raw}"}, {"Authorization": "Basic abc"}):
+    for headers in (
+        {},
+        {"Authorization": "Bearer nope"},
+        {"Authorization": f"Bearer {storefront}"},
+        {"Authorization": f"Bearer {revoked.raw}"},
+        {"Authorization": "Basic abc"},
+    ):
         response = client.get("/api/admin/operations", headers=headers)
         assert response.status_code == 401
         assert response.json["error"] == "unauthorized" and response.json["message"]
@@ -592,8 +696,12 @@ def test_admin_api_shapes(sqlite_app):
     assert conflict.status_code == 409 and conflict.json["error"] == "invalid_state"
     resolved = client.post(f"/api/admin/operations/{dead[1].id}/resolve", json={"note": "handled"}, headers=auth)
     assert resolved.json["resolved_by"] == "token:ops" and resolved.json["resolution_note"] == "handled"
-    assert client.post(f"/api/admin/operations/{dead[1].id}/resolve", data="[1]", headers=auth,
-                       content_type="application/json").json["error"] == "invalid_json"
+    assert (
+        client.post(
+            f"/api/admin/operations/{dead[1].id}/resolve", data="[1]", headers=auth, content_type="application/json"
+        ).json["error"]
+        == "invalid_json"
+    )
 
     bulk_response = client.post("/api/admin/operations/bulk-retry", json={"filters": {"kind": "webhook"}}, headers=auth)
     assert bulk_response.status_code == 202
@@ -615,9 +723,13 @@ def test_admin_api_shapes(sqlite_app):
     metrics = client.get("/api/admin/health?window=1h", headers=auth).json
     assert {m["key"] for m in metrics["metrics"]} >= {"email_delivery_rate", "queue_depth"}
 
-    for url, code in (("/api/admin/operations?kind=zzz", "invalid_filter"), ("/api/admin/operations?limit=0", "invalid_limit"),
-                      ("/api/admin/operations?cursor=bad", "invalid_cursor"), ("/api/admin/operations/424242", "not_found"),
-                      ("/api/admin/delivery-stats?range=9y", "invalid_range")):
+    for url, code in (
+        ("/api/admin/operations?kind=zzz", "invalid_filter"),
+        ("/api/admin/operations?limit=0", "invalid_limit"),
+        ("/api/admin/operations?cursor=bad", "invalid_cursor"),
+        ("/api/admin/operations/424242", "not_found"),
+        ("/api/admin/delivery-stats?range=9y", "invalid_range"),
+    ):
         response = client.get(url, headers=auth)
         assert 400 <= response.status_code < 500 and response.json["error"] == code, url
         assert set(response.json) == {"error", "message"}
@@ -625,6 +737,7 @@ def test_admin_api_shapes(sqlite_app):
 
 
 # --- demo data ----------------------------------------------------------------------------
+
 
 def test_demo_data_fills_an_empty_database_only(sqlite_app):
     runner = sqlite_app.test_cli_runner()
@@ -636,8 +749,14 @@ def test_demo_data_fills_an_empty_database_only(sqlite_app):
     assert {"email", "webhook"} <= kinds and {"succeeded", "dead", "scheduled"} <= states
     assert admin_queries.dead_letter_stats()["total"] > 5
     assert len(admin_queries.issues(Filters(status="all")).issues) >= 4
-    assert db.session.execute(select(func.count()).select_from(Operation).where(
-        Operation.state == "dead", Operation.error_fingerprint.is_(None))).scalar_one() == 0
+    assert (
+        db.session.execute(
+            select(func.count())
+            .select_from(Operation)
+            .where(Operation.state == "dead", Operation.error_fingerprint.is_(None))
+        ).scalar_one()
+        == 0
+    )
     again = runner.invoke(args=["demo-data"])
     assert again.exit_code != 0 and "EMPTY" in again.output.upper()
 
@@ -683,6 +802,7 @@ def test_bulk_job_whose_operation_dies_shows_as_failed(sqlite_app, monkeypatch):
 
 # --- stored fingerprints, grouped in SQL ----------------------------------------------------
 
+
 def test_the_engine_stores_the_fingerprint_when_an_operation_dies(app):
     from webapp.services import operations
 
@@ -690,14 +810,14 @@ def test_the_engine_stores_the_fingerprint_when_an_operation_dies(app):
     db.session.commit()
     assert engine.execute(operation.id).outcome == "dead"
     stored = db.session.get(Operation, operation.id, populate_existing=True)
-    assert stored.error_message and stored.error_fingerprint == fingerprint_of(stored.error_class,
-                                                                               stored.error_message)
+    assert stored.error_message and stored.error_fingerprint == fingerprint_of(stored.error_class, stored.error_message)
     db.session.rollback()
     # The Issues view and the fingerprint filter find it by the stored value.
     found = admin_queries.issues(Filters(status="all"))
     assert [(issue.fingerprint, issue.count) for issue in found.issues] == [(stored.error_fingerprint, 1)]
-    assert [op.id for op in admin_queries.list_operations(
-        Filters(status="all", fingerprint=stored.error_fingerprint)).rows] == [operation.id]
+    assert [
+        op.id for op in admin_queries.list_operations(Filters(status="all", fingerprint=stored.error_fingerprint)).rows
+    ] == [operation.id]
 
 
 def test_issues_count_every_failure_and_say_how_many_groups_are_shown(app):
@@ -734,8 +854,9 @@ def test_resolving_a_group_leaves_failures_that_arrived_after_the_page_was_shown
     key = fingerprint_of("TransientError", "SMTP timeout after 1s")
     response = post(client, f"/admin/issues/{key}/resolve", {"note": "provider outage", "until": as_of})
     assert "Resolved 2 operations" in response.text
-    resolved = {op.id: op.resolved_at is not None for op in admin_queries.get_operations(
-        [*(op.id for op in shown), late.id])}
+    resolved = {
+        op.id: op.resolved_at is not None for op in admin_queries.get_operations([*(op.id for op in shown), late.id])
+    }
     assert resolved == {shown[0].id: True, shown[1].id: True, late.id: False}
     too_long = post(client, f"/admin/issues/{key}/resolve", {"note": "x" * 2001, "until": as_of})
     assert too_long.status_code == 400
@@ -743,8 +864,9 @@ def test_resolving_a_group_leaves_failures_that_arrived_after_the_page_was_shown
 
 def test_refingerprint_command_repairs_stale_fingerprints(sqlite_app):
     operation = make_op(error="SMTP timeout after 3s")
-    db.session.execute(Operation.__table__.update().where(Operation.id == operation.id)
-                       .values(error_fingerprint="0000000000000000"))
+    db.session.execute(
+        Operation.__table__.update().where(Operation.id == operation.id).values(error_fingerprint="0000000000000000")
+    )
     db.session.commit()
     result = sqlite_app.test_cli_runner().invoke(args=["refingerprint"])
     assert result.exit_code == 0 and "refingerprinted 1 operation" in result.output
@@ -761,12 +883,15 @@ def test_migration_0006_fingerprints_existing_failures(sqlite_backend):
     app = create_app(sqlite_backend.config())
     with app.app_context():
         flask_migrate.upgrade(revision="0005")
-        db.session.execute(text(
-            "INSERT INTO operations (kind, name, payload, idempotency_key, state, attempts, max_attempts, "
-            "next_attempt_at, created_at, updated_at, dead_at, error_class, error_message) VALUES "
-            "('email', 'email.welcome', '{}', 'old-1', 'dead', 4, 4, '2026-01-01 00:00:00', "
-            "'2026-01-01 00:00:00', '2026-01-01 00:00:00', '2026-01-01 00:00:00', 'SMTPError', "
-            "'421 busy, try in 30s')"))
+        db.session.execute(
+            text(
+                "INSERT INTO operations (kind, name, payload, idempotency_key, state, attempts, max_attempts, "
+                "next_attempt_at, created_at, updated_at, dead_at, error_class, error_message) VALUES "
+                "('email', 'email.welcome', '{}', 'old-1', 'dead', 4, 4, '2026-01-01 00:00:00', "
+                "'2026-01-01 00:00:00', '2026-01-01 00:00:00', '2026-01-01 00:00:00', 'SMTPError', "
+                "'421 busy, try in 30s')"
+            )
+        )
         db.session.commit()
         flask_migrate.upgrade()
         stored = db.session.execute(text("SELECT error_fingerprint FROM operations")).scalar_one()
@@ -777,6 +902,7 @@ def test_migration_0006_fingerprints_existing_failures(sqlite_backend):
 
 # --- the queries stay on indexes (so they stay fast at a million rows) ------------------------
 
+
 def explain(query) -> list[str]:
     """The plan of ``query`` as run with bound parameters: SQLite's EXPLAIN QUERY PLAN lines, or
     PostgreSQL's EXPLAIN with sequential scans and sorts made prohibitively expensive, so any
@@ -785,8 +911,9 @@ def explain(query) -> list[str]:
     compiled = query.compile(connection)
     params = compiled.construct_params()
     if connection.dialect.name == "sqlite":
-        values = tuple(str(params[name]) if isinstance(params[name], datetime) else params[name]
-                       for name in compiled.positiontup)
+        values = tuple(
+            str(params[name]) if isinstance(params[name], datetime) else params[name] for name in compiled.positiontup
+        )
         return [row[-1] for row in connection.exec_driver_sql("EXPLAIN QUERY PLAN " + compiled.string, values)]
     connection.exec_driver_sql("SET LOCAL enable_seqscan = off")
     connection.exec_driver_sql("SET LOCAL enable_sort = off")
@@ -805,14 +932,25 @@ def assert_indexed(plan: list[str], *, grouping: bool = False) -> None:
 
 
 FILTER_COMBINATIONS = [
-    {}, {"kind": "alert"}, {"name": "email.welcome"}, {"kind": "email", "name": "email.welcome"},
-    {"status": "all"}, {"status": "resolved"}, {"status": "all", "kind": "webhook"}, {"range": "24h"},
-    {"status": "all", "name": "x", "range": "7d"}, {"fingerprint": "0123456789abcdef"},
-    {"status": "retrying"}, {"status": "scheduled"}, {"q": "timeout"},
+    {},
+    {"kind": "alert"},
+    {"name": "email.welcome"},
+    {"kind": "email", "name": "email.welcome"},
+    {"status": "all"},
+    {"status": "resolved"},
+    {"status": "all", "kind": "webhook"},
+    {"range": "24h"},
+    {"status": "all", "name": "x", "range": "7d"},
+    {"fingerprint": "0123456789abcdef"},
+    {"status": "retrying"},
+    {"status": "scheduled"},
+    {"q": "timeout"},
 ]
 
 
-@pytest.mark.parametrize("combination", FILTER_COMBINATIONS, ids=lambda c: "&".join(f"{k}={v}" for k, v in c.items()) or "default")
+@pytest.mark.parametrize(
+    "combination", FILTER_COMBINATIONS, ids=lambda c: "&".join(f"{k}={v}" for k, v in c.items()) or "default"
+)
 def test_every_filter_pages_through_an_index(app, combination):
     make_op()
     filters = admin_queries.parse_filters(combination)
@@ -833,8 +971,11 @@ def test_issues_group_without_scanning_the_table(app, status):
     make_op()
     filters = Filters(status=status)
     fingerprint = func.coalesce(Operation.error_fingerprint, "none")
-    query = (select(fingerprint, Operation.name, func.count(), func.min(Operation.dead_at))
-             .where(*admin_queries.filter_conditions(filters)).group_by(fingerprint, Operation.name))
+    query = (
+        select(fingerprint, Operation.name, func.count(), func.min(Operation.dead_at))
+        .where(*admin_queries.filter_conditions(filters))
+        .group_by(fingerprint, Operation.name)
+    )
     assert_indexed(explain(query), grouping=True)
     # And the function builds that same shape: its result agrees with a plain count.
     assert admin_queries.issues(filters).total_failures == admin_queries.count_matching(filters)
@@ -842,10 +983,12 @@ def test_issues_group_without_scanning_the_table(app, status):
 
 # --- every console URL needs a login; proxies; a long-open page ------------------------------
 
+
 def _sample_url(rule) -> str:
     """A URL that matches ``rule`` (1 for integer parts, "csv" for the others)."""
-    values = {name: (1 if type(rule._converters[name]).__name__ == "IntegerConverter" else "csv")
-              for name in rule.arguments}
+    values = {
+        name: (1 if type(rule._converters[name]).__name__ == "IntegerConverter" else "csv") for name in rule.arguments
+    }
     return rule.build(values, append_unknown=False)[1]
 
 
@@ -872,17 +1015,23 @@ def test_behind_a_trusted_proxy_https_and_client_address_come_from_its_headers(s
     app.test_client_class = IsolatedClient
     with app.app_context():
         admin_auth.create_admin("admin@example.com", PASSWORD)
-        proxied = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "ops.example.com",
-                   "X-Forwarded-For": "203.0.113.9", "Referer": "https://ops.example.com/admin/login"}
+        proxied = {
+            "X-Forwarded-Proto": "https",
+            "X-Forwarded-Host": "ops.example.com",
+            "X-Forwarded-For": "203.0.113.9",
+            "Referer": "https://ops.example.com/admin/login",
+        }
         client = app.test_client()
         page = client.get("/admin/login", headers=proxied)
         # Over HTTPS, Flask-WTF also insists on a same-site Referer: the proxied host must be honoured.
         no_referer = {k: v for k, v in proxied.items() if k != "Referer"}
         refused = client.post("/admin/login", headers=no_referer, data={"csrf_token": csrf_from(page.text)})
         assert refused.status_code == 400 and "referrer" in refused.text.lower()
-        response = client.post("/admin/login", headers=proxied,
-                               data={"email": "admin@example.com", "password": PASSWORD,
-                                     "csrf_token": csrf_from(page.text)})
+        response = client.post(
+            "/admin/login",
+            headers=proxied,
+            data={"email": "admin@example.com", "password": PASSWORD, "csrf_token": csrf_from(page.text)},
+        )
         assert response.status_code == 302, response.text
         cookie = response.headers["Set-Cookie"]
         assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Lax" in cookie
@@ -940,8 +1089,9 @@ def test_a_csrf_token_from_a_page_opened_days_ago_still_works(client, sqlite_app
         session["csrf_token"] = raw
         with pytest.raises(ValidationError, match="expired"):
             validate_csrf(old_token, time_limit=3600)
-    response = client.post(f"/admin/operations/{operation.id}/retry",
-                           headers={"X-CSRFToken": old_token, "HX-Request": "true"})
+    response = client.post(
+        f"/admin/operations/{operation.id}/retry", headers={"X-CSRFToken": old_token, "HX-Request": "true"}
+    )
     assert response.status_code == 200, response.text
     assert 'data-state="pending"' in response.text
 
@@ -950,20 +1100,40 @@ def test_a_csrf_token_from_a_page_opened_days_ago_still_works(client, sqlite_app
 
 HUGE = "9" * 25
 BAD_PAGE_URLS = [
-    f"/admin/partials/operations/{HUGE}/details", f"/admin/partials/operations/{HUGE}/row",
-    f"/admin/partials/bulk-jobs/{HUGE}", "/admin/failed-operations?q=a%00b", "/admin/failed-operations?name=a%00b",
-    "/admin/failed-operations?since=9999-12-31T23:59:59-14:00", "/admin/failed-operations?until=0001-01-01T00:00+14:00",
-    "/admin/failed-operations?cursor=_5", "/admin/failed-operations?cursor=2026-01-01T00:00:00_" + HUGE,
-    "/admin/issues?q=%00", "/admin/failed-operations/export.csv?q=%00", "/admin/operations-health?window=%00",
+    f"/admin/partials/operations/{HUGE}/details",
+    f"/admin/partials/operations/{HUGE}/row",
+    f"/admin/partials/bulk-jobs/{HUGE}",
+    "/admin/failed-operations?q=a%00b",
+    "/admin/failed-operations?name=a%00b",
+    "/admin/failed-operations?since=9999-12-31T23:59:59-14:00",
+    "/admin/failed-operations?until=0001-01-01T00:00+14:00",
+    "/admin/failed-operations?cursor=_5",
+    "/admin/failed-operations?cursor=2026-01-01T00:00:00_" + HUGE,
+    "/admin/issues?q=%00",
+    "/admin/failed-operations/export.csv?q=%00",
+    "/admin/operations-health?window=%00",
 ]
-BAD_ACTIONS = [f"/admin/operations/{HUGE}/retry", f"/admin/operations/{HUGE}/resolve", f"/admin/bulk-jobs/{HUGE}/start",
-               "/admin/bulk-jobs/424242/start", "/admin/bulk-jobs/424242/cancel", "/admin/issues/zz/retry",
-               "/admin/issues/zz/resolve"]
-BAD_API = [("GET", f"/api/admin/operations/{HUGE}"), ("POST", f"/api/admin/operations/{HUGE}/retry"),
-           ("GET", "/api/admin/operations?limit=%C2%B2"), ("GET", "/api/admin/operations?limit=99999999999999999999"),
-           ("GET", "/api/admin/operations?q=%00"), ("GET", "/api/admin/dead-letter-queue?since=9999-12-31T23:59:59-14:00"),
-           ("GET", f"/api/admin/bulk-jobs/{HUGE}"), ("POST", "/api/admin/bulk-jobs/424242/cancel"),
-           ("GET", "/api/admin/recent-failures?limit=x"), ("GET", "/api/admin/health?window=%00")]
+BAD_ACTIONS = [
+    f"/admin/operations/{HUGE}/retry",
+    f"/admin/operations/{HUGE}/resolve",
+    f"/admin/bulk-jobs/{HUGE}/start",
+    "/admin/bulk-jobs/424242/start",
+    "/admin/bulk-jobs/424242/cancel",
+    "/admin/issues/zz/retry",
+    "/admin/issues/zz/resolve",
+]
+BAD_API = [
+    ("GET", f"/api/admin/operations/{HUGE}"),
+    ("POST", f"/api/admin/operations/{HUGE}/retry"),
+    ("GET", "/api/admin/operations?limit=%C2%B2"),
+    ("GET", "/api/admin/operations?limit=99999999999999999999"),
+    ("GET", "/api/admin/operations?q=%00"),
+    ("GET", "/api/admin/dead-letter-queue?since=9999-12-31T23:59:59-14:00"),
+    ("GET", f"/api/admin/bulk-jobs/{HUGE}"),
+    ("POST", "/api/admin/bulk-jobs/424242/cancel"),
+    ("GET", "/api/admin/recent-failures?limit=x"),
+    ("GET", "/api/admin/health?window=%00"),
+]
 
 
 def test_bad_input_answers_4xx_never_500(app):

@@ -10,8 +10,17 @@ from sqlalchemy import func, select
 from werkzeug.wrappers import Response
 
 from tests.conftest import inside, make_app
-from tests.support.monitoring import T0, alerts, create_and_run, deliver_all, insert_operations, later, \
-    operation_row, run_at, run_checks_fresh
+from tests.support.monitoring import (
+    T0,
+    alerts,
+    create_and_run,
+    deliver_all,
+    insert_operations,
+    later,
+    operation_row,
+    run_at,
+    run_checks_fresh,
+)
 from webapp.extensions import db
 from webapp.models import Alert, Operation
 from webapp.services import alerts as alert_service
@@ -30,8 +39,9 @@ def slack(httpserver):
 @pytest.fixture
 def slack_app(sqlite_backend, slack):
     """App on SQLite whose SLACK_WEBHOOK_URL points at the local server."""
-    app = make_app(sqlite_backend, SLACK_WEBHOOK_URL=slack.url_for(SLACK_PATH),
-                   PUBLIC_BASE_URL="https://backstop.example.com")
+    app = make_app(
+        sqlite_backend, SLACK_WEBHOOK_URL=slack.url_for(SLACK_PATH), PUBLIC_BASE_URL="https://backstop.example.com"
+    )
     with inside(app):
         yield app
 
@@ -77,13 +87,19 @@ def test_dead_email_is_alerted_with_context_and_posted_to_slack(slack_app, slack
 def test_webhook_failure_is_critical_and_levels_have_their_own_emoji_and_colour(slack_app, slack):
     create_and_run("test.webhook_broken", "wh-1")
     for level in ("info", "warning"):
-        alert_service.raise_alert("system_health", level, f"probe-{level}", f"{level} probe", "External <b>&</b> text", now=T0)
+        alert_service.raise_alert(
+            "system_health", level, f"probe-{level}", f"{level} probe", "External <b>&</b> text", now=T0
+        )
     db.session.commit()
 
     deliver_all(later(1))
 
     bodies = posts(slack)
-    assert [body["text"].split(":")[1] for body in bodies] == ["rotating_light", "large_blue_circle", "large_yellow_circle"]
+    assert [body["text"].split(":")[1] for body in bodies] == [
+        "rotating_light",
+        "large_blue_circle",
+        "large_yellow_circle",
+    ]
     assert bodies[0]["text"].startswith(":rotating_light: CRITICAL: Webhook processing test.webhook_broken")
     assert len({body["attachments"][0]["color"] for body in bodies}) == 3
     # External text is escaped, so it cannot become a Slack link or mention.
@@ -92,34 +108,40 @@ def test_webhook_failure_is_critical_and_levels_have_their_own_emoji_and_colour(
 
 def test_same_failure_alerts_once_per_window(slack_app, slack):
     create_and_run("test.email_bounce", "a", T0)
-    create_and_run("test.email_bounce", "b", later(60))           # same name and error: inside the window
-    create_and_run("test.webhook_broken", "c", later(120))         # another key: alerts
-    create_and_run("test.email_bounce", "d", later(901))           # window (900 s) over: alerts again
+    create_and_run("test.email_bounce", "b", later(60))  # same name and error: inside the window
+    create_and_run("test.webhook_broken", "c", later(120))  # another key: alerts
+    create_and_run("test.email_bounce", "d", later(901))  # window (900 s) over: alerts again
 
     assert [(a.type, a.context["operation_name"]) for a in alerts()] == [
-        ("email_failure", "test.email_bounce"), ("webhook_failure", "test.webhook_broken"),
-        ("email_failure", "test.email_bounce")]
+        ("email_failure", "test.email_bounce"),
+        ("webhook_failure", "test.webhook_broken"),
+        ("email_failure", "test.email_bounce"),
+    ]
     deliver_all(later(1000))
     assert len(posts(slack)) == 3
 
 
 def _dead_letters(count: int, start: int = 0) -> None:
-    insert_operations([operation_row(start + i, kind="job", name="test.job", state="dead", error_kind="permanent")
-                       for i in range(count)])
+    insert_operations(
+        [
+            operation_row(start + i, kind="job", name="test.job", state="dead", error_kind="permanent")
+            for i in range(count)
+        ]
+    )
 
 
 def test_dlq_threshold_fires_on_crossing_escalates_and_recovers_once(slack_app, slack):
     _dead_letters(10)
-    assert run_checks_fresh(T0, slack_app.config) == "alerts=0"      # 10 is not above 10
+    assert run_checks_fresh(T0, slack_app.config) == "alerts=0"  # 10 is not above 10
     _dead_letters(1, start=10)
     run_checks_fresh(later(60), slack_app.config)
-    run_checks_fresh(later(120), slack_app.config)                   # still 11: no news
+    run_checks_fresh(later(120), slack_app.config)  # still 11: no news
     _dead_letters(40, start=11)
-    run_checks_fresh(later(180), slack_app.config)                   # 51: critical, inside the window
+    run_checks_fresh(later(180), slack_app.config)  # 51: critical, inside the window
     run_checks_fresh(later(240), slack_app.config)
     db.session.execute(Operation.__table__.update().values(resolved_at=later(250), resolved_by="ops"))
     db.session.commit()
-    run_checks_fresh(later(300), slack_app.config)                   # recovered
+    run_checks_fresh(later(300), slack_app.config)  # recovered
     run_checks_fresh(later(360), slack_app.config)
 
     fired = alerts("dlq_threshold")
@@ -136,8 +158,10 @@ def test_failure_rate_needs_a_sample_and_uses_the_last_hour(slack_app):
     config = slack_app.config
     now = later(3600)
     # Two of four emails dead: a terrible rate, but too small a sample to mean anything.
-    insert_operations([operation_row(i, at=later(3000)) for i in range(2)]
-                      + [operation_row(i, state="dead", at=later(3000)) for i in range(2)])
+    insert_operations(
+        [operation_row(i, at=later(3000)) for i in range(2)]
+        + [operation_row(i, state="dead", at=later(3000)) for i in range(2)]
+    )
     run_checks_fresh(now, config)
     assert alerts("failure_rate") == []
     # 18 sent and 2 dead in the hour (90%): below 95% (warning) but not below 90% (critical).
@@ -170,8 +194,12 @@ def test_slack_down_alert_retries_then_dead_letters_without_raising_more_alerts(
         db.session.rollback()
         # Still exactly one alert and one alert operation: a dying alert raises nothing.
         assert len(alerts()) == 1
-        assert db.session.execute(select(func.count()).select_from(Operation).where(
-            Operation.kind == "alert")).scalar_one() == 1
+        assert (
+            db.session.execute(
+                select(func.count()).select_from(Operation).where(Operation.kind == "alert")
+            ).scalar_one()
+            == 1
+        )
         db.session.rollback()
         db.session.remove()
         db.engine.dispose()
@@ -205,8 +233,9 @@ def test_without_slack_alerts_are_recorded_and_listed(sqlite_app):
 
 
 def test_dead_alert_deliveries_never_raise_a_dlq_threshold_alert(slack_app):
-    insert_operations([operation_row(i, kind="alert", name="alert.slack", state="dead", error_kind="transient")
-                       for i in range(60)])
+    insert_operations(
+        [operation_row(i, kind="alert", name="alert.slack", state="dead", error_kind="transient") for i in range(60)]
+    )
     _dead_letters(10)
 
     run_checks_fresh(T0, slack_app.config)
@@ -223,20 +252,27 @@ def test_webhook_failure_rate_uses_its_own_thresholds_and_recovers(slack_app, sl
     now = later(3600)
     hook = dict(kind="webhook", name="test.webhook_broken")
     # 98 ok, 2 dead = 98%: fine for email (95%), a warning for webhooks (99%).
-    insert_operations([operation_row(i, at=later(3000), **hook) for i in range(98)]
-                      + [operation_row(i, state="dead", at=later(3000), **hook) for i in range(2)])
+    insert_operations(
+        [operation_row(i, at=later(3000), **hook) for i in range(98)]
+        + [operation_row(i, state="dead", at=later(3000), **hook) for i in range(2)]
+    )
     run_checks_fresh(now, config)
     insert_operations([operation_row(100 + i, state="dead", at=later(3100), **hook) for i in range(4)])
-    run_checks_fresh(later(3660), config)        # 98 / 104 = 94.2%: below 95%, critical
+    run_checks_fresh(later(3660), config)  # 98 / 104 = 94.2%: below 95%, critical
     run_checks_fresh(later(3600 + 3600), config)  # the bad hour is over: nothing finished, recovered
 
     fired = alerts("failure_rate")
     assert [(a.key, a.level, a.state, a.context["value"]) for a in fired] == [
-        ("webhook", "warning", "firing", "98.0%"), ("webhook", "critical", "firing", "94.2%"),
-        ("webhook", "info", "recovered", "100.0%")]
+        ("webhook", "warning", "firing", "98.0%"),
+        ("webhook", "critical", "firing", "94.2%"),
+        ("webhook", "info", "recovered", "100.0%"),
+    ]
     deliver_all(later(7300))
     assert [body["text"].split(":")[1] for body in posts(slack)] == [
-        "large_yellow_circle", "rotating_light", "large_blue_circle"]
+        "large_yellow_circle",
+        "rotating_light",
+        "large_blue_circle",
+    ]
 
 
 def test_system_health_fires_when_the_queue_is_unreachable_and_recovers(sqlite_backend, slack):

@@ -24,8 +24,7 @@ PRODUCTION = {
 @pytest.fixture
 def env(monkeypatch, tmp_path):
     """A clean environment: no Backstop settings at all, run from an unrelated directory."""
-    for name in (*REQUIRED_IN_PRODUCTION, "BACKSTOP_ENV", "BACKSTOP_HANDLER_MODULES", "SMTP_URL",
-                 "EMAIL_PROVIDERS"):
+    for name in (*REQUIRED_IN_PRODUCTION, "BACKSTOP_ENV", "BACKSTOP_HANDLER_MODULES", "SMTP_URL", "EMAIL_PROVIDERS"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
 
@@ -45,15 +44,25 @@ def test_outside_development_every_missing_setting_is_named(env, backstop_env):
         create_app()
 
     message = str(raised.value)
-    for name in ("SECRET_KEY", "DATABASE_URL", "HUEY_URL", "STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET",
-                 "EMAIL_FROM", *REQUIRED_IN_PRODUCTION):
+    for name in (
+        "SECRET_KEY",
+        "DATABASE_URL",
+        "HUEY_URL",
+        "STRIPE_SECRET_KEY",
+        "STRIPE_WEBHOOK_SECRET",
+        "EMAIL_FROM",
+        *REQUIRED_IN_PRODUCTION,
+    ):
         assert name in message
 
 
 def test_only_the_missing_settings_are_named_and_no_secret_is_shown(env, tmp_path):
-    env(BACKSTOP_ENV="production", DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",
-        HUEY_URL=f"sqlite:///{tmp_path / 'huey.sqlite3'}", **{k: v for k, v in PRODUCTION.items()
-                                                            if k != "STRIPE_WEBHOOK_SECRET"})
+    env(
+        BACKSTOP_ENV="production",
+        DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        HUEY_URL=f"sqlite:///{tmp_path / 'huey.sqlite3'}",
+        **{k: v for k, v in PRODUCTION.items() if k != "STRIPE_WEBHOOK_SECRET"},
+    )
 
     with pytest.raises(ConfigurationError) as raised:
         create_app()
@@ -65,8 +74,12 @@ def test_only_the_missing_settings_are_named_and_no_secret_is_shown(env, tmp_pat
 
 
 def test_production_with_every_setting_starts(env, tmp_path):
-    env(BACKSTOP_ENV="production", DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",
-        HUEY_URL=f"sqlite:///{tmp_path / 'huey.sqlite3'}", **PRODUCTION)
+    env(
+        BACKSTOP_ENV="production",
+        DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        HUEY_URL=f"sqlite:///{tmp_path / 'huey.sqlite3'}",
+        **PRODUCTION,
+    )
 
     app = create_app()
 
@@ -82,7 +95,7 @@ def test_development_starts_on_embedded_defaults_with_absolute_paths(env):
     database = app.config["SQLALCHEMY_DATABASE_URI"]
     queue = app.config["HUEY_URL"]
     assert database.startswith("sqlite:///") and queue.startswith("sqlite:///")
-    database_path, queue_path = Path(database[len("sqlite:///"):]), Path(queue[len("sqlite:///"):])
+    database_path, queue_path = Path(database[len("sqlite:///") :]), Path(queue[len("sqlite:///") :])
     # Absolute, under the project's instance/ folder, whatever the working directory; two files.
     assert database_path.is_absolute() and queue_path.is_absolute()
     assert database_path.parent == queue_path.parent == ROOT / "instance"
@@ -96,17 +109,20 @@ def test_the_test_environment_also_starts_on_defaults(env):
     assert create_app().config["SQLALCHEMY_DATABASE_URI"].endswith("/instance/backstop.sqlite3")
 
 
-@pytest.mark.parametrize("name, raw, complaint", [
-    ("RECONCILE_INTERVAL_SECONDS", "soon", "must be a number"),
-    ("RECONCILE_INTERVAL_SECONDS", "0", "greater than 0"),
-    ("RECONCILE_INTERVAL_SECONDS", "nan", "finite"),
-    ("OPERATION_LEASE_SECONDS", "inf", "finite"),
-    ("RECONCILE_LEASE_SECONDS", "-5", "greater than 0"),
-    ("REDELIVER_AFTER_SECONDS", "-1", "must not be negative"),
-    ("WORKER_THREADS", "2.5", "must be an integer"),
-    ("WORKER_THREADS", "0", "greater than 0"),
-    ("RECONCILE_BATCH_SIZE", "many", "must be an integer"),
-])
+@pytest.mark.parametrize(
+    "name, raw, complaint",
+    [
+        ("RECONCILE_INTERVAL_SECONDS", "soon", "must be a number"),
+        ("RECONCILE_INTERVAL_SECONDS", "0", "greater than 0"),
+        ("RECONCILE_INTERVAL_SECONDS", "nan", "finite"),
+        ("OPERATION_LEASE_SECONDS", "inf", "finite"),
+        ("RECONCILE_LEASE_SECONDS", "-5", "greater than 0"),
+        ("REDELIVER_AFTER_SECONDS", "-1", "must not be negative"),
+        ("WORKER_THREADS", "2.5", "must be an integer"),
+        ("WORKER_THREADS", "0", "greater than 0"),
+        ("RECONCILE_BATCH_SIZE", "many", "must be an integer"),
+    ],
+)
 def test_bad_numbers_give_a_clear_error(env, name, raw, complaint):
     env(BACKSTOP_ENV="development", **{name: raw})
 
@@ -117,14 +133,17 @@ def test_bad_numbers_give_a_clear_error(env, name, raw, complaint):
 
 
 def test_good_numbers_are_parsed(env):
-    env(BACKSTOP_ENV="development", RECONCILE_INTERVAL_SECONDS="2.5", WORKER_THREADS="8",
-        REDELIVER_AFTER_SECONDS="0")
+    env(BACKSTOP_ENV="development", RECONCILE_INTERVAL_SECONDS="2.5", WORKER_THREADS="8", REDELIVER_AFTER_SECONDS="0")
     config = create_app().config
     assert (config["RECONCILE_INTERVAL_SECONDS"], config["WORKER_THREADS"], config["REDELIVER_AFTER_SECONDS"]) == (
-        2.5, 8, 0.0)
+        2.5,
+        8,
+        0.0,
+    )
 
 
 # --- HUEY_URL ---------------------------------------------------------------------------------
+
 
 def test_sqlite_huey_url(tmp_path):
     path = tmp_path / "nested" / "queue.sqlite3"
@@ -144,8 +163,9 @@ def test_redis_huey_url_is_lazy_and_keeps_host_port_and_db():
     assert kwargs["socket_connect_timeout"] <= 5
 
 
-@pytest.mark.parametrize("url", ["amqp://guest@127.0.0.1//", "postgresql://x/y", "", "/var/lib/huey.db",
-                                 "sqlite://", "sqlite:///"])
+@pytest.mark.parametrize(
+    "url", ["amqp://guest@127.0.0.1//", "postgresql://x/y", "", "/var/lib/huey.db", "sqlite://", "sqlite:///"]
+)
 def test_bad_huey_url_is_refused_with_a_reason(url):
     with pytest.raises(QueueConfigurationError) as raised:
         huey_from_url(url)

@@ -20,8 +20,10 @@ from webapp.extensions import db
 def test_sqlite_runs_with_wal_busy_timeout_and_foreign_keys(sqlite_backend):
     app = make_app(sqlite_backend)
     with app.app_context():
-        pragmas = {name: db.session.execute(text(f"PRAGMA {name}")).scalar_one()
-                   for name in ("journal_mode", "busy_timeout", "foreign_keys")}
+        pragmas = {
+            name: db.session.execute(text(f"PRAGMA {name}")).scalar_one()
+            for name in ("journal_mode", "busy_timeout", "foreign_keys")
+        }
         db.session.rollback()
         assert pragmas == {"journal_mode": "wal", "busy_timeout": 30_000, "foreign_keys": 1}
 
@@ -51,8 +53,7 @@ def test_postgres_cancels_a_statement_slower_than_the_timeout(postgres_backend):
 
 @pytest.mark.postgres
 def test_postgres_pool_is_bounded_and_an_exhausted_pool_gives_up(postgres_backend):
-    app = make_app(postgres_backend, DATABASE_POOL_SIZE=1, DATABASE_MAX_OVERFLOW=0,
-                   DATABASE_POOL_TIMEOUT_SECONDS=0.3)
+    app = make_app(postgres_backend, DATABASE_POOL_SIZE=1, DATABASE_MAX_OVERFLOW=0, DATABASE_POOL_TIMEOUT_SECONDS=0.3)
     with app.app_context():
         engine = db.engine
         assert engine.pool.size() == 1

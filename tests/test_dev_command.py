@@ -41,16 +41,26 @@ def healthz(port: int):
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
 def test_dev_runs_everything_and_stops_cleanly(tmp_path, stop_signal):
     web_port, smtp_port = free_port(), free_port()
-    env = dict(os.environ, BACKSTOP_ENV="development",
-               DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",
-               HUEY_URL=f"sqlite:///{tmp_path / 'huey.sqlite3'}", PYTHONUNBUFFERED="1")
+    env = dict(
+        os.environ,
+        BACKSTOP_ENV="development",
+        DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        HUEY_URL=f"sqlite:///{tmp_path / 'huey.sqlite3'}",
+        PYTHONUNBUFFERED="1",
+    )
     log = open(tmp_path / "dev.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", "dev", "--port", str(web_port),
-                             "--smtp-port", str(smtp_port)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flask", "--app", "wsgi", "dev", "--port", str(web_port), "--smtp-port", str(smtp_port)],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         # Web up, migrations applied, and the worker's reconciler has beaten.
-        report = wait_for(lambda: (r := healthz(web_port)) and r["status"] == "ok" and r,
-                          timeout=120, message="a healthy dev stack")
+        report = wait_for(
+            lambda: (r := healthz(web_port)) and r["status"] == "ok" and r, timeout=120, message="a healthy dev stack"
+        )
         assert report["database"]["ok"] and report["queue"]["ok"]
         message = EmailMessage()
         message["From"], message["To"], message["Subject"] = "a@example.com", "b@example.com", "sink check"
@@ -86,8 +96,11 @@ def assert_demo_pages_open_with_the_printed_login(log_path, port: int) -> None:
     with requests.Session() as session:
         form = session.get(f"{base}/admin/login", timeout=5).text
         token = re.search(r'name="csrf_token" value="([^"]+)"', form).group(1)
-        response = session.post(f"{base}/admin/login", timeout=5, data={
-            "csrf_token": token, "email": match.group(1), "password": match.group(2), "next": ""})
+        response = session.post(
+            f"{base}/admin/login",
+            timeout=5,
+            data={"csrf_token": token, "email": match.group(1), "password": match.group(2), "next": ""},
+        )
         assert response.status_code == 200 and "/admin/login" not in response.url
         page = session.get(f"{base}/admin/failed-operations", timeout=5)
         assert page.status_code == 200 and "Recipient address rejected" in page.text

@@ -11,11 +11,25 @@ from hypothesis import strategies as st
 
 from webapp.domain.errors import Deferral, ErrorKind, PermanentError, TransientError, classify
 from webapp.domain.retry import Decision, RetryPolicy, parse_duration, parse_ladder
-from webapp.domain.states import (ACTIVE, CLAIMABLE, TERMINAL, TRANSITIONS, InvalidTransition, State,
-                                  can_transition, check_transition)
+from webapp.domain.states import (
+    ACTIVE,
+    CLAIMABLE,
+    TERMINAL,
+    TRANSITIONS,
+    InvalidTransition,
+    State,
+    can_transition,
+    check_transition,
+)
 
-UNITS = {"ms": timedelta(milliseconds=1), "s": timedelta(seconds=1), "m": timedelta(minutes=1),
-         "h": timedelta(hours=1), "d": timedelta(days=1), "": timedelta(seconds=1)}
+UNITS = {
+    "ms": timedelta(milliseconds=1),
+    "s": timedelta(seconds=1),
+    "m": timedelta(minutes=1),
+    "h": timedelta(hours=1),
+    "d": timedelta(days=1),
+    "": timedelta(seconds=1),
+}
 
 # Durations up to ~30 days, in milliseconds so they are exact as timedeltas.
 millis = st.integers(min_value=0, max_value=30 * 86_400_000)
@@ -27,8 +41,9 @@ def exponential_policies(draw) -> RetryPolicy:
     """Exponential backoff with full jitter: positive base, cap at or above it."""
     base_ms = draw(st.integers(min_value=1, max_value=3_600_000))
     cap_ms = draw(st.integers(min_value=base_ms, max_value=base_ms * 10_000))
-    return RetryPolicy(max_attempts=draw(st.integers(1, 50)), base=timedelta(milliseconds=base_ms),
-                       cap=timedelta(milliseconds=cap_ms))
+    return RetryPolicy(
+        max_attempts=draw(st.integers(1, 50)), base=timedelta(milliseconds=base_ms), cap=timedelta(milliseconds=cap_ms)
+    )
 
 
 ladders = st.lists(millis.map(lambda ms: timedelta(milliseconds=ms)), min_size=1, max_size=8)
@@ -40,6 +55,7 @@ def render(delta: timedelta, unit: str) -> str:
 
 
 # --- RetryPolicy: backoff -----------------------------------------------------------------
+
 
 @given(exponential_policies(), attempts, st.integers(min_value=0))
 def test_full_jitter_delay_is_within_zero_and_the_ceiling(policy, attempt, seed):
@@ -104,11 +120,14 @@ def test_seed_ladder_and_retries_helper():
     assert RetryPolicy.retries(3).max_attempts == 4
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"max_attempts": 0},
-    {"base": timedelta(0)},
-    {"base": timedelta(seconds=10), "cap": timedelta(seconds=5)},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"max_attempts": 0},
+        {"base": timedelta(0)},
+        {"base": timedelta(seconds=10), "cap": timedelta(seconds=5)},
+    ],
+)
 def test_impossible_policies_are_refused(kwargs):
     with pytest.raises(ValueError):
         RetryPolicy(**kwargs)
@@ -121,6 +140,7 @@ def test_attempt_numbers_start_at_one(policy, attempt):
 
 
 # --- RetryPolicy: decisions ---------------------------------------------------------------
+
 
 @given(exponential_policies(), attempts)
 def test_permanent_errors_are_dead_at_once(policy, attempt):
@@ -170,21 +190,45 @@ def test_classify_maps_exceptions_to_kinds():
 
 # --- parsing durations --------------------------------------------------------------------
 
-@given(st.integers(min_value=0, max_value=10**6), st.sampled_from(sorted(UNITS)),
-       st.sampled_from(["", " "]), st.booleans())
+
+@given(
+    st.integers(min_value=0, max_value=10**6), st.sampled_from(sorted(UNITS)), st.sampled_from(["", " "]), st.booleans()
+)
 def test_parse_duration_accepts_number_and_unit(number, unit, space, upper):
     text = f" {number}{space}{unit.upper() if upper else unit} "
     assert parse_duration(text) == UNITS[unit] * number
 
 
-@pytest.mark.parametrize("text, seconds", [("500ms", 0.5), ("1.5s", 1.5), ("0.25m", 15), ("2h", 7200),
-                                           ("1d", 86400), ("30", 30), (".5s", 0.5), ("0", 0)])
+@pytest.mark.parametrize(
+    "text, seconds",
+    [("500ms", 0.5), ("1.5s", 1.5), ("0.25m", 15), ("2h", 7200), ("1d", 86400), ("30", 30), (".5s", 0.5), ("0", 0)],
+)
 def test_parse_duration_examples(text, seconds):
     assert parse_duration(text).total_seconds() == seconds
 
 
-@pytest.mark.parametrize("text", ["", "s", "ms", "-5s", "5x", "five seconds", "5 5s", "1e3s", "inf",
-                                  "nan", "infs", "١s", "5s5", "+5s", "9" * 30 + "d", "5.s.", "1_000s"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "s",
+        "ms",
+        "-5s",
+        "5x",
+        "five seconds",
+        "5 5s",
+        "1e3s",
+        "inf",
+        "nan",
+        "infs",
+        "١s",
+        "5s5",
+        "+5s",
+        "9" * 30 + "d",
+        "5.s.",
+        "1_000s",
+    ],
+)
 def test_parse_duration_rejects_invalid_text(text):
     with pytest.raises(ValueError):
         parse_duration(text)
@@ -245,14 +289,14 @@ def test_the_diagram_of_architecture_md():
 
 
 def test_terminal_states_have_no_exit_except_dead_back_to_pending():
-    assert TERMINAL == {State.SUCCEEDED, State.DEAD, State.CANCELLED}
+    assert {State.SUCCEEDED, State.DEAD, State.CANCELLED} == TERMINAL
     assert TRANSITIONS[State.SUCCEEDED] == frozenset()
     assert TRANSITIONS[State.CANCELLED] == frozenset()
     assert TRANSITIONS[State.DEAD] == {State.PENDING}
 
 
 def test_state_groups_are_consistent():
-    assert ACTIVE | TERMINAL == set(State) and not ACTIVE & TERMINAL
+    assert set(State) == ACTIVE | TERMINAL and not ACTIVE & TERMINAL
     assert CLAIMABLE <= ACTIVE
     assert all(can_transition(state, State.RUNNING) for state in CLAIMABLE)
     # Only a claim enters running, and only running leads to an outcome.

@@ -10,8 +10,7 @@ from datetime import timedelta
 import pytest
 
 from tests.conftest import make_app
-from tests.support.email import (Clock, attempts_of, drain, email_log, load, make_purchase, purchase_state,
-                                 queue, run)
+from tests.support.email import Clock, attempts_of, drain, email_log, load, make_purchase, purchase_state, queue, run
 from tests.support.smtp import PERMANENT, TEMPORARY, smtp_server  # noqa: F401  (fixture)
 from webapp.domain.errors import Deferral
 from webapp.extensions import db
@@ -29,9 +28,13 @@ def email_app(sqlite_backend, smtp_server, httpserver):
 
     def build(backend=None, **config):
         settings = {
-            "EMAIL_FROM": SENDER, "EMAIL_PROVIDERS": "smtp", "SMTP_URL": smtp_server.url,
-            "RESEND_API_KEY": "re_key", "RESEND_API_BASE": httpserver.url_for("/resend"),
-            "POSTMARK_SERVER_TOKEN": "pm_token", "POSTMARK_API_BASE": httpserver.url_for("/postmark"),
+            "EMAIL_FROM": SENDER,
+            "EMAIL_PROVIDERS": "smtp",
+            "SMTP_URL": smtp_server.url,
+            "RESEND_API_KEY": "re_key",
+            "RESEND_API_BASE": httpserver.url_for("/resend"),
+            "POSTMARK_SERVER_TOKEN": "pm_token",
+            "POSTMARK_API_BASE": httpserver.url_for("/postmark"),
             "EMAIL_TIMEOUT_SECONDS": 2.0,
         }
         settings.update(config)
@@ -58,6 +61,7 @@ def resend_calls(httpserver) -> int:
 
 # --- queueing ---------------------------------------------------------------------------------
 
+
 def test_queue_email_joins_the_callers_transaction(email_app):
     email_app()
     queue_email("welcome", "a@example.com", {}, idempotency_key="welcome-1")
@@ -70,13 +74,18 @@ def test_queue_email_joins_the_callers_transaction(email_app):
 
     assert again == first
     assert (operation.name, operation.kind, operation.max_attempts) == ("email.welcome", "email", 4)
-    assert operation.payload == {"to": "a@example.com", "template": "welcome",
-                                 "context": {"customer_name": "Ada"}, "purchase_id": None}
+    assert operation.payload == {
+        "to": "a@example.com",
+        "template": "welcome",
+        "context": {"customer_name": "Ada"},
+        "purchase_id": None,
+    }
     with pytest.raises(UnknownTemplate, match="welcom"):
         queue_email("welcom", "a@example.com", {}, idempotency_key="typo")
 
 
 # --- sending, idempotency, the email log -------------------------------------------------------
+
 
 def test_smtp_message_id_is_the_same_on_every_attempt(email_app, smtp_server):
     email_app()
@@ -107,8 +116,9 @@ def test_a_send_already_logged_is_not_repeated(email_app, smtp_server):
     run(operation_id, clock)
     assert len(smtp_server.received()) == 1
     # The worker died after the provider accepted but before "succeeded" was written.
-    db.session.execute(db.text("UPDATE operations SET state='pending', succeeded_at=NULL WHERE id=:id"),
-                       {"id": operation_id})
+    db.session.execute(
+        db.text("UPDATE operations SET state='pending', succeeded_at=NULL WHERE id=:id"), {"id": operation_id}
+    )
     db.session.commit()
 
     assert run(operation_id, clock).outcome == "succeeded"
@@ -131,6 +141,7 @@ def test_invalid_address_dead_letters_without_calling_a_provider(email_app, smtp
 
 
 # --- failover ---------------------------------------------------------------------------------
+
 
 def test_primary_down_fallback_sends(email_app, httpserver):
     email_app(EMAIL_PROVIDERS="smtp,resend", SMTP_URL="smtp://127.0.0.1:1")
@@ -161,7 +172,11 @@ def test_both_down_the_attempt_fails_and_retries(email_app, httpserver):
     clock.now = operation.next_attempt_at
     assert run(operation_id, clock).outcome == "succeeded"
     assert [(r.attempt, r.provider, r.status) for r in email_log(operation_id)] == [
-        (1, "smtp", "failed"), (1, "resend", "failed"), (2, "smtp", "failed"), (2, "resend", "sent")]
+        (1, "smtp", "failed"),
+        (1, "resend", "failed"),
+        (2, "smtp", "failed"),
+        (2, "resend", "sent"),
+    ]
 
 
 def test_a_rejected_message_stops_failover_and_dead_letters(email_app, smtp_server, httpserver):
@@ -181,10 +196,12 @@ def test_a_rejected_message_stops_failover_and_dead_letters(email_app, smtp_serv
 
 def test_every_provider_saying_retry_after_defers_without_using_an_attempt(email_app, httpserver):
     email_app(EMAIL_PROVIDERS="resend,postmark")
-    httpserver.expect_request("/resend/emails").respond_with_json({"message": "slow"}, status=429,
-                                                                   headers={"Retry-After": "40"})
-    httpserver.expect_request("/postmark/email").respond_with_json({"Message": "slow"}, status=429,
-                                                                    headers={"Retry-After": "20"})
+    httpserver.expect_request("/resend/emails").respond_with_json(
+        {"message": "slow"}, status=429, headers={"Retry-After": "40"}
+    )
+    httpserver.expect_request("/postmark/email").respond_with_json(
+        {"Message": "slow"}, status=429, headers={"Retry-After": "20"}
+    )
     clock = Clock()
     operation_id = queue("welcome")
 
@@ -197,6 +214,7 @@ def test_every_provider_saying_retry_after_defers_without_using_an_attempt(email
 
 
 # --- circuit breakers -------------------------------------------------------------------------
+
 
 def test_circuit_opens_skips_half_opens_and_closes(email_app, httpserver):
     email_app(EMAIL_PROVIDERS="resend,postmark", EMAIL_CIRCUIT_THRESHOLD=2, EMAIL_CIRCUIT_COOLDOWN_SECONDS=60)
@@ -215,7 +233,9 @@ def test_circuit_opens_skips_half_opens_and_closes(email_app, httpserver):
     assert run(skipped, clock).outcome == "succeeded"
     assert resend_calls(httpserver) == 2  # not called while open
     assert [(r.provider, r.status, r.error) for r in email_log(skipped)] == [
-        ("resend", "skipped", "circuit open"), ("postmark", "sent", None)]
+        ("resend", "skipped", "circuit open"),
+        ("postmark", "sent", None),
+    ]
 
     clock.advance(61)
     assert {s["provider"]: s["state"] for s in circuits.circuit_states(clock.now)}["resend"] == "half_open"
@@ -261,6 +281,7 @@ def test_every_circuit_open_defers_until_the_first_half_opens(email_app, httpser
 
 
 # --- rate limits ------------------------------------------------------------------------------
+
 
 def test_thirty_emails_to_one_address_respect_the_limit_and_none_is_lost(email_app, smtp_server):
     email_app(EMAIL_RATE_PER_RECIPIENT_PER_MINUTE=10, EMAIL_RATE_GLOBAL_PER_MINUTE=100)
@@ -345,12 +366,16 @@ def test_concurrent_workers_never_share_a_slot(backend, email_app):
 
 # --- purchase fulfilment ----------------------------------------------------------------------
 
+
 def test_fulfilment_follows_the_confirmation_email(email_app, smtp_server):
     email_app(EMAIL_RETRY_LADDER="1s, 1s")
     clock = Clock()
     purchase_id = make_purchase()
-    operation_id = queue("lead_purchase_confirmation", purchase_id=purchase_id,
-                         context={"product_name": "Lead: Acme", "amount_cents": 4900, "currency": "usd"})
+    operation_id = queue(
+        "lead_purchase_confirmation",
+        purchase_id=purchase_id,
+        context={"product_name": "Lead: Acme", "amount_cents": 4900, "currency": "usd"},
+    )
     assert purchase_state(purchase_id) == ("pending", None)
     smtp_server.set_mode(TEMPORARY)
 

@@ -11,14 +11,23 @@ from webapp.services import operations
 
 def test_email_dead_letters_then_admin_retry_sends_it_once(app, backend, start_worker, smtp_server):
     smtp_server.set_mode(TEMPORARY)
-    start_worker(backend, SMTP_URL=smtp_server.url, EMAIL_PROVIDERS="smtp", EMAIL_RETRY_LADDER="200ms, 200ms, 200ms",
-                 EMAIL_FROM="Shop <noreply@shop.example>")
+    start_worker(
+        backend,
+        SMTP_URL=smtp_server.url,
+        EMAIL_PROVIDERS="smtp",
+        EMAIL_RETRY_LADDER="200ms, 200ms, 200ms",
+        EMAIL_FROM="Shop <noreply@shop.example>",
+    )
     purchase_id = make_purchase()
-    operation_id = queue("lead_purchase_confirmation", purchase_id=purchase_id,
-                         context={"customer_name": "Ada", "product_name": "Lead: Acme", "amount_cents": 4900})
+    operation_id = queue(
+        "lead_purchase_confirmation",
+        purchase_id=purchase_id,
+        context={"customer_name": "Ada", "product_name": "Lead: Acme", "amount_cents": 4900},
+    )
 
-    dead = wait_for(lambda: (op := load(operation_id)).state == "dead" and op, timeout=30,
-                    message="the email to be dead-lettered")
+    dead = wait_for(
+        lambda: (op := load(operation_id)).state == "dead" and op, timeout=30, message="the email to be dead-lettered"
+    )
 
     assert dead.attempts == 4 and dead.error_kind == "transient"
     assert "451" in dead.error_message
@@ -27,8 +36,11 @@ def test_email_dead_letters_then_admin_retry_sends_it_once(app, backend, start_w
 
     smtp_server.set_mode("accept")
     operations.retry_dead(operation_id, by="admin@example.com")
-    done = wait_for(lambda: (op := load(operation_id)).state == "succeeded" and op, timeout=30,
-                    message="the retried email to be sent")
+    done = wait_for(
+        lambda: (op := load(operation_id)).state == "succeeded" and op,
+        timeout=30,
+        message="the retried email to be sent",
+    )
 
     assert done.attempts == 5
     [received] = wait_for(smtp_server.received, message="the message at the SMTP server")

@@ -11,8 +11,13 @@ from werkzeug import Response
 
 from tests.support.smtp import HANG, PERMANENT, TEMPORARY, smtp_server  # noqa: F401  (fixture)
 from webapp.domain.time import utcnow
-from webapp.services.email.providers import (NotConfigured, ProviderMisconfigured, RejectedError,
-                                             TransientProviderError, provider_names)
+from webapp.services.email.providers import (
+    NotConfigured,
+    ProviderMisconfigured,
+    RejectedError,
+    TransientProviderError,
+    provider_names,
+)
 from webapp.services.email.providers.base import OutgoingEmail, parse_retry_after
 from webapp.services.email.providers.postmark import PostmarkProvider
 from webapp.services.email.providers.resend import ResendProvider
@@ -23,12 +28,20 @@ from webapp.services.email.render import message_id, provider_idempotency_key
 def make_email(key: str = "op-key-1", to: str = "buyer@example.com") -> OutgoingEmail:
     """A rendered email whose identifiers derive from operation key ``key``."""
     sender = "Backstop <noreply@shop.example>"
-    return OutgoingEmail(sender=sender, to=to, subject="Your purchase", text="Thanks!\n",
-                         html="<p>Thanks!</p>", message_id=message_id(key, sender),
-                         idempotency_key=provider_idempotency_key(key), metadata={"operation_id": 7})
+    return OutgoingEmail(
+        sender=sender,
+        to=to,
+        subject="Your purchase",
+        text="Thanks!\n",
+        html="<p>Thanks!</p>",
+        message_id=message_id(key, sender),
+        idempotency_key=provider_idempotency_key(key),
+        metadata={"operation_id": 7},
+    )
 
 
 # --- SMTP -------------------------------------------------------------------------------------
+
 
 def test_smtp_sends_text_and_html_with_the_operation_message_id(smtp_server):
     provider = SmtpProvider(smtp_server.url, timeout=5)
@@ -77,7 +90,13 @@ def test_smtp_nobody_listening_is_transient():
 
 def test_smtp_url_forms():
     plain = SmtpSettings.from_url("smtp://mail.example.com:2525?starttls=1")
-    assert (plain.host, plain.port, plain.ssl, plain.starttls, plain.username) == ("mail.example.com", 2525, False, True, None)
+    assert (plain.host, plain.port, plain.ssl, plain.starttls, plain.username) == (
+        "mail.example.com",
+        2525,
+        False,
+        True,
+        None,
+    )
     secure = SmtpSettings.from_url("smtps://user%40x.com:p%3Ass@mail.example.com")
     assert (secure.port, secure.ssl, secure.starttls) == (465, True, False)
     assert (secure.username, secure.password) == ("user@x.com", "p:ss")
@@ -88,6 +107,7 @@ def test_smtp_url_forms():
 
 
 # --- HTTP providers ---------------------------------------------------------------------------
+
 
 def resend(httpserver, timeout: float = 5) -> ResendProvider:
     return ResendProvider("re_test_key", httpserver.url_for("/resend"), timeout)
@@ -117,7 +137,8 @@ def test_resend_sends_bearer_key_and_a_stable_idempotency_key(httpserver):
 
 def test_postmark_sends_server_token_message_id_and_key_metadata(httpserver):
     httpserver.expect_request("/postmark/email", method="POST").respond_with_json(
-        {"To": "buyer@example.com", "MessageID": "pm-456", "ErrorCode": 0, "Message": "OK"})
+        {"To": "buyer@example.com", "MessageID": "pm-456", "ErrorCode": 0, "Message": "OK"}
+    )
 
     result = postmark(httpserver).send(make_email(), utcnow())
 
@@ -167,7 +188,8 @@ def test_http_error_classification(httpserver, which, status, headers, error, ha
 
 def test_resend_concurrent_idempotent_request_is_transient(httpserver):
     httpserver.expect_request("/resend/emails").respond_with_json(
-        {"name": "concurrent_idempotent_requests", "message": "in progress"}, status=409)
+        {"name": "concurrent_idempotent_requests", "message": "in progress"}, status=409
+    )
 
     with pytest.raises(TransientProviderError):
         resend(httpserver).send(make_email(), utcnow())

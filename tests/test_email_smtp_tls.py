@@ -51,7 +51,9 @@ def server_context(ca):
 def authenticator(server, session, envelope, mechanism, auth_data):
     """Accept exactly USER / PASSWORD."""
     ok = isinstance(auth_data, LoginPassword) and (auth_data.login, auth_data.password) == (
-        USER.encode(), PASSWORD.encode())
+        USER.encode(),
+        PASSWORD.encode(),
+    )
     return AuthResult(success=ok, handled=False, auth_data=auth_data if ok else None)
 
 
@@ -63,8 +65,7 @@ def started(**options) -> SmtpServer:
 @pytest.fixture
 def starttls_server(server_context):
     """STARTTLS required before MAIL, AUTH offered only after TLS (aiosmtpd's default)."""
-    server = started(tls_context=server_context, require_starttls=True, authenticator=authenticator,
-                     auth_required=True)
+    server = started(tls_context=server_context, require_starttls=True, authenticator=authenticator, auth_required=True)
     yield server
     server.stop()
 
@@ -73,8 +74,9 @@ def starttls_server(server_context):
 def smtps_server(server_context):
     """Implicit TLS from the first byte, with AUTH. (aiosmtpd only counts STARTTLS as TLS for
     ``auth_require_tls``; here the whole connection is TLS, which the test checks per message.)"""
-    server = started(ssl_context=server_context, authenticator=authenticator, auth_required=True,
-                     auth_require_tls=False)
+    server = started(
+        ssl_context=server_context, authenticator=authenticator, auth_required=True, auth_require_tls=False
+    )
     yield server
     server.stop()
 
@@ -133,7 +135,8 @@ def test_certificate_for_another_host_name_is_refused(ca, ca_file):
 def test_wrong_password_is_our_misconfiguration_and_never_echoed(starttls_server, ca_file):
     with pytest.raises(ProviderMisconfigured) as raised:
         provider(url(starttls_server, password="wrong-password", query="?starttls=1"), ca_file).send(
-            make_email(), utcnow())
+            make_email(), utcnow()
+        )
 
     assert raised.value.status == 535
     assert "AUTH answered 535" in raised.value.detail
@@ -145,7 +148,9 @@ def test_credentials_without_tls_are_not_sent_and_the_error_says_what_to_add(ser
     """The server offers AUTH only after TLS, so a URL without ?starttls=1 cannot log in."""
     server = started(tls_context=server_context, authenticator=authenticator)
     try:
-        with pytest.raises(ProviderMisconfigured, match=r"does not offer AUTH on an unencrypted connection.*starttls=1"):
+        with pytest.raises(
+            ProviderMisconfigured, match=r"does not offer AUTH on an unencrypted connection.*starttls=1"
+        ):
             provider(url(server)).send(make_email(), utcnow())
         assert server.offered == []
     finally:
@@ -180,8 +185,13 @@ def test_unreadable_ca_file_is_not_configured(tmp_path, starttls_server):
 
 def test_delivery_through_the_engine_uses_smtp_ca_file(sqlite_backend, starttls_server, ca_file):
     """SMTP_CA_FILE set in the app config reaches the provider an email operation sends with."""
-    app = make_app(sqlite_backend, EMAIL_PROVIDERS="smtp", EMAIL_FROM="Shop <noreply@shop.example>",
-                   SMTP_URL=url(starttls_server, query="?starttls=1"), SMTP_CA_FILE=ca_file)
+    app = make_app(
+        sqlite_backend,
+        EMAIL_PROVIDERS="smtp",
+        EMAIL_FROM="Shop <noreply@shop.example>",
+        SMTP_URL=url(starttls_server, query="?starttls=1"),
+        SMTP_CA_FILE=ca_file,
+    )
     with app.app_context():
         operation_id = queue("welcome", to="ada@example.com")
 

@@ -10,14 +10,33 @@ from webapp.services.email.render import money, render_email
 HOSTILE = '<script>alert("x")</script> & Co'
 
 CONTEXTS = {
-    "lead_purchase_confirmation": ({"customer_name": "Ada", "product_name": "Lead: Acme", "amount_cents": 4900,
-                                    "currency": "usd"}, ["Lead: Acme", "$49.00", "#12"]),
-    "credit_purchase_confirmation": ({"customer_name": "Ada", "product_name": "100 credits", "credits": 100,
-                                      "amount_cents": 1999, "currency": "eur"}, ["100 credits", "€19.99"]),
-    "refund_notification": ({"customer_name": "Ada", "refunded_cents": 2500, "currency": "usd",
-                             "reason": "requested by customer"}, ["$25.00", "requested by customer"]),
-    "payment_failed": ({"customer_name": "Ada", "product_name": "Lead: Acme", "reason": "card declined",
-                        "retry_url": "https://shop.example/retry/12"}, ["card declined", "https://shop.example/retry/12"]),
+    "lead_purchase_confirmation": (
+        {"customer_name": "Ada", "product_name": "Lead: Acme", "amount_cents": 4900, "currency": "usd"},
+        ["Lead: Acme", "$49.00", "#12"],
+    ),
+    "credit_purchase_confirmation": (
+        {
+            "customer_name": "Ada",
+            "product_name": "100 credits",
+            "credits": 100,
+            "amount_cents": 1999,
+            "currency": "eur",
+        },
+        ["100 credits", "€19.99"],
+    ),
+    "refund_notification": (
+        {"customer_name": "Ada", "refunded_cents": 2500, "currency": "usd", "reason": "requested by customer"},
+        ["$25.00", "requested by customer"],
+    ),
+    "payment_failed": (
+        {
+            "customer_name": "Ada",
+            "product_name": "Lead: Acme",
+            "reason": "card declined",
+            "retry_url": "https://shop.example/retry/12",
+        },
+        ["card declined", "https://shop.example/retry/12"],
+    ),
     "welcome": ({"customer_name": "Ada", "dashboard_url": "https://shop.example/app"}, ["https://shop.example/app"]),
 }
 
@@ -43,8 +62,12 @@ def test_each_template_renders_with_an_empty_context(sqlite_app, template):
 
 
 def test_html_is_escaped_and_text_is_not(sqlite_app):
-    email = render_email("lead_purchase_confirmation", {"customer_name": HOSTILE, "product_name": HOSTILE},
-                         to="ada@example.com", purchase_id=1)
+    email = render_email(
+        "lead_purchase_confirmation",
+        {"customer_name": HOSTILE, "product_name": HOSTILE},
+        to="ada@example.com",
+        purchase_id=1,
+    )
 
     assert "<script>" not in email.html
     assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt; &amp; Co" in email.html
@@ -65,11 +88,21 @@ def test_money():
 
 
 def test_payments_context_names_are_understood(sqlite_app):
-    base = {"purchase_id": 7, "customer_name": "Ada", "product_name": "Pack", "amount_cents": 10000,
-            "currency": "usd", "amount": "$100.00"}
+    base = {
+        "purchase_id": 7,
+        "customer_name": "Ada",
+        "product_name": "Pack",
+        "amount_cents": 10000,
+        "currency": "usd",
+        "amount": "$100.00",
+    }
 
-    refund = render_email("refund_notification", {**base, "refunded_amount": "$40.00", "refunded_cents": 4000,
-                                                   "fully_refunded": "no"}, to="ada@example.com", purchase_id=7)
+    refund = render_email(
+        "refund_notification",
+        {**base, "refunded_amount": "$40.00", "refunded_cents": 4000, "fully_refunded": "no"},
+        to="ada@example.com",
+        purchase_id=7,
+    )
     failed = render_email("payment_failed", {**base, "failure_reason": "card declined"}, to="ada@example.com")
     credits = render_email("credit_purchase_confirmation", {**base, "credits_granted": 500}, to="ada@example.com")
 

@@ -10,11 +10,11 @@ from sqlalchemy import select
 
 from tests.conftest import make_app
 from tests.support.polling import wait_for
+from tests.support.reads import attempts_of, detached, load
 from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.models import JobRun, Operation
 from webapp.services import doorbell, operations
-from tests.support.reads import attempts_of, detached, load  # noqa: F401
 
 TERMINAL = {"succeeded", "dead", "cancelled"}
 
@@ -29,8 +29,11 @@ def create(name: str, key: str, **payload) -> int:
 def wait_state(operation_id: int, states, timeout: float = 30) -> Operation:
     """Poll until the operation is in one of ``states``."""
     states = {states} if isinstance(states, str) else set(states)
-    return wait_for(lambda: (op := load(operation_id)).state in states and op,
-                    timeout=timeout, message=f"operation {operation_id} to reach {states}")
+    return wait_for(
+        lambda: (op := load(operation_id)).state in states and op,
+        timeout=timeout,
+        message=f"operation {operation_id} to reach {states}",
+    )
 
 
 def calls(log: Path) -> list[str]:
@@ -154,8 +157,9 @@ def test_two_schedulers_never_reconcile_concurrently(app, backend, start_worker)
     start_worker(backend, "a")
     start_worker(backend, "b")
 
-    runs = wait_for(lambda: _finished_runs() if len(_finished_runs()) >= 6 else None,
-                    timeout=30, message="six reconciler runs")
+    runs = wait_for(
+        lambda: _finished_runs() if len(_finished_runs()) >= 6 else None, timeout=30, message="six reconciler runs"
+    )
 
     for earlier, later in zip(runs, runs[1:]):
         assert earlier.finished_at <= later.started_at, (earlier, later)
@@ -165,20 +169,31 @@ def test_two_schedulers_never_reconcile_concurrently(app, backend, start_worker)
 
 
 def _finished_runs() -> list[JobRun]:
-    return detached(lambda: db.session.execute(
-        select(JobRun).where(JobRun.job_name == "reconciler", JobRun.finished_at.is_not(None))
-        .order_by(JobRun.started_at)).scalars().all())
+    return detached(
+        lambda: (
+            db.session.execute(
+                select(JobRun)
+                .where(JobRun.job_name == "reconciler", JobRun.finished_at.is_not(None))
+                .order_by(JobRun.started_at)
+            )
+            .scalars()
+            .all()
+        )
+    )
 
 
 def test_scheduled_cancelled_and_rescheduled(app, backend, start_worker, tmp_path):
     start_worker(backend)
     now = utcnow()
-    on_time = operations.create_operation("test.succeed", {"log": str(tmp_path / "a.log")},
-                                          idempotency_key="sched-a", run_at=now + timedelta(seconds=2))
-    cancelled = operations.create_operation("test.succeed", {"log": str(tmp_path / "b.log")},
-                                            idempotency_key="sched-b", run_at=now + timedelta(seconds=1.5))
-    moved = operations.create_operation("test.succeed", {"log": str(tmp_path / "c.log")},
-                                        idempotency_key="sched-c", run_at=now + timedelta(seconds=1))
+    on_time = operations.create_operation(
+        "test.succeed", {"log": str(tmp_path / "a.log")}, idempotency_key="sched-a", run_at=now + timedelta(seconds=2)
+    )
+    cancelled = operations.create_operation(
+        "test.succeed", {"log": str(tmp_path / "b.log")}, idempotency_key="sched-b", run_at=now + timedelta(seconds=1.5)
+    )
+    moved = operations.create_operation(
+        "test.succeed", {"log": str(tmp_path / "c.log")}, idempotency_key="sched-c", run_at=now + timedelta(seconds=1)
+    )
     db.session.commit()
     ids = on_time.id, cancelled.id, moved.id
     assert load(ids[0]).state == "scheduled"

@@ -34,8 +34,11 @@ def get_health(app):
 
 
 def set_heartbeat_age(seconds: float) -> None:
-    db.session.execute(update(PeriodicJob).where(PeriodicJob.name == "reconciler")
-                       .values(last_finished_at=utcnow() - timedelta(seconds=seconds)))
+    db.session.execute(
+        update(PeriodicJob)
+        .where(PeriodicJob.name == "reconciler")
+        .values(last_finished_at=utcnow() - timedelta(seconds=seconds))
+    )
     db.session.commit()
 
 
@@ -78,9 +81,14 @@ def test_reconciler_that_never_ran_is_unhealthy(health_app):
 
 
 def _unmigrated_app(tmp_path, database_url: str, **overrides):
-    config = {"TESTING": True, "BACKSTOP_ENV": "test", "SECRET_KEY": "test",
-              "SQLALCHEMY_DATABASE_URI": database_url, "HUEY_URL": f"sqlite:///{tmp_path / 'huey.db'}",
-              "RECONCILE_INTERVAL_SECONDS": INTERVAL}
+    config = {
+        "TESTING": True,
+        "BACKSTOP_ENV": "test",
+        "SECRET_KEY": "test",
+        "SQLALCHEMY_DATABASE_URI": database_url,
+        "HUEY_URL": f"sqlite:///{tmp_path / 'huey.db'}",
+        "RECONCILE_INTERVAL_SECONDS": INTERVAL,
+    }
     config.update(overrides)
     app = create_app(config)
     tasks.bind(app)

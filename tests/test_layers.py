@@ -66,10 +66,16 @@ def test_lower_layers_never_touch_request_login_or_tasks(folder):
 
 def test_the_scan_catches_what_it_forbids(tmp_path):
     sample = tmp_path / "bad.py"
-    sample.write_text("from flask import current_app, request\nimport flask_login\nfrom tasks.queue import x\n"
-                      "import flask\nflask.g.user = 1\n")
-    assert _forbidden_imports(sample) == ["from flask import request", "import flask_login",
-                                          "from tasks.queue import ...", "flask.g"]
+    sample.write_text(
+        "from flask import current_app, request\nimport flask_login\nfrom tasks.queue import x\n"
+        "import flask\nflask.g.user = 1\n"
+    )
+    assert _forbidden_imports(sample) == [
+        "from flask import request",
+        "import flask_login",
+        "from tasks.queue import ...",
+        "flask.g",
+    ]
 
 
 def _calls_create_app(path: Path) -> bool:

@@ -9,13 +9,12 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, insert, select
 
-from tests.support.monitoring import T0, alerts, create, create_and_run, insert_operations, later, operation_row, \
-    run_at
+from tests.support.monitoring import T0, alerts, create, create_and_run, insert_operations, later, operation_row, run_at
 from webapp.domain.errors import PermanentError
 from webapp.extensions import db
 from webapp.models import AutoRequeue, EmailLog, Operation, OperationAttempt, StripeEvent
 from webapp.services import checks, health, jobs, maintenance, operations
-from webapp.services.metrics import operation_counters, duration_histogram
+from webapp.services.metrics import duration_histogram, operation_counters
 from webapp.services.payments.handlers import event_object
 
 DAY = 86400
@@ -58,24 +57,42 @@ def test_auto_requeue_retries_transient_dead_letters_once_after_24_hours(sqlite_
 
 
 def test_auto_requeue_respects_the_attempt_cap(sqlite_app):
-    insert_operations([operation_row(1, name="test.email_flaky", state="dead", error_kind="transient", attempts=10),
-                       operation_row(2, name="test.email_flaky", state="dead", error_kind="transient", attempts=9)])
+    insert_operations(
+        [
+            operation_row(1, name="test.email_flaky", state="dead", error_kind="transient", attempts=10),
+            operation_row(2, name="test.email_flaky", state="dead", error_kind="transient", attempts=9),
+        ]
+    )
 
     assert maintenance.auto_requeue(later(2 * DAY), sqlite_app.config) == "requeued=1 skipped=0"
     assert count(Operation, Operation.state == "dead", Operation.attempts == 10) == 1
 
 
 def _stripe_event(event_id: str, at, state: str) -> None:
-    db.session.add(StripeEvent(id=event_id, type="checkout.session.completed", payload='{"id": "%s"}' % event_id,
-                               received_at=at, processing_state=state))
+    db.session.add(
+        StripeEvent(
+            id=event_id,
+            type="checkout.session.completed",
+            payload='{"id": "%s"}' % event_id,
+            received_at=at,
+            processing_state=state,
+        )
+    )
     db.session.commit()
 
 
 def test_cleanup_honours_30_and_90_day_retention_and_keeps_metric_counters(sqlite_app):
     now = later(200 * DAY)
     old_ok = create_and_run("test.email_ok", "old-ok", now - timedelta(days=31))
-    db.session.add(EmailLog(operation_id=old_ok, to_address="ann@example.com", template="welcome", status="sent",
-                            created_at=now - timedelta(days=31)))
+    db.session.add(
+        EmailLog(
+            operation_id=old_ok,
+            to_address="ann@example.com",
+            template="welcome",
+            status="sent",
+            created_at=now - timedelta(days=31),
+        )
+    )
     db.session.commit()
     young_ok = create_and_run("test.email_ok", "young-ok", now - timedelta(days=29))
     old_resolved = create_and_run("test.email_bounce", "old-resolved", now - timedelta(days=95))
@@ -98,20 +115,26 @@ def test_cleanup_honours_30_and_90_day_retention_and_keeps_metric_counters(sqlit
     assert count(OperationAttempt, OperationAttempt.operation_id.in_([old_ok, old_resolved])) == 0
     assert count(EmailLog) == 0  # went with its operation (ON DELETE CASCADE)
     bodies = dict(db.session.execute(select(StripeEvent.id, StripeEvent.payload)).all())
-    assert bodies == {"evt_old_done": "", "evt_old_failed": '{"id": "evt_old_failed"}',
-                      "evt_young": '{"id": "evt_young"}'}
+    assert bodies == {
+        "evt_old_done": "",
+        "evt_old_failed": '{"id": "evt_old_failed"}',
+        "evt_young": '{"id": "evt_young"}',
+    }
     # A trimmed body is "" (the column is NOT NULL), and processing it again says why it is gone.
     with pytest.raises(PermanentError, match="cleared by retention"):
         event_object(db.session.get(StripeEvent, "evt_old_done"))
     db.session.rollback()
     # Counters are live rows plus roll-ups, so deleting rows never makes /metrics go backwards.
     from webapp.services.metrics import _rollups
+
     rollups = _rollups()
     for (metric, kind, name), value in counters_before.items():
         live = operation_counters().get((metric, kind, name), 0)
         assert live + rollups.get((metric, kind, name, ""), 0) == value, (metric, kind, name)
     for (kind, label), value in histogram_before.items():
-        assert duration_histogram().get((kind, label), 0) + rollups.get(("attempt_duration", kind, "", label), 0) == value
+        assert (
+            duration_histogram().get((kind, label), 0) + rollups.get(("attempt_duration", kind, "", label), 0) == value
+        )
     db.session.rollback()
     # A second run finds nothing more to do.
     again = maintenance.cleanup(now, sqlite_app.config)
@@ -121,8 +144,16 @@ def test_cleanup_honours_30_and_90_day_retention_and_keeps_metric_counters(sqlit
 def _webhook_event(i: int, event_id: str, received, state: str, op_state: str) -> int:
     insert_operations([operation_row(i, kind="webhook", name="test.webhook_broken", state=op_state, at=received)])
     operation_id = db.session.execute(select(func.max(Operation.id))).scalar_one()
-    db.session.add(StripeEvent(id=event_id, type="checkout.session.completed", payload='{"id": "%s"}' % event_id,
-                               received_at=received, processing_state=state, operation_id=operation_id))
+    db.session.add(
+        StripeEvent(
+            id=event_id,
+            type="checkout.session.completed",
+            payload='{"id": "%s"}' % event_id,
+            received_at=received,
+            processing_state=state,
+            operation_id=operation_id,
+        )
+    )
     db.session.commit()
     return operation_id
 
@@ -139,10 +170,16 @@ def test_a_stripe_event_settled_after_the_walk_passed_it_loses_its_body_too(app)
     # A week later an admin replays both failed events and they are processed.
     replayed = now + timedelta(days=7)
     for operation_id, event_id in ((late, "evt_late"), (young, "evt_young")):
-        db.session.execute(Operation.__table__.update().where(Operation.id == operation_id).values(
-            state="succeeded", succeeded_at=replayed, dead_at=None))
-        db.session.execute(StripeEvent.__table__.update().where(StripeEvent.id == event_id).values(
-            processing_state="processed", processed_at=replayed))
+        db.session.execute(
+            Operation.__table__.update()
+            .where(Operation.id == operation_id)
+            .values(state="succeeded", succeeded_at=replayed, dead_at=None)
+        )
+        db.session.execute(
+            StripeEvent.__table__.update()
+            .where(StripeEvent.id == event_id)
+            .values(processing_state="processed", processed_at=replayed)
+        )
     db.session.commit()
     maintenance.cleanup(replayed + timedelta(seconds=60), app.config)  # within a lease: not yet looked at
     assert bodies()["evt_late"] != ""
@@ -164,8 +201,13 @@ def bodies() -> dict:
 
 def test_stale_heartbeats_raise_job_stale_and_turn_healthz_red(sqlite_app):
     # Alerts and /healthz judge staleness from the same configured intervals.
-    config = dict(sqlite_app.config, RECONCILE_INTERVAL_SECONDS=60, AUTO_REQUEUE_INTERVAL_SECONDS=60,
-                  CLEANUP_INTERVAL_SECONDS=60, CHECKS_INTERVAL_SECONDS=60)
+    config = dict(
+        sqlite_app.config,
+        RECONCILE_INTERVAL_SECONDS=60,
+        AUTO_REQUEUE_INTERVAL_SECONDS=60,
+        CLEANUP_INTERVAL_SECONDS=60,
+        CHECKS_INTERVAL_SECONDS=60,
+    )
     jobs.run_exclusive("reconciler", lambda now: "ok", interval_seconds=60, lease_seconds=30, clock=lambda: T0)
     jobs.run_exclusive("daily_report", lambda now: "ok", interval_seconds=DAY, lease_seconds=30, clock=lambda: T0)
     for name in ("auto_requeue", "cleanup", "checks"):
@@ -187,8 +229,9 @@ def test_stale_heartbeats_raise_job_stale_and_turn_healthz_red(sqlite_app):
     db.session.commit()
     assert "daily_report" in {a.key for a in alerts("job_stale")}
     # The reconciler beats again: one recovery alert, and /healthz reports it fresh.
-    jobs.run_exclusive("reconciler", lambda now: "ok", interval_seconds=60, lease_seconds=30,
-                       clock=lambda: later(3 * DAY + 2))
+    jobs.run_exclusive(
+        "reconciler", lambda now: "ok", interval_seconds=60, lease_seconds=30, clock=lambda: later(3 * DAY + 2)
+    )
     checks.check_jobs(later(3 * DAY + 3), config)
     db.session.commit()
     recovered = [a for a in alerts("job_stale") if a.state == "recovered"]
@@ -261,9 +304,20 @@ def test_cleanup_of_200k_rows_in_short_batches_while_writes_continue(sqlite_back
         insert_operations([operation_row(i, at=old, idempotency_key=f"old-{i}") for i in range(100_000)])
         first = db.session.execute(select(func.min(Operation.id))).scalar_one()
         for start in range(0, 100_000, 20_000):
-            db.session.execute(insert(OperationAttempt), [
-                {"operation_id": first + i, "number": 1, "started_at": old, "finished_at": old, "duration_ms": i % 700,
-                 "outcome": "succeeded"} for i in range(start, start + 20_000)])
+            db.session.execute(
+                insert(OperationAttempt),
+                [
+                    {
+                        "operation_id": first + i,
+                        "number": 1,
+                        "started_at": old,
+                        "finished_at": old,
+                        "duration_ms": i % 700,
+                        "outcome": "succeeded",
+                    }
+                    for i in range(start, start + 20_000)
+                ],
+            )
             db.session.commit()
         assert count(Operation) + count(OperationAttempt) == 200_000
 

@@ -40,8 +40,8 @@ def db_count(*where, model=Operation) -> int:
 def test_metrics_match_the_database(app):
     create_and_run("test.email_ok", "ok-1", T0)
     create_and_run("test.email_ok", "ok-2", T0)
-    create_and_run("test.email_bounce", "bounce-1", T0)         # dead: also raises an alert operation
-    flaky = create_and_run("test.flaky", "flaky-1", T0, fail_times=1)   # one failed attempt, retrying
+    create_and_run("test.email_bounce", "bounce-1", T0)  # dead: also raises an alert operation
+    flaky = create_and_run("test.flaky", "flaky-1", T0, fail_times=1)  # one failed attempt, retrying
     run_at(flaky, later(5))
     create("test.succeed", "waiting-1", utcnow() - timedelta(seconds=30))
     db.session.add(StripeEvent(id="evt_1", type="checkout.session.completed", payload="{}", received_at=T0))
@@ -54,9 +54,11 @@ def test_metrics_match_the_database(app):
 
     for kind, name in db.session.execute(select(Operation.kind, Operation.name).distinct()).all():
         assert value(samples, "backstop_operations_created_total", kind=kind, name=name) == db_count(
-            Operation.name == name)
+            Operation.name == name
+        )
         assert value(samples, "backstop_operations_succeeded_total", kind=kind, name=name) == db_count(
-            Operation.name == name, Operation.state == "succeeded")
+            Operation.name == name, Operation.state == "succeeded"
+        )
     assert value(samples, "backstop_operations_failed_total", kind="job", name="test.flaky") == 1
     assert value(samples, "backstop_operations_dead_lettered_total", kind="email", name="test.email_bounce") == 1
     assert value(samples, "backstop_dead_letters_unresolved", kind="email") == 1
@@ -70,11 +72,15 @@ def test_metrics_match_the_database(app):
     assert ("backstop_queue_depth", frozenset({("queue", "pending")})) in samples
     # The histogram: every finished attempt counted once, buckets cumulative.
     finished = db_count(OperationAttempt.duration_ms.is_not(None), model=OperationAttempt)
-    counts = [value(samples, "backstop_operation_attempt_duration_seconds_count", kind=kind)
-              for kind in ("email", "job")]
+    counts = [
+        value(samples, "backstop_operation_attempt_duration_seconds_count", kind=kind) for kind in ("email", "job")
+    ]
     assert sum(counts) == finished
-    buckets = sorted((float(dict(labels)["le"]), v) for (name, labels), v in samples.items()
-                     if name == "backstop_operation_attempt_duration_seconds_bucket" and ("kind", "email") in labels)
+    buckets = sorted(
+        (float(dict(labels)["le"]), v)
+        for (name, labels), v in samples.items()
+        if name == "backstop_operation_attempt_duration_seconds_bucket" and ("kind", "email") in labels
+    )
     assert [v for _, v in buckets] == sorted(v for _, v in buckets) and buckets[-1][1] == counts[0]
 
 
@@ -130,7 +136,8 @@ def test_json_logs_one_object_per_attempt_without_secrets(sqlite_app):
         operation_id = create_and_run("test.email_bounce", "bounce-json", T0, to="ann@example.com")
         logging.getLogger("backstop.test").warning(
             "calling provider with Authorization: Bearer sk_live_abcdef123456 and password=hunter2",
-            extra={"authorization": "Bearer abc", "payload": {"card": "4242"}, "api_key": "k", "operation_id": 7})
+            extra={"authorization": "Bearer abc", "payload": {"card": "4242"}, "api_key": "k", "operation_id": 7},
+        )
     finally:
         logger.removeHandler(handler)
 
@@ -138,7 +145,11 @@ def test_json_logs_one_object_per_attempt_without_secrets(sqlite_app):
     entries = [json.loads(line) for line in lines]  # every line is one JSON object
     [attempt] = [e for e in entries if e["logger"] == "backstop.engine"]
     assert {k: attempt[k] for k in ("operation_id", "operation_name", "attempt", "outcome")} == {
-        "operation_id": operation_id, "operation_name": "test.email_bounce", "attempt": 1, "outcome": "dead"}
+        "operation_id": operation_id,
+        "operation_name": "test.email_bounce",
+        "attempt": 1,
+        "outcome": "dead",
+    }
     assert isinstance(attempt["duration_ms"], int)
     text = stream.getvalue()
     for secret in ("sk_live_abcdef123456", "hunter2", "Bearer abc", "4242", "ann@example.com"):

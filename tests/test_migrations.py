@@ -14,16 +14,21 @@ from webapp.extensions import db
 
 
 def _app(database_url: str, tmp_path):
-    return create_app({"TESTING": True, "BACKSTOP_ENV": "test", "SECRET_KEY": "test",
-                       "SQLALCHEMY_DATABASE_URI": database_url,
-                       "HUEY_URL": f"sqlite:///{tmp_path / 'huey.sqlite3'}"})
+    return create_app(
+        {
+            "TESTING": True,
+            "BACKSTOP_ENV": "test",
+            "SECRET_KEY": "test",
+            "SQLALCHEMY_DATABASE_URI": database_url,
+            "HUEY_URL": f"sqlite:///{tmp_path / 'huey.sqlite3'}",
+        }
+    )
 
 
 def _differences(app) -> list:
     """What autogenerate would still have to write after ``upgrade`` (nothing, if they agree)."""
     with db.engine.connect() as connection:
-        context = MigrationContext.configure(connection, opts={"compare_type": True,
-                                                               "compare_server_default": True})
+        context = MigrationContext.configure(connection, opts={"compare_type": True, "compare_server_default": True})
         return compare_metadata(context, db.metadata)
 
 

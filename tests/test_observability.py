@@ -43,14 +43,32 @@ class Gunicorn:
         self._log = open(self.log_path, "wb")
         # The access log names the worker (pid) that answered each request (and its query string).
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--workers", str(workers), "--bind", "127.0.0.1:0",
-             "--access-logfile", str(self.access_path), "--access-logformat", "%(p)s %(U)s %(q)s",
-             "wsgi:app"],
-            cwd=ROOT, env=backend.env(**env), stdout=self._log, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "--workers",
+                str(workers),
+                "--bind",
+                "127.0.0.1:0",
+                "--access-logfile",
+                str(self.access_path),
+                "--access-logformat",
+                "%(p)s %(U)s %(q)s",
+                "wsgi:app",
+            ],
+            cwd=ROOT,
+            env=backend.env(**env),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
         port = wait_for(self._port, timeout=60, message="gunicorn to listen")
         self.url = f"http://127.0.0.1:{port}"
-        wait_for(lambda: len(set(re.findall(r"Booting worker with pid: (\d+)", self.output()))) == workers,
-                 timeout=60, message="every gunicorn worker to boot")
+        wait_for(
+            lambda: len(set(re.findall(r"Booting worker with pid: (\d+)", self.output()))) == workers,
+            timeout=60,
+            message="every gunicorn worker to boot",
+        )
 
     def _port(self):
         if self.proc.poll() is not None:
@@ -101,8 +119,11 @@ def start_gunicorn(request):
 
 def parse(text: str) -> dict:
     """``{(sample name, frozenset(labels)): value}`` parsed by prometheus_client's own parser."""
-    return {(sample.name, frozenset(sample.labels.items())): sample.value
-            for family in text_string_to_metric_families(text) for sample in family.samples}
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 def scrape_concurrently(server: Gunicorn, count: int) -> list[tuple[str, dict]]:
@@ -126,28 +147,44 @@ def expected_from_database() -> dict:
     for kind, name in db.session.execute(select(Operation.kind, Operation.name).distinct()).all():
         labels = frozenset({("kind", kind), ("name", name)})
         ops = select(func.count()).select_from(Operation).where(Operation.name == name)
-        attempts = (select(func.count()).select_from(OperationAttempt)
-                    .join(Operation, Operation.id == OperationAttempt.operation_id).where(Operation.name == name))
+        attempts = (
+            select(func.count())
+            .select_from(OperationAttempt)
+            .join(Operation, Operation.id == OperationAttempt.operation_id)
+            .where(Operation.name == name)
+        )
         expected[("backstop_operations_created_total", labels)] = db.session.execute(ops).scalar_one()
         expected[("backstop_operations_succeeded_total", labels)] = db.session.execute(
-            ops.where(Operation.state == "succeeded")).scalar_one()
+            ops.where(Operation.state == "succeeded")
+        ).scalar_one()
         expected[("backstop_operations_failed_total", labels)] = db.session.execute(
-            attempts.where(OperationAttempt.outcome.in_(["failed", "dead", "crashed"]))).scalar_one()
+            attempts.where(OperationAttempt.outcome.in_(["failed", "dead", "crashed"]))
+        ).scalar_one()
         expected[("backstop_operations_dead_lettered_total", labels)] = db.session.execute(
-            attempts.where(OperationAttempt.outcome == "dead")).scalar_one()
-    for kind, count in db.session.execute(select(Operation.kind, func.count()).where(
-            Operation.state == "dead", Operation.resolved_at.is_(None)).group_by(Operation.kind)).all():
+            attempts.where(OperationAttempt.outcome == "dead")
+        ).scalar_one()
+    for kind, count in db.session.execute(
+        select(Operation.kind, func.count())
+        .where(Operation.state == "dead", Operation.resolved_at.is_(None))
+        .group_by(Operation.kind)
+    ).all():
         expected[("backstop_dead_letters_unresolved", frozenset({("kind", kind)}))] = count
     for state, count in db.session.execute(select(Operation.state, func.count()).group_by(Operation.state)).all():
         expected[("backstop_operations", frozenset({("state", state)}))] = count
     for reason, count in db.session.execute(select(WebhookRejection.reason, WebhookRejection.count)).all():
         expected[("backstop_webhook_deliveries_rejected_total", frozenset({("reason", reason)}))] = count
     for event_type, count in db.session.execute(
-            select(StripeEvent.type, func.count()).group_by(StripeEvent.type)).all():
+        select(StripeEvent.type, func.count()).group_by(StripeEvent.type)
+    ).all():
         expected[("backstop_webhook_events_accepted_total", frozenset({("type", event_type)}))] = count
-    expected[("backstop_operation_attempt_duration_seconds_count", frozenset({("kind", "email")}))] = \
-        db.session.execute(select(func.count()).select_from(OperationAttempt).join(Operation).where(
-            Operation.kind == "email", OperationAttempt.duration_ms.is_not(None))).scalar_one()
+    expected[("backstop_operation_attempt_duration_seconds_count", frozenset({("kind", "email")}))] = (
+        db.session.execute(
+            select(func.count())
+            .select_from(OperationAttempt)
+            .join(Operation)
+            .where(Operation.kind == "email", OperationAttempt.duration_ms.is_not(None))
+        ).scalar_one()
+    )
     db.session.rollback()
     return expected
 
@@ -176,9 +213,14 @@ def assert_every_worker_agrees_with_the_database(server: Gunicorn, deadline: flo
 
 def post_bad_signature(server: Gunicorn, count: int) -> None:
     """``count`` webhook deliveries with a wrong signature, sent at once (several workers count them)."""
+
     def post(_):
-        response = requests.post(f"{server.url}/webhooks/stripe", data=b'{"id": "evt_x"}', timeout=60,
-                                 headers={"Stripe-Signature": "t=1,v1=00", "Content-Type": "application/json"})
+        response = requests.post(
+            f"{server.url}/webhooks/stripe",
+            data=b'{"id": "evt_x"}',
+            timeout=60,
+            headers={"Stripe-Signature": "t=1,v1=00", "Content-Type": "application/json"},
+        )
         assert response.status_code == 400, response.text
 
     with ThreadPoolExecutor(count) as pool:
@@ -187,12 +229,12 @@ def post_bad_signature(server: Gunicorn, count: int) -> None:
 
 def test_metrics_match_the_database_whichever_gunicorn_worker_answers(app, backend, start_gunicorn):
     create_and_run("test.email_ok", "ok-1", T0)
-    create_and_run("test.email_bounce", "bounce-1", T0)   # dead, and its alert operation waits
+    create_and_run("test.email_bounce", "bounce-1", T0)  # dead, and its alert operation waits
     flaky = create_and_run("test.flaky", "flaky-1", T0, fail_times=1)
     run_at(flaky, later(5))
     server = start_gunicorn(backend, STRIPE_WEBHOOK_SECRET=WEBHOOK_SECRET)
 
-    post_bad_signature(server, 5)                          # counted by whichever workers took them
+    post_bad_signature(server, 5)  # counted by whichever workers took them
     first = assert_every_worker_agrees_with_the_database(server)
 
     # The database moves on (this process writes; the workers only read): every worker follows.
@@ -206,25 +248,39 @@ def test_metrics_match_the_database_whichever_gunicorn_worker_answers(app, backe
 
 
 def _signed_event(*, email: str) -> tuple[bytes, str]:
-    event = stripe_samples.build_event("checkout.session.completed",
-                                       stripe_samples.PurchaseFacts(purchase_id=None, email=email))
+    event = stripe_samples.build_event(
+        "checkout.session.completed", stripe_samples.PurchaseFacts(purchase_id=None, email=email)
+    )
     event["data"]["object"]["metadata"] = {"note": CANARY, "card_last4_and_cvc": f"4242 {CANARY}"}
     body = stripe_signing.body_of(event).encode()
     return body, stripe_signing.header(body, WEBHOOK_SECRET)
 
 
-def test_real_processes_log_json_per_attempt_without_secrets_or_payloads(sqlite_app, sqlite_backend,
-                                                                         start_gunicorn, start_worker):
+def test_real_processes_log_json_per_attempt_without_secrets_or_payloads(
+    sqlite_app, sqlite_backend, start_gunicorn, start_worker
+):
     backend = sqlite_backend
-    secrets = {"LOG_FORMAT": "json", "STRIPE_SECRET_KEY": SECRET_KEY, "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
-               "SLACK_WEBHOOK_URL": f"http://127.0.0.1:9/services/T0/B0/{CANARY}-slack"}
+    secrets = {
+        "LOG_FORMAT": "json",
+        "STRIPE_SECRET_KEY": SECRET_KEY,
+        "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "SLACK_WEBHOOK_URL": f"http://127.0.0.1:9/services/T0/B0/{CANARY}-slack",
+    }
     server = start_gunicorn(backend, workers=1, **secrets)
     body, signature = _signed_event(email=f"{CANARY}@example.com")
-    assert requests.post(f"{server.url}/webhooks/stripe", data=body, timeout=60,
-                         headers={"Stripe-Signature": signature}).status_code == 200
+    assert (
+        requests.post(
+            f"{server.url}/webhooks/stripe", data=body, timeout=60, headers={"Stripe-Signature": signature}
+        ).status_code
+        == 200
+    )
     tampered = body.replace(b"checkout.session", b"checkout.sessionX")
-    assert requests.post(f"{server.url}/webhooks/stripe", data=tampered, timeout=60,
-                         headers={"Stripe-Signature": signature}).status_code == 400
+    assert (
+        requests.post(
+            f"{server.url}/webhooks/stripe", data=tampered, timeout=60, headers={"Stripe-Signature": signature}
+        ).status_code
+        == 400
+    )
     held = create("test.permanent", "secret-payload", payload_secret=CANARY, api_key=SECRET_KEY)
     worker = start_worker(backend, **secrets)
 
@@ -243,12 +299,15 @@ def test_real_processes_log_json_per_attempt_without_secrets_or_payloads(sqlite_
     entries = [json.loads(line) for line in worker.output().splitlines() if line.startswith("{")]
     attempts = [e for e in entries if e["logger"] == "backstop.engine"]
     assert {(e["operation_name"], e["outcome"]) for e in attempts} >= {
-        ("stripe.checkout.session.completed", "succeeded"), ("test.permanent", "dead")}
+        ("stripe.checkout.session.completed", "succeeded"),
+        ("test.permanent", "dead"),
+    }
     [dead] = [e for e in attempts if e["operation_id"] == held]
     assert dead["attempt"] == 1 and isinstance(dead["duration_ms"], int) and dead["level"] == "info"
     assert dead["error_class"] == "webapp.domain.errors.PermanentError"
-    rejected = [json.loads(line) for line in server.output().splitlines()
-                if line.startswith("{") and "rejected" in line]
+    rejected = [
+        json.loads(line) for line in server.output().splitlines() if line.startswith("{") and "rejected" in line
+    ]
     assert rejected and rejected[0]["logger"] == "backstop.webhooks"
 
 
@@ -266,8 +325,10 @@ def test_exception_tracebacks_are_redacted_in_json_and_text_logs():
         handlers.append(handler)
     try:
         try:
-            raise ConnectionError(f"POST https://hooks.slack.com/services/T0/B0/{CANARY} failed; key {SECRET_KEY}; "
-                                  f"db postgresql+psycopg://backstop:{CANARY}@db/backstop")
+            raise ConnectionError(
+                f"POST https://hooks.slack.com/services/T0/B0/{CANARY} failed; key {SECRET_KEY}; "
+                f"db postgresql+psycopg://backstop:{CANARY}@db/backstop"
+            )
         except ConnectionError:
             logger.exception("periodic job %s failed", "checks")
     finally:

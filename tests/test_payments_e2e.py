@@ -27,9 +27,12 @@ def worker_env(smtp) -> dict:
 
 def deliver(base: str, body: str) -> int:
     """POST a body signed now, over HTTP; return the status."""
-    response = requests.post(f"{base}/webhooks/stripe", data=body.encode(), timeout=60,
-                             headers={"Content-Type": "application/json",
-                                      "Stripe-Signature": signing.header(body, SECRET)})
+    response = requests.post(
+        f"{base}/webhooks/stripe",
+        data=body.encode(),
+        timeout=60,
+        headers={"Content-Type": "application/json", "Stripe-Signature": signing.header(body, SECRET)},
+    )
     return response.status_code
 
 
@@ -40,20 +43,24 @@ def op_of(event_id: str) -> Operation:
 
 def wait_op(event_id: str, states: set[str], timeout: float = 60) -> Operation:
     """Poll until the event's operation is in one of ``states``."""
-    return wait_for(lambda: (op := op_of(event_id)).state in states and op, timeout=timeout,
-                    message=f"operation of {event_id} to reach {states}")
+    return wait_for(
+        lambda: (op := op_of(event_id)).state in states and op,
+        timeout=timeout,
+        message=f"operation of {event_id} to reach {states}",
+    )
 
 
 def wait_sent(purchase_id: int) -> Operation:
     """Poll until the purchase's one email operation has finished (succeeded or dead)."""
+
     def finished():
         emails = shop.email_operations(purchase_id)
         return emails and emails[0].state in ("succeeded", "dead") and emails[0]
+
     return wait_for(finished, timeout=60, message=f"the email of purchase {purchase_id} to finish")
 
 
-def test_twenty_concurrent_deliveries_complete_once_and_a_replay_changes_nothing(backend, start_worker,
-                                                                                smtp_server):
+def test_twenty_concurrent_deliveries_complete_once_and_a_replay_changes_nothing(backend, start_worker, smtp_server):
     app = make_app(backend, STRIPE_WEBHOOK_SECRET=SECRET)
     with app.app_context(), serve(app) as base:
         purchase = shop.add_purchase(shop.add_customer(), shop.add_product())
@@ -89,9 +96,12 @@ def test_twenty_concurrent_deliveries_complete_once_and_a_replay_changes_nothing
         # Seed 000, "Test Idempotency": replay the same event; then Stripe sends a second,
         # distinct event for the same session. Neither changes anything.
         assert deliver(base, body) == 200
-        twin = shop.event_for("checkout.session.completed", purchase,
-                              session_id=event["data"]["object"]["id"],
-                              payment_intent_id=event["data"]["object"]["payment_intent"])
+        twin = shop.event_for(
+            "checkout.session.completed",
+            purchase,
+            session_id=event["data"]["object"]["id"],
+            payment_intent_id=event["data"]["object"]["payment_intent"],
+        )
         assert deliver(base, signing.body_of(twin)) == 200
         assert wait_op(twin["id"], {"succeeded", "dead"}).state == "succeeded"
 
@@ -100,7 +110,10 @@ def test_twenty_concurrent_deliveries_complete_once_and_a_replay_changes_nothing
         after = shop.purchase(purchase.id)
         # (updated_at may move: the email outcome listener records fulfilment on the same row.)
         assert (after.status, after.completed_at, after.stripe_payment_intent_id) == (
-            "completed", completed.completed_at, completed.stripe_payment_intent_id)
+            "completed",
+            completed.completed_at,
+            completed.stripe_payment_intent_id,
+        )
         assert len(shop.email_operations(purchase.id)) == 1
         assert shop.event(twin["id"]).processing_state == "processed"
         # Both extra events were fully processed before this point, and neither queued an email:
@@ -112,12 +125,15 @@ def test_twenty_concurrent_deliveries_complete_once_and_a_replay_changes_nothing
 
 
 FREEZE = {
-    "sqlite": ["CREATE TRIGGER purchases_frozen BEFORE UPDATE ON purchases "
-               "BEGIN SELECT RAISE(ABORT, 'purchases are frozen for maintenance'); END"],
-    "postgres": ["CREATE FUNCTION purchases_frozen() RETURNS trigger AS $$ BEGIN "
-                 "RAISE EXCEPTION 'purchases are frozen for maintenance'; END $$ LANGUAGE plpgsql",
-                 "CREATE TRIGGER purchases_frozen BEFORE UPDATE ON purchases "
-                 "FOR EACH ROW EXECUTE FUNCTION purchases_frozen()"],
+    "sqlite": [
+        "CREATE TRIGGER purchases_frozen BEFORE UPDATE ON purchases "
+        "BEGIN SELECT RAISE(ABORT, 'purchases are frozen for maintenance'); END"
+    ],
+    "postgres": [
+        "CREATE FUNCTION purchases_frozen() RETURNS trigger AS $$ BEGIN "
+        "RAISE EXCEPTION 'purchases are frozen for maintenance'; END $$ LANGUAGE plpgsql",
+        "CREATE TRIGGER purchases_frozen BEFORE UPDATE ON purchases FOR EACH ROW EXECUTE FUNCTION purchases_frozen()",
+    ],
 }
 THAW = {
     "sqlite": ["DROP TRIGGER purchases_frozen"],
@@ -132,8 +148,9 @@ def run_sql(statements: list[str]) -> None:
     db.session.commit()
 
 
-def test_webhook_processing_that_keeps_failing_dead_letters_then_an_admin_retry_completes_it(backend, start_worker,
-                                                                                              smtp_server):
+def test_webhook_processing_that_keeps_failing_dead_letters_then_an_admin_retry_completes_it(
+    backend, start_worker, smtp_server
+):
     """Seed 000, "Test Webhook Retry": the database refuses the write, the event dead-letters,
     the database recovers, an admin retry (service call) completes the purchase."""
     app = make_app(backend, STRIPE_WEBHOOK_SECRET=SECRET)

@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import func, select, text, update
 
 from tests.support.polling import wait_for
+from tests.support.reads import attempts_of, detached, load
 from webapp.domain.errors import Deferral, PermanentError
 from webapp.domain.retry import RetryPolicy
 from webapp.domain.states import can_transition
@@ -21,7 +22,6 @@ from webapp.models import JobRun, Operation, OperationAttempt, PeriodicJob
 from webapp.services import doorbell, engine, jobs, operations, reconciler
 from webapp.services.engine import RunResult
 from webapp.services.registry import handler
-from tests.support.reads import attempts_of, detached, load  # noqa: F401
 
 T0 = datetime(2030, 1, 1, 12, 0, 0)
 LEASE = 30
@@ -56,11 +56,11 @@ def scripted(ctx):
 
 # --- helpers ------------------------------------------------------------------------------
 
+
 def new_op(key: str, *steps, run_at=None, now=T0, **payload) -> int:
     """Create and commit a scripted operation; return its id."""
     SCRIPTS[key] = list(steps)
-    operation = operations.create_operation("svc.script", payload, idempotency_key=key,
-                                            run_at=run_at, now=now)
+    operation = operations.create_operation("svc.script", payload, idempotency_key=key, run_at=run_at, now=now)
     db.session.commit()
     return operation.id
 
@@ -70,8 +70,11 @@ def job_row(name: str) -> PeriodicJob | None:
 
 
 def count_ops(key: str) -> int:
-    return detached(lambda: db.session.execute(
-        select(func.count()).select_from(Operation).where(Operation.idempotency_key == key)).scalar())
+    return detached(
+        lambda: db.session.execute(
+            select(func.count()).select_from(Operation).where(Operation.idempotency_key == key)
+        ).scalar()
+    )
 
 
 def run_in_thread(app, fn, *args):
@@ -143,6 +146,7 @@ def outcomes():
 
 # --- create_operation and the doorbell ------------------------------------------------------
 
+
 def test_create_is_idempotent_on_its_key(app, bell):
     first = operations.create_operation("svc.script", {"n": 1}, idempotency_key="same", subject="cust-1", now=T0)
     again = operations.create_operation("svc.script", {"n": 2}, idempotency_key="same", now=T0)
@@ -196,9 +200,17 @@ def test_create_is_idempotent_against_an_uncommitted_twin_in_another_session(app
 
 
 def _someone_waits_on_a_lock() -> bool:
-    return detached(lambda: db.session.execute(text(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-        "AND wait_event_type = 'Lock'")).scalar()) > 0
+    return (
+        detached(
+            lambda: db.session.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock'"
+                )
+            ).scalar()
+        )
+        > 0
+    )
 
 
 def test_rolled_back_transaction_never_rings(app, bell):
@@ -236,8 +248,9 @@ def test_rolled_back_savepoint_never_rings(app, bell):
 
 def test_commit_rings_exactly_once_and_scheduled_rings_for_its_time(app, bell):
     now_op = operations.create_operation("svc.script", {}, idempotency_key="now", now=T0)
-    later = operations.create_operation("svc.script", {}, idempotency_key="later", now=T0,
-                                        run_at=(T0 + timedelta(hours=1)).replace(tzinfo=UTC))
+    later = operations.create_operation(
+        "svc.script", {}, idempotency_key="later", now=T0, run_at=(T0 + timedelta(hours=1)).replace(tzinfo=UTC)
+    )
     assert bell.rings == []  # nothing before the commit
     db.session.commit()
     db.session.commit()  # an empty commit rings nothing more
@@ -267,6 +280,7 @@ def test_a_queue_that_is_down_does_not_fail_the_commit(app):
 
 
 # --- claim ---------------------------------------------------------------------------------
+
 
 def test_two_concurrent_claims_of_one_due_operation_one_wins(app):
     operation_id = new_op("claim-race")
@@ -315,6 +329,7 @@ def test_missing_operation(app):
 
 # --- outcomes ------------------------------------------------------------------------------
 
+
 def test_success_writes_state_attempt_and_handler_writes_together(app, outcomes):
     operation_id = new_op("ok", write="written-on-success")
     finished = T0 + timedelta(seconds=3)
@@ -348,13 +363,18 @@ def test_transient_failure_retries_within_policy_and_rolls_back_handler_writes(a
     assert "Traceback" in operation.error_stack and "Boom: boom on attempt 1" in operation.error_stack
     [attempt] = attempts_of(operation_id)
     assert (attempt.outcome, attempt.error_class, attempt.error_message) == (
-        "failed", "tests.test_services.Boom", "boom on attempt 1")
+        "failed",
+        "tests.test_services.Boom",
+        "boom on attempt 1",
+    )
     assert "Boom" in attempt.error_stack and attempt.finished_at == T0 and attempt.duration_ms >= 0
     assert job_row("written-then-rolled-back") is None
     assert outcomes == [(operation_id, "retrying", 1, "retrying")]
 
     # Not before its time; at its time, the next attempt runs and its writes commit.
-    assert engine.execute(operation_id, now=operation.next_attempt_at - timedelta(milliseconds=1)).outcome == "not_claimed"
+    assert (
+        engine.execute(operation_id, now=operation.next_attempt_at - timedelta(milliseconds=1)).outcome == "not_claimed"
+    )
     assert engine.execute(operation_id, now=operation.next_attempt_at).outcome == "succeeded"
     assert job_row("written-then-rolled-back") is not None
     assert [a.outcome for a in attempts_of(operation_id)] == ["failed", "succeeded"]
@@ -396,8 +416,7 @@ def test_permanent_error_is_dead_at_once(app, outcomes):
 def test_deferral_does_not_consume_an_attempt(app, outcomes):
     later = T0 + timedelta(minutes=2)
     # Two failures use two of three attempts; a deferral on the third gives it back.
-    operation_id = new_op("defer", ("transient",), ("transient",), ("defer", later.replace(tzinfo=UTC)),
-                          ("transient",))
+    operation_id = new_op("defer", ("transient",), ("transient",), ("defer", later.replace(tzinfo=UTC)), ("transient",))
     now = T0
     for _ in range(2):
         engine.execute(operation_id, now=now, clock=lambda: now)
@@ -416,7 +435,11 @@ def test_deferral_does_not_consume_an_attempt(app, outcomes):
     # The third attempt is still available: it runs (and, failing, dead-letters).
     assert engine.execute(operation_id, now=later, clock=lambda: later).outcome == "dead"
     assert [(a.number, a.outcome) for a in attempts_of(operation_id)] == [
-        (1, "failed"), (2, "failed"), (3, "deferred"), (3, "dead")]
+        (1, "failed"),
+        (2, "failed"),
+        (3, "deferred"),
+        (3, "dead"),
+    ]
 
 
 def test_deferral_into_the_past_is_due_now(app):
@@ -451,6 +474,7 @@ def test_a_worker_that_lost_its_lease_cannot_overwrite_the_outcome(app, outcomes
 
 
 # --- admin actions -------------------------------------------------------------------------
+
 
 def _dead_op(key: str) -> int:
     operation_id = new_op(key, ("permanent",))
@@ -490,7 +514,11 @@ def test_resolve_records_who_when_and_why(app):
     stored = load(operation_id)
     assert resolved.id == operation_id
     assert (stored.state, stored.resolved_at, stored.resolved_by, stored.resolution_note) == (
-        "dead", now, "ops@example.com", "refunded by hand")
+        "dead",
+        now,
+        "ops@example.com",
+        "refunded by hand",
+    )
     with pytest.raises(operations.OperationError, match="already resolved"):
         operations.resolve(operation_id, by="ops@example.com")
     with pytest.raises(operations.OperationError, match="only dead"):
@@ -504,7 +532,11 @@ def test_cancel_a_scheduled_operation(app):
 
     cancelled = operations.cancel(operation_id, by="admin", now=T0)
 
-    assert (cancelled.state, cancelled.cancelled_at, cancelled.resolution_note) == ("cancelled", T0, "cancelled by admin")
+    assert (cancelled.state, cancelled.cancelled_at, cancelled.resolution_note) == (
+        "cancelled",
+        T0,
+        "cancelled by admin",
+    )
     with pytest.raises(operations.OperationError, match="cancelled and cannot be cancelled"):
         operations.cancel(operation_id)
     with pytest.raises(operations.OperationNotFound):
@@ -561,8 +593,9 @@ STARTS = ["scheduled", "pending", "retrying", "running", "succeeded", "dead", "c
 def _op_in_state(state: str) -> int:
     """An operation brought to ``state`` through the services themselves."""
     steps = {"retrying": [("transient",)], "dead": [("permanent",)]}.get(state, [])
-    operation_id = new_op(f"in-{state}", *steps,
-                          run_at=T0 + timedelta(hours=1) if state in ("scheduled", "cancelled") else None)
+    operation_id = new_op(
+        f"in-{state}", *steps, run_at=T0 + timedelta(hours=1) if state in ("scheduled", "cancelled") else None
+    )
     if state in ("retrying", "succeeded", "dead"):
         engine.execute(operation_id, now=T0, clock=lambda: T0)
     elif state == "running":
@@ -592,7 +625,10 @@ def test_admin_actions_move_only_along_the_diagram(sqlite_app, start, action):
     except operations.OperationError:
         after = load(operation_id)
         assert (after.state, after.attempts, after.next_attempt_at) == (
-            before.state, before.attempts, before.next_attempt_at)
+            before.state,
+            before.attempts,
+            before.next_attempt_at,
+        )
         # Refused only when no allowed move exists for this action from here.
         assert start not in {"scheduled", "pending", "retrying"} or action == "retry"
         return
@@ -601,6 +637,7 @@ def test_admin_actions_move_only_along_the_diagram(sqlite_app, start, action):
 
 
 # --- the Huey side of the doorbell ------------------------------------------------------------
+
 
 def test_huey_gets_the_exact_utc_eta_whatever_the_local_time_zone(sqlite_app, tmp_path, monkeypatch):
     import time
@@ -638,11 +675,15 @@ def test_an_early_delivery_rings_again_for_the_due_time(app, bell):
         values = iter(times)
         return lambda: next(values)
 
-    result = run_and_reschedule(operation_id, lease=LEASE, clock=clock(due - timedelta(seconds=1), due - timedelta(seconds=0.5)))
+    result = run_and_reschedule(
+        operation_id, lease=LEASE, clock=clock(due - timedelta(seconds=1), due - timedelta(seconds=0.5))
+    )
     assert (result.outcome, bell.rings) == ("not_claimed", [(operation_id, due)])
 
     # Due time passed while this delivery looked: ring at once, don't drop it.
-    result = run_and_reschedule(operation_id, lease=LEASE, clock=clock(due - timedelta(milliseconds=1), due + timedelta(milliseconds=1)))
+    result = run_and_reschedule(
+        operation_id, lease=LEASE, clock=clock(due - timedelta(milliseconds=1), due + timedelta(milliseconds=1))
+    )
     assert (result.outcome, bell.rings[-1]) == ("not_claimed", (operation_id, None))
 
     # A cancelled operation is not rung for.
@@ -653,6 +694,7 @@ def test_an_early_delivery_rings_again_for_the_due_time(app, bell):
 
 
 # --- an interrupted worker gives its attempt back (tasks.runtime's SIGNAL_INTERRUPTED handler) ---
+
 
 def test_interrupted_attempt_is_put_back_without_using_it_up(app, bell):
     from tasks.runtime import put_back_running
@@ -667,7 +709,10 @@ def test_interrupted_attempt_is_put_back_without_using_it_up(app, bell):
     assert (operation.state, operation.attempts, operation.lease_expires_at) == ("pending", 0, None)
     [attempt] = attempts_of(operation_id)
     assert (attempt.outcome, attempt.error_class, attempt.error_message) == (
-        "interrupted", "Interrupted", "worker interrupted")
+        "interrupted",
+        "Interrupted",
+        "worker interrupted",
+    )
     assert bell.ids() == [operation_id]
     assert put_back_running(operation_id) is False  # nothing running any more
 
@@ -677,8 +722,11 @@ def test_an_interrupted_duplicate_delivery_leaves_another_workers_attempt_alone(
 
     operation_id = new_op("held-elsewhere")
     engine.claim(operation_id, now=T0)
-    db.session.execute(update(OperationAttempt).where(OperationAttempt.operation_id == operation_id)
-                       .values(worker="another-host:4242:Worker-1"))
+    db.session.execute(
+        update(OperationAttempt)
+        .where(OperationAttempt.operation_id == operation_id)
+        .values(worker="another-host:4242:Worker-1")
+    )
     db.session.commit()
 
     assert put_back_running(operation_id) is False
@@ -687,6 +735,7 @@ def test_an_interrupted_duplicate_delivery_leaves_another_workers_attempt_alone(
 
 
 # --- the reconciler ------------------------------------------------------------------------
+
 
 def test_reconciler_recovers_an_expired_lease_as_a_crashed_attempt(app, outcomes):
     operation_id = new_op("crash")
@@ -777,6 +826,7 @@ def test_recovery_works_in_bounded_batches(app):
 
 # --- periodic jobs under a lease -------------------------------------------------------------
 
+
 def test_second_concurrent_runner_gets_none_while_the_first_holds_the_lease(app):
     inside, release = threading.Event(), threading.Event()
     calls: list[str] = []
@@ -812,10 +862,15 @@ def test_a_crashed_holders_lease_is_taken_over_after_it_expires(app):
         ran.append(now)
         return "took over"
 
-    assert jobs.run_exclusive("job.crash", record, interval_seconds=60, lease_seconds=30,
-                              clock=lambda: T0 + timedelta(seconds=29)) is None
-    run = jobs.run_exclusive("job.crash", record, interval_seconds=60, lease_seconds=30,
-                             clock=lambda: T0 + timedelta(seconds=30))
+    assert (
+        jobs.run_exclusive(
+            "job.crash", record, interval_seconds=60, lease_seconds=30, clock=lambda: T0 + timedelta(seconds=29)
+        )
+        is None
+    )
+    run = jobs.run_exclusive(
+        "job.crash", record, interval_seconds=60, lease_seconds=30, clock=lambda: T0 + timedelta(seconds=30)
+    )
 
     assert run is not None and run.holder != "ghost" and run.summary == "took over"
     assert ran == [T0 + timedelta(seconds=30)]
@@ -831,12 +886,18 @@ def test_a_runner_that_waited_for_the_lease_does_not_run_the_job_again(app):
     def clock_of_b():
         calls["b"] += 1
         if calls["b"] == 2:  # B is about to take the lease: A gets there first and finishes
-            jobs.run_exclusive("job.race", lambda now: ran.append("a") or "a", interval_seconds=60,
-                               lease_seconds=30, clock=lambda: T0 + timedelta(seconds=1))
+            jobs.run_exclusive(
+                "job.race",
+                lambda now: ran.append("a") or "a",
+                interval_seconds=60,
+                lease_seconds=30,
+                clock=lambda: T0 + timedelta(seconds=1),
+            )
         return T0 + timedelta(seconds=calls["b"] * 0.001)
 
-    run = jobs.run_exclusive("job.race", lambda now: ran.append("b") or "b", interval_seconds=60,
-                             lease_seconds=30, clock=clock_of_b)
+    run = jobs.run_exclusive(
+        "job.race", lambda now: ran.append("b") or "b", interval_seconds=60, lease_seconds=30, clock=clock_of_b
+    )
 
     assert run is None and ran == ["a"]
     assert job_row("job.race").lease_holder is None and job_row("job.race").runs == 1
@@ -879,5 +940,9 @@ def test_a_failing_job_records_its_error_and_rolls_back_its_writes(app):
     assert (run.outcome, run.error, run.finished_at) == ("failed", "ValueError: sweep exploded", T0)
     job = job_row("job.broken")
     assert (job.last_error, job.last_finished_at, job.lease_holder, job.runs) == (
-        "ValueError: sweep exploded", T0, None, 1)
+        "ValueError: sweep exploded",
+        T0,
+        None,
+        1,
+    )
     assert job_row("written-by-broken-job") is None

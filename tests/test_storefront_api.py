@@ -20,9 +20,14 @@ SESSIONS = "/v1/checkout/sessions"
 @pytest.fixture
 def api_app(backend, httpserver):
     """App on both backends whose Stripe client talks to the local stand-in."""
-    app = make_app(backend, STRIPE_SECRET_KEY="sk_test_backstop_51", STRIPE_MAX_NETWORK_RETRIES=0,
-                   STRIPE_TIMEOUT_SECONDS=1.0, STRIPE_API_BASE=httpserver.url_for("/").rstrip("/"),
-                   PUBLIC_BASE_URL="https://shop.example.com")
+    app = make_app(
+        backend,
+        STRIPE_SECRET_KEY="sk_test_backstop_51",
+        STRIPE_MAX_NETWORK_RETRIES=0,
+        STRIPE_TIMEOUT_SECONDS=1.0,
+        STRIPE_API_BASE=httpserver.url_for("/").rstrip("/"),
+        PUBLIC_BASE_URL="https://shop.example.com",
+    )
     with inside(app):
         yield app
 
@@ -42,8 +47,9 @@ class Api:
 
     def post(self, path, json=None, *, headers=None, **kwargs):
         """POST JSON with the token."""
-        return self.client.post(path, json=json, headers={"Authorization": f"Bearer {self.token}", **(headers or {})},
-                                **kwargs)
+        return self.client.post(
+            path, json=json, headers={"Authorization": f"Bearer {self.token}", **(headers or {})}, **kwargs
+        )
 
     def get(self, path, **kwargs):
         """GET with the token."""
@@ -52,11 +58,18 @@ class Api:
 
 def session_answer(session_id="cs_test_a1b2c3"):
     """What Stripe answers for a created Checkout Session (abridged)."""
-    return {"id": session_id, "object": "checkout.session", "mode": "payment", "status": "open",
-            "payment_status": "unpaid", "url": f"https://checkout.stripe.com/c/pay/{session_id}"}
+    return {
+        "id": session_id,
+        "object": "checkout.session",
+        "mode": "payment",
+        "status": "open",
+        "payment_status": "unpaid",
+        "url": f"https://checkout.stripe.com/c/pay/{session_id}",
+    }
 
 
 # --- authentication -----------------------------------------------------------------------------
+
 
 def test_requests_without_a_valid_storefront_token_are_401(api_app):
     app_client = api_app.test_client()
@@ -64,8 +77,13 @@ def test_requests_without_a_valid_storefront_token_are_401(api_app):
     revoked = tokens.create_token("old shop", "storefront")
     tokens.revoke_token(revoked.token.id)
 
-    for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": f"Basic {revoked.raw}"},
-                    {"Authorization": f"Bearer {admin_token}"}, {"Authorization": f"Bearer {revoked.raw}"}):
+    for headers in (
+        {},
+        {"Authorization": "Bearer nope"},
+        {"Authorization": f"Basic {revoked.raw}"},
+        {"Authorization": f"Bearer {admin_token}"},
+        {"Authorization": f"Bearer {revoked.raw}"},
+    ):
         response = app_client.post("/api/customers", json={"email": "a@example.com", "name": "A"}, headers=headers)
         assert response.status_code == 401, headers
         assert response.get_json()["error"] == "unauthorized"
@@ -85,6 +103,7 @@ def test_tokens_are_stored_hashed_and_record_use(client):
 
 
 # --- customers ----------------------------------------------------------------------------------
+
 
 def test_create_customer_queues_a_welcome_email(client):
     response = client.post("/api/customers", json={"email": "Grace@Example.COM", "name": " Grace Hopper "})
@@ -110,13 +129,16 @@ def test_duplicate_customer_email_is_409(client):
     assert len(shop.operations("email.welcome")) == 1
 
 
-@pytest.mark.parametrize("payload, fields", [
-    ({}, {"email", "name"}),
-    ({"email": "not-an-address", "name": "X"}, {"email"}),
-    ({"email": "x@example.com", "name": ""}, {"name"}),
-    ({"email": 42, "name": ["x"]}, {"email", "name"}),
-    ({"email": "x@example.com", "name": "n" * 201}, {"name"}),
-])
+@pytest.mark.parametrize(
+    "payload, fields",
+    [
+        ({}, {"email", "name"}),
+        ({"email": "not-an-address", "name": "X"}, {"email"}),
+        ({"email": "x@example.com", "name": ""}, {"name"}),
+        ({"email": 42, "name": ["x"]}, {"email", "name"}),
+        ({"email": "x@example.com", "name": "n" * 201}, {"name"}),
+    ],
+)
 def test_invalid_customer_fields_are_422_per_field(client, payload, fields):
     response = client.post("/api/customers", json=payload)
 
@@ -130,8 +152,9 @@ def test_bad_bodies_get_precise_4xx(client):
     auth = {"Authorization": f"Bearer {client.token}"}
     raw = client.client
 
-    form = raw.post("/api/customers", data="email=a@example.com", headers=auth,
-                    content_type="application/x-www-form-urlencoded")
+    form = raw.post(
+        "/api/customers", data="email=a@example.com", headers=auth, content_type="application/x-www-form-urlencoded"
+    )
     broken = raw.post("/api/customers", data='{"email": ', headers=auth, content_type="application/json")
     array = raw.post("/api/customers", data="[]", headers=auth, content_type="application/json")
     wrong_method = raw.delete("/api/customers", headers=auth)
@@ -147,12 +170,14 @@ def test_json_nested_past_the_recursion_limit_is_400_not_500(client):
     deep = "[" * 5000 + "]" * 5000
 
     for path in ("/api/customers", "/api/purchases"):
-        response = client.client.post(path, data=deep, content_type="application/json",
-                                       headers={"Authorization": f"Bearer {client.token}"})
+        response = client.client.post(
+            path, data=deep, content_type="application/json", headers={"Authorization": f"Bearer {client.token}"}
+        )
         assert (response.status_code, response.get_json()["error"]) == (400, "malformed_json")
 
 
 # --- purchases: validation and credits ----------------------------------------------------------
+
 
 def test_purchase_validation_reports_every_field(client):
     shop.add_product(sku="retired", active=False)
@@ -160,20 +185,23 @@ def test_purchase_validation_reports_every_field(client):
     customer = shop.add_customer()
 
     empty = client.post("/api/purchases", json={})
-    wrong = client.post("/api/purchases", json={"customer_id": "7", "product_sku": "retired",
-                                                 "payment_method": "cash"})
-    missing = client.post("/api/purchases", json={"customer_id": 999, "product_sku": "nope",
-                                                   "payment_method": "card"})
-    pack_with_credits = client.post("/api/purchases", json={"customer_id": customer.id, "product_sku": "credits-10",
-                                                             "payment_method": "credits"})
+    wrong = client.post("/api/purchases", json={"customer_id": "7", "product_sku": "retired", "payment_method": "cash"})
+    missing = client.post("/api/purchases", json={"customer_id": 999, "product_sku": "nope", "payment_method": "card"})
+    pack_with_credits = client.post(
+        "/api/purchases", json={"customer_id": customer.id, "product_sku": "credits-10", "payment_method": "credits"}
+    )
 
     assert empty.status_code == wrong.status_code == missing.status_code == pack_with_credits.status_code == 422
     assert set(empty.get_json()["fields"]) == {"customer_id", "product_sku", "payment_method"}
-    assert wrong.get_json()["fields"] == {"customer_id": "must be a positive integer",
-                                          "product_sku": "product 'retired' is no longer sold",
-                                          "payment_method": "must be one of card, credits"}
-    assert missing.get_json()["fields"] == {"customer_id": "no customer has id 999",
-                                            "product_sku": "no product has sku 'nope'"}
+    assert wrong.get_json()["fields"] == {
+        "customer_id": "must be a positive integer",
+        "product_sku": "product 'retired' is no longer sold",
+        "payment_method": "must be one of card, credits",
+    }
+    assert missing.get_json()["fields"] == {
+        "customer_id": "no customer has id 999",
+        "product_sku": "no product has sku 'nope'",
+    }
     assert set(pack_with_credits.get_json()["fields"]) == {"payment_method"}
     assert shop.count(Purchase) == 0
 
@@ -182,8 +210,9 @@ def test_credits_purchase_deducts_completes_and_confirms_in_one_go(client):
     customer = shop.add_customer(balance=3000)
     shop.add_product(sku="lead-1", price=2500)
 
-    response = client.post("/api/purchases", json={"customer_id": customer.id, "product_sku": "lead-1",
-                                                    "payment_method": "credits"})
+    response = client.post(
+        "/api/purchases", json={"customer_id": customer.id, "product_sku": "lead-1", "payment_method": "credits"}
+    )
 
     assert response.status_code == 201
     body = response.get_json()
@@ -229,13 +258,15 @@ def test_concurrent_credit_purchases_never_overdraw(api_app, client):
 
 # --- purchases by card, through the Stripe stand-in ---------------------------------------------
 
+
 def test_card_purchase_creates_a_checkout_session(client, httpserver):
     customer = shop.add_customer()
     shop.add_product(sku="lead-1", price=2500, name="Lead: Acme")
     httpserver.expect_request(SESSIONS, method="POST").respond_with_json(session_answer())
 
-    response = client.post("/api/purchases", json={"customer_id": customer.id, "product_sku": "lead-1",
-                                                    "payment_method": "card"})
+    response = client.post(
+        "/api/purchases", json={"customer_id": customer.id, "product_sku": "lead-1", "payment_method": "card"}
+    )
 
     assert response.status_code == 201, response.get_json()
     body = response.get_json()
@@ -243,7 +274,7 @@ def test_card_purchase_creates_a_checkout_session(client, httpserver):
     assert body["checkout_url"] == "https://checkout.stripe.com/c/pay/cs_test_a1b2c3"
     stored = shop.purchase(body["id"])
     assert stored.stripe_checkout_session_id == "cs_test_a1b2c3"
-    (request, _), = httpserver.log
+    ((request, _),) = httpserver.log
     assert request.headers["Authorization"] == "Bearer sk_test_backstop_51"
     assert request.headers["Idempotency-Key"] == f"backstop-checkout-purchase-{body['id']}"
     form = parse_qs(request.get_data(as_text=True))
@@ -256,21 +287,30 @@ def test_card_purchase_creates_a_checkout_session(client, httpserver):
     assert shop.email_operations(body["id"]) == []  # nothing to confirm until Stripe says it is paid
 
 
-@pytest.mark.parametrize("status, error, expected", [
-    (400, {"type": "invalid_request_error", "code": "parameter_invalid", "message": "Invalid currency: usd"},
-     "InvalidRequestError HTTP 400 parameter_invalid: Invalid currency: usd"),
-    (401, {"type": "invalid_request_error", "message": "Invalid API Key provided: sk_test_****_51"},
-     "AuthenticationError HTTP 401"),
-    (500, {"type": "api_error", "message": "Something went wrong on Stripe's end."},
-     "APIError HTTP 500"),
-])
+@pytest.mark.parametrize(
+    "status, error, expected",
+    [
+        (
+            400,
+            {"type": "invalid_request_error", "code": "parameter_invalid", "message": "Invalid currency: usd"},
+            "InvalidRequestError HTTP 400 parameter_invalid: Invalid currency: usd",
+        ),
+        (
+            401,
+            {"type": "invalid_request_error", "message": "Invalid API Key provided: sk_test_****_51"},
+            "AuthenticationError HTTP 401",
+        ),
+        (500, {"type": "api_error", "message": "Something went wrong on Stripe's end."}, "APIError HTTP 500"),
+    ],
+)
 def test_stripe_error_answers_502_and_fails_the_purchase(client, httpserver, status, error, expected):
     customer = shop.add_customer()
     shop.add_product(sku="lead-1")
     httpserver.expect_request(SESSIONS, method="POST").respond_with_json({"error": error}, status=status)
 
-    response = client.post("/api/purchases", json={"customer_id": customer.id, "product_sku": "lead-1",
-                                                    "payment_method": "card"})
+    response = client.post(
+        "/api/purchases", json={"customer_id": customer.id, "product_sku": "lead-1", "payment_method": "card"}
+    )
 
     assert response.status_code == 502
     body = response.get_json()
@@ -291,8 +331,9 @@ def test_stripe_timeout_answers_502(client, httpserver):
 
     httpserver.expect_request(SESSIONS, method="POST").respond_with_handler(hang)
     try:
-        response = client.post("/api/purchases", json={"customer_id": customer.id, "product_sku": "lead-1",
-                                                        "payment_method": "card"})
+        response = client.post(
+            "/api/purchases", json={"customer_id": customer.id, "product_sku": "lead-1", "payment_method": "card"}
+        )
     finally:
         release.set()
 
@@ -308,8 +349,10 @@ def test_card_payments_unconfigured_is_503_and_writes_nothing(backend):
         customer = shop.add_customer()
         shop.add_product(sku="lead-1")
         response = app.test_client().post(
-            "/api/purchases", json={"customer_id": customer.id, "product_sku": "lead-1", "payment_method": "card"},
-            headers={"Authorization": f"Bearer {raw}"})
+            "/api/purchases",
+            json={"customer_id": customer.id, "product_sku": "lead-1", "payment_method": "card"},
+            headers={"Authorization": f"Bearer {raw}"},
+        )
         assert response.status_code == 503 and response.get_json()["error"] == "payments_unavailable"
         assert shop.count(Purchase) == 0
         db.session.remove()
@@ -317,6 +360,7 @@ def test_card_payments_unconfigured_is_503_and_writes_nothing(backend):
 
 
 # --- Idempotency-Key ------------------------------------------------------------------------------
+
 
 def test_idempotency_key_replays_the_first_answer(client, httpserver):
     customer = shop.add_customer(balance=10_000)
@@ -425,7 +469,8 @@ def test_stripe_failure_is_replayed_not_retried_with_the_same_key(client, httpse
     customer = shop.add_customer()
     shop.add_product(sku="lead-1")
     httpserver.expect_request(SESSIONS, method="POST").respond_with_json(
-        {"error": {"type": "api_error", "message": "boom"}}, status=500)
+        {"error": {"type": "api_error", "message": "boom"}}, status=500
+    )
     order = {"customer_id": customer.id, "product_sku": "lead-1", "payment_method": "card"}
 
     first = client.post("/api/purchases", json=order, headers={"Idempotency-Key": "k"})
@@ -438,9 +483,11 @@ def test_stripe_failure_is_replayed_not_retried_with_the_same_key(client, httpse
 
 # --- reading a purchase ---------------------------------------------------------------------------
 
+
 def test_get_purchase_shows_status_amounts_and_fulfilment(client):
-    purchase = shop.add_purchase(shop.add_customer(), shop.add_product(sku="lead-9", price=1234),
-                                 status="completed", fulfilment_status="failing")
+    purchase = shop.add_purchase(
+        shop.add_customer(), shop.add_product(sku="lead-9", price=1234), status="completed", fulfilment_status="failing"
+    )
 
     found = client.get(f"/api/purchases/{purchase.id}")
     missing = client.get("/api/purchases/999999")

@@ -68,22 +68,26 @@ def process(event_id: str, *, at=None):
 
 # --- the signature matrix ---------------------------------------------------------------------
 
+
 def _checkout_body():
     return signing.body_of(shop.event_for("checkout.session.completed", None))
 
 
-@pytest.mark.parametrize("case, make_header, status, reason", [
-    ("valid", lambda b: signing.header(b, OLD), 200, None),
-    ("rotated second secret", lambda b: signing.header(b, NEW), 200, None),
-    ("several v1, one valid", lambda b: signing.header(b, "whsec_wrong", NEW), 200, None),
-    ("wrong secret", lambda b: signing.header(b, "whsec_not_ours"), 400, "invalid_signature"),
-    ("stale timestamp", lambda b: signing.header(b, OLD, timestamp=int(time.time()) - 301), 400, "stale_timestamp"),
-    ("v0 only", lambda b: signing.header(b, OLD, scheme="v0"), 400, "invalid_signature"),
-    ("no timestamp", lambda b: signing.header(b, OLD).split(",", 1)[1], 400, "invalid_signature"),
-    ("garbage header", lambda b: "this is not a signature", 400, "invalid_signature"),
-    ("empty header", lambda b: "", 400, "missing_signature"),
-    ("missing header", lambda b: None, 400, "missing_signature"),
-])
+@pytest.mark.parametrize(
+    "case, make_header, status, reason",
+    [
+        ("valid", lambda b: signing.header(b, OLD), 200, None),
+        ("rotated second secret", lambda b: signing.header(b, NEW), 200, None),
+        ("several v1, one valid", lambda b: signing.header(b, "whsec_wrong", NEW), 200, None),
+        ("wrong secret", lambda b: signing.header(b, "whsec_not_ours"), 400, "invalid_signature"),
+        ("stale timestamp", lambda b: signing.header(b, OLD, timestamp=int(time.time()) - 301), 400, "stale_timestamp"),
+        ("v0 only", lambda b: signing.header(b, OLD, scheme="v0"), 400, "invalid_signature"),
+        ("no timestamp", lambda b: signing.header(b, OLD).split(",", 1)[1], 400, "invalid_signature"),
+        ("garbage header", lambda b: "this is not a signature", 400, "invalid_signature"),
+        ("empty header", lambda b: "", 400, "missing_signature"),
+        ("missing header", lambda b: None, 400, "missing_signature"),
+    ],
+)
 def test_signature_matrix(sqlite_hook_app, case, make_header, status, reason):
     body = _checkout_body()
     response = post(sqlite_hook_app, body, make_header(body))
@@ -111,21 +115,24 @@ def test_tampered_body_is_rejected(sqlite_hook_app):
     assert shop.count(StripeEvent) == 0
 
 
-@pytest.mark.parametrize("body, message", [
-    ("not json at all", "not JSON"),
-    ("[1, 2, 3]", "not a JSON object"),
-    ('{"object": "event", "type": "checkout.session.completed", "data": {"object": {}}}', "no valid id"),
-    ('{"id": "evt_1", "object": "event", "type": "charge.refunded"}', "no data.object"),
-    ('{"id": "evt_1", "object": "charge", "type": "x", "data": {"object": {}}}', "not a Stripe event"),
-    ('{"id": "evt_1", "object": "event", "type": "charge.refunded", "data": {"object": "ch_1"}}', "no data.object"),
-    ('{"id": "evt_1", "object": "event", "type": "charge.refunded", "data": []}', "no data.object"),
-    ('{"id": "evt_\\u0000", "type": "charge.refunded", "data": {"object": {}}}', "no valid id"),
-    ('{"id": "evt_\\ud800", "type": "charge.refunded", "data": {"object": {}}}', "no valid id"),
-    ('{"id": "evt_1", "type": "charge.\\u0000", "data": {"object": {}}}', "no valid type"),
-    ('{"id": "evt_1", "type": "charge.refunded", "data": {"object": {"id": "ch_\\u0000"}}}', "invalid id"),
-    ('{"id": "evt_1", "type": "charge.refunded", "data": {"object": {"id": 7}}}', "invalid id"),
-    pytest.param("[" * 2000 + "]" * 2000, "not JSON", id="nested deeper than the recursion limit"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("not json at all", "not JSON"),
+        ("[1, 2, 3]", "not a JSON object"),
+        ('{"object": "event", "type": "checkout.session.completed", "data": {"object": {}}}', "no valid id"),
+        ('{"id": "evt_1", "object": "event", "type": "charge.refunded"}', "no data.object"),
+        ('{"id": "evt_1", "object": "charge", "type": "x", "data": {"object": {}}}', "not a Stripe event"),
+        ('{"id": "evt_1", "object": "event", "type": "charge.refunded", "data": {"object": "ch_1"}}', "no data.object"),
+        ('{"id": "evt_1", "object": "event", "type": "charge.refunded", "data": []}', "no data.object"),
+        ('{"id": "evt_\\u0000", "type": "charge.refunded", "data": {"object": {}}}', "no valid id"),
+        ('{"id": "evt_\\ud800", "type": "charge.refunded", "data": {"object": {}}}', "no valid id"),
+        ('{"id": "evt_1", "type": "charge.\\u0000", "data": {"object": {}}}', "no valid type"),
+        ('{"id": "evt_1", "type": "charge.refunded", "data": {"object": {"id": "ch_\\u0000"}}}', "invalid id"),
+        ('{"id": "evt_1", "type": "charge.refunded", "data": {"object": {"id": 7}}}', "invalid id"),
+        pytest.param("[" * 2000 + "]" * 2000, "not JSON", id="nested deeper than the recursion limit"),
+    ],
+)
 def test_signed_body_that_is_not_an_event_is_400(sqlite_hook_app, body, message):
     response = post(sqlite_hook_app, body, signing.header(body, OLD))
 
@@ -167,10 +174,18 @@ def test_oversize_chunked_body_is_413_by_what_was_read(sqlite_hook_app):
     with serve(sqlite_hook_app) as base:
         url = urlparse(base)
         conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
-        chunks = (body[i:i + 1000] for i in range(0, len(body), 1000))
-        conn.request("POST", "/webhooks/stripe", body=chunks, encode_chunked=True,
-                     headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked",
-                              "Stripe-Signature": signing.header(body, OLD)})
+        chunks = (body[i : i + 1000] for i in range(0, len(body), 1000))
+        conn.request(
+            "POST",
+            "/webhooks/stripe",
+            body=chunks,
+            encode_chunked=True,
+            headers={
+                "Content-Type": "application/json",
+                "Transfer-Encoding": "chunked",
+                "Stripe-Signature": signing.header(body, OLD),
+            },
+        )
         response = conn.getresponse()
         status = response.status
         conn.close()
@@ -213,8 +228,14 @@ def test_replayed_event_answers_200_and_adds_nothing(hook_app):
 
 
 def test_unhandled_event_types_are_stored_and_ignored(hook_app):
-    event = {"id": "evt_customer_1", "object": "event", "type": "customer.created", "api_version": "2024-06-20",
-             "livemode": False, "data": {"object": {"id": "cus_1", "object": "customer"}}}
+    event = {
+        "id": "evt_customer_1",
+        "object": "event",
+        "type": "customer.created",
+        "api_version": "2024-06-20",
+        "livemode": False,
+        "data": {"object": {"id": "cus_1", "object": "customer"}},
+    }
 
     response = deliver(hook_app, event)
 
@@ -226,8 +247,14 @@ def test_unhandled_event_types_are_stored_and_ignored(hook_app):
 
 def test_database_unavailable_is_503_so_stripe_retries():
     """PostgreSQL that refuses connections: the event is not stored, so it is not acknowledged."""
-    app = create_app({"TESTING": True, "BACKSTOP_ENV": "test", "STRIPE_WEBHOOK_SECRET": OLD,
-                      "SQLALCHEMY_DATABASE_URI": "postgresql+psycopg://postgres@127.0.0.1:1/nowhere"})
+    app = create_app(
+        {
+            "TESTING": True,
+            "BACKSTOP_ENV": "test",
+            "STRIPE_WEBHOOK_SECRET": OLD,
+            "SQLALCHEMY_DATABASE_URI": "postgresql+psycopg://postgres@127.0.0.1:1/nowhere",
+        }
+    )
     with app.app_context():
         body = _checkout_body()
         response = post(app, body, signing.header(body, OLD))
@@ -244,14 +271,18 @@ def test_wrong_method_is_json_405(sqlite_hook_app):
 
 # --- handlers, run in-process with an injected clock ---------------------------------------------
 
+
 def test_checkout_completed_completes_once_and_queues_one_confirmation(hook_app):
     customer = shop.add_customer()
     purchase = shop.add_purchase(customer, shop.add_product(name="Lead: Acme Corp"))
     first = shop.event_for("checkout.session.completed", purchase)
     # A distinct event object for the same session and type must not apply twice.
-    second = shop.event_for("checkout.session.completed", purchase,
-                            session_id=first["data"]["object"]["id"],
-                            payment_intent_id=first["data"]["object"]["payment_intent"])
+    second = shop.event_for(
+        "checkout.session.completed",
+        purchase,
+        session_id=first["data"]["object"]["id"],
+        payment_intent_id=first["data"]["object"]["payment_intent"],
+    )
     assert deliver(hook_app, first).status_code == deliver(hook_app, second).status_code == 200
     at = utcnow()
 
@@ -302,11 +333,14 @@ def test_unpaid_completion_waits_for_async_payment(hook_app):
     assert len(shop.email_operations(purchase.id)) == 1
 
 
-@pytest.mark.parametrize("event_type, status, reason", [
-    ("checkout.session.expired", "expired", "the checkout session expired before payment"),
-    ("checkout.session.async_payment_failed", "failed", "the delayed payment failed"),
-    ("payment_intent.payment_failed", "failed", "Your card was declined."),
-])
+@pytest.mark.parametrize(
+    "event_type, status, reason",
+    [
+        ("checkout.session.expired", "expired", "the checkout session expired before payment"),
+        ("checkout.session.async_payment_failed", "failed", "the delayed payment failed"),
+        ("payment_intent.payment_failed", "failed", "Your card was declined."),
+    ],
+)
 def test_failed_payments_mark_the_purchase_and_tell_the_customer(hook_app, event_type, status, reason):
     purchase = shop.add_purchase(shop.add_customer(), shop.add_product())
     event = shop.event_for(event_type, purchase)
@@ -324,8 +358,7 @@ def test_failed_payments_mark_the_purchase_and_tell_the_customer(hook_app, event
 def test_declined_card_then_successful_retry_completes(hook_app):
     purchase = shop.add_purchase(shop.add_customer(), shop.add_product())
     declined = shop.event_for("payment_intent.payment_failed", purchase)
-    paid = shop.event_for("checkout.session.completed", purchase,
-                          payment_intent_id=declined["data"]["object"]["id"])
+    paid = shop.event_for("checkout.session.completed", purchase, payment_intent_id=declined["data"]["object"]["id"])
     for event in (declined, paid):
         deliver(hook_app, event)
         process(event["id"])
@@ -335,8 +368,13 @@ def test_declined_card_then_successful_retry_completes(hook_app):
 
 
 def test_partial_then_full_refund_each_notified_once(hook_app):
-    purchase = shop.add_purchase(shop.add_customer(), shop.add_product(price=2500), status="completed",
-                                 stripe_payment_intent_id="pi_test_refunds", completed_at=utcnow())
+    purchase = shop.add_purchase(
+        shop.add_customer(),
+        shop.add_product(price=2500),
+        status="completed",
+        stripe_payment_intent_id="pi_test_refunds",
+        completed_at=utcnow(),
+    )
     partial = shop.event_for("charge.refunded", purchase, amount_refunded=1000, payment_intent_id="pi_test_refunds")
     stale_copy = shop.event_for("charge.refunded", purchase, amount_refunded=1000, payment_intent_id="pi_test_refunds")
     full = shop.event_for("charge.refunded", purchase, amount_refunded=2500, payment_intent_id="pi_test_refunds")
@@ -386,8 +424,9 @@ def test_credit_pack_refund_takes_back_the_refunded_share_of_its_credits(hook_ap
 
     assert shop.customer(customer.id).credit_balance_cents == 0
     refunds = [e for e in shop.email_operations(purchase.id) if e.name == "email.refund_notification"]
-    assert [(e.payload["context"]["credits_removed"], e.payload["context"]["credits_already_spent"])
-            for e in refunds] == [(1666, 0), (3334, 0)]
+    assert [
+        (e.payload["context"]["credits_removed"], e.payload["context"]["credits_already_spent"]) for e in refunds
+    ] == [(1666, 0), (3334, 0)]
 
 
 def test_credit_pack_refund_never_takes_the_balance_below_zero(hook_app):
@@ -414,8 +453,13 @@ def test_credit_pack_refund_never_takes_the_balance_below_zero(hook_app):
 
 def test_lead_refund_leaves_the_credit_balance_alone(hook_app):
     customer = shop.add_customer(balance=700)
-    purchase = shop.add_purchase(customer, shop.add_product(price=2500), status="completed",
-                                 stripe_payment_intent_id="pi_pack", completed_at=utcnow())
+    purchase = shop.add_purchase(
+        customer,
+        shop.add_product(price=2500),
+        status="completed",
+        stripe_payment_intent_id="pi_pack",
+        completed_at=utcnow(),
+    )
     [full] = _refund_events(hook_app, purchase, 2500)
 
     process(full)
@@ -427,8 +471,13 @@ def test_lead_refund_leaves_the_credit_balance_alone(hook_app):
 
 
 def test_refund_found_by_payment_intent_without_metadata(hook_app):
-    purchase = shop.add_purchase(shop.add_customer(), shop.add_product(), status="completed",
-                                 stripe_payment_intent_id="pi_test_lookup", completed_at=utcnow())
+    purchase = shop.add_purchase(
+        shop.add_customer(),
+        shop.add_product(),
+        status="completed",
+        stripe_payment_intent_id="pi_test_lookup",
+        completed_at=utcnow(),
+    )
     event = shop.event_for("charge.refunded", None, payment_intent_id="pi_test_lookup")
     event["data"]["object"]["amount"] = event["data"]["object"]["amount_refunded"] = 2500
     deliver(hook_app, event)
@@ -441,8 +490,9 @@ def test_refund_found_by_payment_intent_without_metadata(hook_app):
 def test_refund_before_completion_defers_then_applies(hook_app):
     purchase = shop.add_purchase(shop.add_customer(), shop.add_product())
     refund = shop.event_for("charge.refunded", purchase)
-    completion = shop.event_for("checkout.session.completed", purchase,
-                                payment_intent_id=refund["data"]["object"]["payment_intent"])
+    completion = shop.event_for(
+        "checkout.session.completed", purchase, payment_intent_id=refund["data"]["object"]["payment_intent"]
+    )
     deliver(hook_app, refund)
     deliver(hook_app, completion)
     t0 = utcnow()
@@ -462,7 +512,9 @@ def test_refund_before_completion_defers_then_applies(hook_app):
     assert late.outcome == "succeeded"
     assert shop.purchase(purchase.id).status == "refunded"
     assert sorted(e.name for e in shop.email_operations(purchase.id)) == [
-        "email.lead_purchase_confirmation", "email.refund_notification"]
+        "email.lead_purchase_confirmation",
+        "email.refund_notification",
+    ]
 
 
 def test_refund_that_never_becomes_applicable_dead_letters_with_a_reason(hook_app):
@@ -507,8 +559,17 @@ def test_dead_webhook_processing_is_recovered_by_an_admin_retry(hook_app):
     assert shop.event(event["id"]).processing_state == "failed"
     # The missing purchase turns up (say, restored from a backup).
     customer, product = shop.add_customer(), shop.add_product()
-    db.session.add(shop.Purchase(id=4242, customer_id=customer.id, product_id=product.id, payment_method="card",
-                                 status="pending", amount_cents=2500, currency="usd"))
+    db.session.add(
+        shop.Purchase(
+            id=4242,
+            customer_id=customer.id,
+            product_id=product.id,
+            payment_method="card",
+            status="pending",
+            amount_cents=2500,
+            currency="usd",
+        )
+    )
     db.session.commit()
 
     operations.retry_dead(op_id, by="admin@example.com")
@@ -522,26 +583,36 @@ def test_dead_webhook_processing_is_recovered_by_an_admin_retry(hook_app):
 def _store_raw_event(event_id: str, event_type: str, payload: str) -> int:
     """Store an event row and its operation directly, as an older intake or a hand fix might have."""
     now = utcnow()
-    db.session.add(StripeEvent(id=event_id, type=event_type, payload=payload, received_at=now,
-                               processing_state="received"))
-    operation = operations.create_operation(f"stripe.{event_type}", {"event_id": event_id, "type": event_type},
-                                            idempotency_key=f"stripe-event:{event_id}", now=now)
+    db.session.add(
+        StripeEvent(id=event_id, type=event_type, payload=payload, received_at=now, processing_state="received")
+    )
+    operation = operations.create_operation(
+        f"stripe.{event_type}",
+        {"event_id": event_id, "type": event_type},
+        idempotency_key=f"stripe-event:{event_id}",
+        now=now,
+    )
     db.session.flush()
     db.session.get(StripeEvent, event_id).operation_id = operation.id
     db.session.commit()
     return operation.id
 
 
-@pytest.mark.parametrize("event_type", ["checkout.session.completed", "checkout.session.expired",
-                                        "payment_intent.payment_failed", "charge.refunded"])
-@pytest.mark.parametrize("payload, reason", [
-    ('{"id": "evt_x", "object": "event", "type": "T"}', "has no data.object"),
-    ('{"id": "evt_x", "object": "event", "type": "T", "data": {"object": null}}', "has no data.object"),
-    ('{"id": "evt_x", "object": "event", "type": "T", "data": "oops"}', "has no data.object"),
-    ("[1, 2]", "has no data.object"),
-    ("{not json", "is not valid JSON"),
-    ("", "has no body"),
-])
+@pytest.mark.parametrize(
+    "event_type",
+    ["checkout.session.completed", "checkout.session.expired", "payment_intent.payment_failed", "charge.refunded"],
+)
+@pytest.mark.parametrize(
+    "payload, reason",
+    [
+        ('{"id": "evt_x", "object": "event", "type": "T"}', "has no data.object"),
+        ('{"id": "evt_x", "object": "event", "type": "T", "data": {"object": null}}', "has no data.object"),
+        ('{"id": "evt_x", "object": "event", "type": "T", "data": "oops"}', "has no data.object"),
+        ("[1, 2]", "has no data.object"),
+        ("{not json", "is not valid JSON"),
+        ("", "has no body"),
+    ],
+)
 def test_stored_event_without_an_object_dead_letters_with_a_reason(hook_app, event_type, payload, reason):
     """Signed-but-malformed shapes that got stored anyway never raise KeyError inside a handler:
     the first attempt dead-letters (permanent, nothing to retry) with a sentence an admin can read."""
@@ -584,14 +655,35 @@ def test_rejection_counts_accumulate_by_reason(sqlite_hook_app):
 
 # --- the CLI ------------------------------------------------------------------------------------
 
+
 def test_send_event_cli_signs_like_stripe_and_the_app_accepts_it(sqlite_hook_app):
     purchase = shop.add_purchase(shop.add_customer(), shop.add_product())
     runner = sqlite_hook_app.test_cli_runner()
     with serve(sqlite_hook_app) as base:
-        sent = runner.invoke(args=["stripe", "send-event", "checkout.session.completed",
-                                   "--url", f"{base}/webhooks/stripe", "--purchase-id", str(purchase.id)])
-        forged = runner.invoke(args=["stripe", "send-event", "charge.refunded", "--url", f"{base}/webhooks/stripe",
-                                     "--purchase-id", str(purchase.id), "--secret", "whsec_not_ours"])
+        sent = runner.invoke(
+            args=[
+                "stripe",
+                "send-event",
+                "checkout.session.completed",
+                "--url",
+                f"{base}/webhooks/stripe",
+                "--purchase-id",
+                str(purchase.id),
+            ]
+        )
+        forged = runner.invoke(
+            args=[
+                "stripe",
+                "send-event",
+                "charge.refunded",
+                "--url",
+                f"{base}/webhooks/stripe",
+                "--purchase-id",
+                str(purchase.id),
+                "--secret",
+                "whsec_not_ours",
+            ]
+        )
 
     assert sent.exit_code == 0, sent.output
     assert "HTTP 200" in sent.output
@@ -614,10 +706,36 @@ def test_token_and_product_commands(sqlite_hook_app):
     revoked = runner.invoke(args=["tokens", "revoke", str(token_id)])
     assert revoked.exit_code == 0 and tokens.authenticate(raw, "storefront") is None
 
-    added = runner.invoke(args=["products", "add", "credits-50", "--name", "50 credits", "--kind", "credits",
-                                "--price-cents", "4500", "--credits", "5000"])
-    duplicate = runner.invoke(args=["products", "add", "credits-50", "--name", "again", "--kind", "credits",
-                                    "--price-cents", "4500", "--credits", "5000"])
+    added = runner.invoke(
+        args=[
+            "products",
+            "add",
+            "credits-50",
+            "--name",
+            "50 credits",
+            "--kind",
+            "credits",
+            "--price-cents",
+            "4500",
+            "--credits",
+            "5000",
+        ]
+    )
+    duplicate = runner.invoke(
+        args=[
+            "products",
+            "add",
+            "credits-50",
+            "--name",
+            "again",
+            "--kind",
+            "credits",
+            "--price-cents",
+            "4500",
+            "--credits",
+            "5000",
+        ]
+    )
     bad = runner.invoke(args=["products", "add", "pack", "--name", "x", "--kind", "credits", "--price-cents", "0"])
     runner.invoke(args=["products", "deactivate", "credits-50"])
     products = runner.invoke(args=["products", "list"])

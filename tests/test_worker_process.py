@@ -8,10 +8,10 @@ from statistics import mean
 from sqlalchemy import select
 
 from tests.support.polling import wait_for
+from tests.support.reads import attempts_of, detached, load
 from webapp.extensions import db
 from webapp.models import JobRun, Operation
 from webapp.services import operations
-from tests.support.reads import attempts_of, detached, load  # noqa: F401
 
 TERMINAL = {"succeeded", "dead", "cancelled"}
 
@@ -23,8 +23,11 @@ def create(name: str, key: str, **payload) -> int:
 
 
 def wait_state(operation_id: int, states, timeout: float = 30) -> Operation:
-    return wait_for(lambda: (op := load(operation_id)).state in states and op,
-                    timeout=timeout, message=f"operation {operation_id} to reach {states}")
+    return wait_for(
+        lambda: (op := load(operation_id)).state in states and op,
+        timeout=timeout,
+        message=f"operation {operation_id} to reach {states}",
+    )
 
 
 def blocking_op(tmp_path, key: str):
@@ -84,8 +87,10 @@ def test_sigint_interrupts_and_the_operation_is_put_back_for_the_next_worker(app
 def test_idle_sqlite_worker_picks_up_new_work_within_half_a_second(sqlite_app, sqlite_backend, start_worker, tmp_path):
     start_worker(sqlite_backend)
     # The worker is up (and idle) once its scheduler has run the reconciler.
-    wait_for(lambda: detached(lambda: db.session.execute(
-        select(JobRun.id).where(JobRun.finished_at.is_not(None))).first()), message="worker to start")
+    wait_for(
+        lambda: detached(lambda: db.session.execute(select(JobRun.id).where(JobRun.finished_at.is_not(None))).first()),
+        message="worker to start",
+    )
 
     latencies = []
     for n in range(5):

@@ -6,17 +6,20 @@ import logging
 
 from flask import Flask
 
-from . import config as config_module
-from .database import configure_engine_options
-from .extensions import db, migrate
-from .logs import configure_logging
+from webapp import config as config_module
+from webapp.database import configure_engine_options
+from webapp.extensions import db, migrate
+from webapp.logs import configure_logging
 
 
 def create_app(overrides: dict | None = None) -> Flask:
     """Build the Flask app from the environment, then ``overrides`` (tests pass theirs)."""
-    app = Flask(__name__, instance_path=str(config_module.INSTANCE_DIR),
-                template_folder=str(config_module.PROJECT_ROOT / "templates"),
-                static_folder=str(config_module.PROJECT_ROOT / "static"))
+    app = Flask(
+        __name__,
+        instance_path=str(config_module.INSTANCE_DIR),
+        template_folder=str(config_module.PROJECT_ROOT / "templates"),
+        static_folder=str(config_module.PROJECT_ROOT / "static"),
+    )
     app.config.update(config_module.from_environment())
     app.config.update(overrides or {})
     config_module.check_required(app.config)
@@ -25,10 +28,11 @@ def create_app(overrides: dict | None = None) -> Flask:
 
     _trust_proxies(app)
     db.init_app(app)
-    migrate.init_app(app, db, directory=str(config_module.PROJECT_ROOT / "migrations"),
-                     render_as_batch=True, compare_type=True)
+    migrate.init_app(
+        app, db, directory=str(config_module.PROJECT_ROOT / "migrations"), render_as_batch=True, compare_type=True
+    )
 
-    from . import models  # noqa: F401  (register the models on the metadata)
+    from webapp import models  # noqa: F401  (register the models on the metadata)
 
     _register_handlers(app)
     _register_blueprints(app)
@@ -48,9 +52,8 @@ def _trust_proxies(app: Flask) -> None:
 
 def _register_handlers(app: Flask) -> None:
     """Import every module that registers operation handlers (and outcome listeners)."""
-    from .services import alerts, bulk  # noqa: F401  (alert.slack, admin.bulk_retry, dead-letter alerts)
-    from .services import email, payments
-    from .services.registry import import_handler_modules
+    from webapp.services import alerts, bulk, email, payments  # noqa: F401  (alert.slack, admin.bulk_retry, dead-letter alerts)
+    from webapp.services.registry import import_handler_modules
 
     email.init_app(app)
     payments.init_app(app)
@@ -58,15 +61,14 @@ def _register_handlers(app: Flask) -> None:
 
 
 def _register_blueprints(app: Flask) -> None:
-    from .blueprints import admin, admin_api, api, health, metrics, webhooks
+    from webapp.blueprints import admin, admin_api, api, health, metrics, webhooks
 
-    for blueprint in (health.bp, webhooks.bp, api.bp, admin.bp, admin.root,
-                      admin_api.bp, metrics.bp):
+    for blueprint in (health.bp, webhooks.bp, api.bp, admin.bp, admin.root, admin_api.bp, metrics.bp):
         app.register_blueprint(blueprint)
 
 
 def _register_cli(app: Flask) -> None:
-    from . import cli, commerce_cli
+    from webapp import cli, commerce_cli
 
     cli.register(app)
     commerce_cli.register(app)

@@ -13,8 +13,8 @@ from pathlib import Path
 import click
 from flask import Flask, current_app
 
-from .config import INSTANCE_DIR, PROJECT_ROOT
-from .domain.time import utcnow
+from webapp.config import INSTANCE_DIR, PROJECT_ROOT
+from webapp.domain.time import utcnow
 
 STOP_GRACE_SECONDS = 35
 DEV_ADMIN_EMAIL = "admin@example.com"
@@ -30,35 +30,54 @@ def register(app: Flask) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=5000, show_default=True)
 @click.option("--smtp-port", default=8025, show_default=True)
-@click.option("--demo/--no-demo", default=True, show_default=True,
-              help="Fill an empty database with demo data and make a development admin.")
+@click.option(
+    "--demo/--no-demo",
+    default=True,
+    show_default=True,
+    help="Fill an empty database with demo data and make a development admin.",
+)
 def dev(host: str, port: int, smtp_port: int, demo: bool):
     """Migrate, then run the web app, a worker and a local SMTP sink until Ctrl+C."""
     import flask_migrate
 
-    from .frontend import ensure_installed
+    from webapp.frontend import ensure_installed
 
     flask_migrate.upgrade()
     ensure_installed()  # npm packages on a fresh clone
     login_hint = _prepare_development_data() if demo else ""
-    env = dict(os.environ, BACKSTOP_ENV=os.environ.get("BACKSTOP_ENV", "development"),
-               SMTP_URL=f"smtp://127.0.0.1:{smtp_port}", PYTHONUNBUFFERED="1")
+    env = dict(
+        os.environ,
+        BACKSTOP_ENV=os.environ.get("BACKSTOP_ENV", "development"),
+        SMTP_URL=f"smtp://127.0.0.1:{smtp_port}",
+        PYTHONUNBUFFERED="1",
+    )
     flask = [sys.executable, "-m", "flask", "--app", "wsgi"]
     children = {
-        "mail": [sys.executable, "-m", "webapp.mailsink", "--port", str(smtp_port),
-                 "--maildir", str(INSTANCE_DIR / "mail")],
+        "mail": [
+            sys.executable,
+            "-m",
+            "webapp.mailsink",
+            "--port",
+            str(smtp_port),
+            "--maildir",
+            str(INSTANCE_DIR / "mail"),
+        ],
         "web": [*flask, "run", "--host", host, "--port", str(port), "--no-reload"],
         "worker": [*flask, "worker"],
     }
     # New sessions: the terminal's Ctrl+C reaches only us, and we stop each child gracefully.
-    procs = {name: subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, start_new_session=True)
-             for name, cmd in children.items()}
-    click.secho(f"\nBackstop is running: open http://{host}:{port}/\n"
-                f"  database  {current_app.config['SQLALCHEMY_DATABASE_URI']}\n"
-                f"  queue     {current_app.config['HUEY_URL']}\n"
-                f"  mail sink smtp://127.0.0.1:{smtp_port} (messages in {INSTANCE_DIR / 'mail'})\n"
-                f"{login_hint}"
-                "Press Ctrl+C to stop.\n", fg="green")
+    procs = {
+        name: subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, start_new_session=True) for name, cmd in children.items()
+    }
+    click.secho(
+        f"\nBackstop is running: open http://{host}:{port}/\n"
+        f"  database  {current_app.config['SQLALCHEMY_DATABASE_URI']}\n"
+        f"  queue     {current_app.config['HUEY_URL']}\n"
+        f"  mail sink smtp://127.0.0.1:{smtp_port} (messages in {INSTANCE_DIR / 'mail'})\n"
+        f"{login_hint}"
+        "Press Ctrl+C to stop.\n",
+        fg="green",
+    )
     exit_code = 0
     # SIGTERM or a closed terminal must stop the children too, exactly like Ctrl+C.
     for stop_signal in (signal.SIGTERM, signal.SIGHUP):
@@ -86,7 +105,7 @@ def _prepare_development_data() -> str:
     """
     if current_app.config["BACKSTOP_ENV"] != "development":
         return ""
-    from .services import demo_data
+    from webapp.services import demo_data
 
     if demo_data.is_empty():
         summary = demo_data.fill()
@@ -103,9 +122,9 @@ def _development_admin() -> tuple[str, str | None]:
 
     from sqlalchemy import func, select
 
-    from .extensions import db
-    from .models import AdminUser
-    from .services import admin_auth
+    from webapp.extensions import db
+    from webapp.models import AdminUser
+    from webapp.services import admin_auth
 
     if db.session.execute(select(func.count()).select_from(AdminUser)).scalar_one():
         db.session.rollback()
@@ -128,8 +147,8 @@ def _dev_admin_file() -> Path:
 def _remembered_development_admin() -> tuple[str, str | None]:
     from sqlalchemy import select
 
-    from .extensions import db
-    from .models import AdminUser
+    from webapp.extensions import db
+    from webapp.models import AdminUser
 
     path = _dev_admin_file()
     if not path.exists():
@@ -162,14 +181,20 @@ def _stop_all(procs: dict) -> None:
 @click.command("reconcile")
 def reconcile_command():
     """Run one reconciler pass now (it normally runs as a periodic job)."""
-    from .services import jobs, reconciler
+    from webapp.services import jobs, reconciler
 
     config = current_app.config
     run = jobs.run_exclusive(
         reconciler.JOB_NAME,
-        lambda now: str(reconciler.reconcile(now, batch_size=config["RECONCILE_BATCH_SIZE"],
-                                             redeliver_after=config["REDELIVER_AFTER_SECONDS"])),
-        interval_seconds=0, lease_seconds=config["RECONCILE_LEASE_SECONDS"], clock=utcnow)
+        lambda now: str(
+            reconciler.reconcile(
+                now, batch_size=config["RECONCILE_BATCH_SIZE"], redeliver_after=config["REDELIVER_AFTER_SECONDS"]
+            )
+        ),
+        interval_seconds=0,
+        lease_seconds=config["RECONCILE_LEASE_SECONDS"],
+        clock=utcnow,
+    )
     if run is None:
         raise click.ClickException("another reconciler holds the lease; try again shortly")
     click.echo(f"{run.outcome}: {run.summary or run.error}")

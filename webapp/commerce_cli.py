@@ -9,11 +9,11 @@ import requests
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
-from .extensions import db
-from .models import Purchase
-from .services import stripe_events, stripe_samples, tokens
-from .services.payments import catalogue
-from .services.payments.errors import PaymentsError
+from webapp.extensions import db
+from webapp.models import Purchase
+from webapp.services import stripe_events, stripe_samples, tokens
+from webapp.services.payments import catalogue
+from webapp.services.payments.errors import PaymentsError
 
 products_cli = AppGroup("products", help="The product catalogue: lead listings and credit packs.")
 tokens_cli = AppGroup("tokens", help="Bearer tokens for the storefront and admin APIs.")
@@ -37,13 +37,15 @@ def _fail(message: str) -> None:
 @click.option("--kind", type=click.Choice(["lead", "credits"]), required=True)
 @click.option("--price-cents", type=int, required=True)
 @click.option("--currency", default="usd", show_default=True)
-@click.option("--credits", "credits_granted", type=int, default=0,
-              help="Credit cents a credit pack adds to the balance.")
+@click.option(
+    "--credits", "credits_granted", type=int, default=0, help="Credit cents a credit pack adds to the balance."
+)
 def products_add(sku, name, kind, price_cents, currency, credits_granted):
     """Add a product."""
     try:
-        product = catalogue.add_product(sku, name, kind, price_cents, currency=currency,
-                                        credits_granted=credits_granted)
+        product = catalogue.add_product(
+            sku, name, kind, price_cents, currency=currency, credits_granted=credits_granted
+        )
     except PaymentsError as exc:
         _fail(f"cannot add product: {exc.message}")
     click.echo(f"added product {product.id} {product.sku} ({product.kind}, {product.price_cents} {product.currency})")
@@ -59,8 +61,10 @@ def products_list(active_only):
     for product in rows:
         extra = f" grants {product.credits_granted}" if product.kind == "credits" else ""
         state = "active" if product.active else "inactive"
-        click.echo(f"{product.id:>4}  {product.sku:<24} {product.kind:<8} {product.price_cents:>8} "
-                   f"{product.currency}  {state}{extra}  {product.name}")
+        click.echo(
+            f"{product.id:>4}  {product.sku:<24} {product.kind:<8} {product.price_cents:>8} "
+            f"{product.currency}  {state}{extra}  {product.name}"
+        )
 
 
 @products_cli.command("deactivate")
@@ -123,11 +127,15 @@ def send_event(event_type, url, purchase_id, amount_refunded, event_id, secret, 
     secret = secret or next(iter(stripe_events.parse_secrets(current_app.config.get("STRIPE_WEBHOOK_SECRET"))), None)
     if not secret:
         _fail("no signing secret: set STRIPE_WEBHOOK_SECRET or pass --secret")
-    event = stripe_samples.build_event(event_type, _facts(purchase_id), event_id=event_id,
-                                       amount_refunded=amount_refunded)
+    event = stripe_samples.build_event(
+        event_type, _facts(purchase_id), event_id=event_id, amount_refunded=amount_refunded
+    )
     body = stripe_samples.encode(event)
-    headers = {"Content-Type": "application/json", "Stripe-Signature": stripe_samples.signature_header(body, secret),
-               "User-Agent": "Stripe/1.0 (+https://stripe.com/docs/webhooks; backstop send-event)"}
+    headers = {
+        "Content-Type": "application/json",
+        "Stripe-Signature": stripe_samples.signature_header(body, secret),
+        "User-Agent": "Stripe/1.0 (+https://stripe.com/docs/webhooks; backstop send-event)",
+    }
     try:
         response = requests.post(url, data=body.encode("utf-8"), headers=headers, timeout=timeout)
     except requests.RequestException as exc:
@@ -146,9 +154,13 @@ def _facts(purchase_id: int | None) -> stripe_samples.PurchaseFacts:
         purchase = db.session.get(Purchase, purchase_id)
         if purchase is not None:
             facts = stripe_samples.PurchaseFacts(
-                purchase_id=purchase_id, amount_cents=purchase.amount_cents, currency=purchase.currency,
-                email=purchase.customer.email, payment_intent_id=purchase.stripe_payment_intent_id,
-                session_id=purchase.stripe_checkout_session_id)
+                purchase_id=purchase_id,
+                amount_cents=purchase.amount_cents,
+                currency=purchase.currency,
+                email=purchase.customer.email,
+                payment_intent_id=purchase.stripe_payment_intent_id,
+                session_id=purchase.stripe_checkout_session_id,
+            )
             db.session.rollback()
             return facts
     except Exception as exc:  # the target may be another machine: the event is still useful

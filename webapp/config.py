@@ -136,7 +136,8 @@ def check_required(config: dict) -> None:
     missing = config.get("MISSING_SETTINGS") or []
     if missing:
         raise ConfigurationError(
-            "missing required settings: " + ", ".join(missing)
+            "missing required settings: "
+            + ", ".join(missing)
             + " (set them in the environment, or BACKSTOP_ENV=development for local defaults)"
         )
 
@@ -173,8 +174,11 @@ def admin_console_settings(env) -> dict:
         if alert:
             warn = _float(env, f"{alert}_WARNING", warn)
             crit = _float(env, f"{alert}_CRITICAL", crit)
-        thresholds[metric] = (direction, _float(env, f"HEALTH_{metric.upper()}_WARN", warn),
-                              _float(env, f"HEALTH_{metric.upper()}_CRIT", crit))
+        thresholds[metric] = (
+            direction,
+            _float(env, f"HEALTH_{metric.upper()}_WARN", warn),
+            _float(env, f"HEALTH_{metric.upper()}_CRIT", crit),
+        )
     return {
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",

@@ -20,8 +20,7 @@ def configure_engine_options(app: Flask) -> None:
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        options.setdefault("connect_args", {}).update(timeout=SQLITE_BUSY_TIMEOUT_MS / 1000,
-                                                      check_same_thread=False)
+        options.setdefault("connect_args", {}).update(timeout=SQLITE_BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
     else:
         options.update(_server_pool_options(app.config, options))
     app.config["SQLALCHEMY_ENGINE_OPTIONS"] = options

@@ -15,6 +15,5 @@ NAMING_CONVENTION = {
 
 # expire_on_commit=False: reading an attribute after commit must not silently open a new
 # transaction (on SQLite an immediate one, which would hold the write lock).
-db = SQLAlchemy(metadata=MetaData(naming_convention=NAMING_CONVENTION),
-               session_options={"expire_on_commit": False})
+db = SQLAlchemy(metadata=MetaData(naming_convention=NAMING_CONVENTION), session_options={"expire_on_commit": False})
 migrate = Migrate()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 
-from .config import PROJECT_ROOT
+from webapp.config import PROJECT_ROOT
 
 STATIC = PROJECT_ROOT / "static"
 

@@ -9,8 +9,11 @@ import re
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 # Extra fields whose name says they hold a secret or a whole payload are never written out.
-SECRET_KEY = re.compile(r"authori[sz]ation|token|secret|password|passwd|api[_-]?key|cookie|signature|payload|"
-                        r"webhook_url|dsn", re.I)
+SECRET_KEY = re.compile(
+    r"authori[sz]ation|token|secret|password|passwd|api[_-]?key|cookie|signature|payload|"
+    r"webhook_url|dsn",
+    re.I,
+)
 # Secrets that may appear inside a message: bearer tokens, Stripe keys, signing headers, URL passwords.
 SECRET_TEXT = [
     (re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"), r"\1[redacted]"),

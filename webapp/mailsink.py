@@ -29,8 +29,7 @@ class MaildirHandler:
             path = self.maildir / f"{time.time_ns()}-{self._counter}.eml"
         path.write_bytes(envelope.original_content or envelope.content)
         message = message_from_bytes(envelope.content, policy=default_policy)
-        print(f"mail sink: to={','.join(envelope.rcpt_tos)} subject={message['subject']!r} -> {path.name}",
-              flush=True)
+        print(f"mail sink: to={','.join(envelope.rcpt_tos)} subject={message['subject']!r} -> {path.name}", flush=True)
         return "250 Message accepted for delivery"
 
 

@@ -7,12 +7,12 @@ from datetime import timedelta
 
 from sqlalchemy import select
 
+from tests.support.reads import attempts_of, detached, load  # noqa: F401
 from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.models import Customer, EmailLog, Operation, Product, Purchase
 from webapp.services import engine
 from webapp.services.email import queue_email
-from tests.support.reads import attempts_of, detached, load  # noqa: F401
 
 
 class Clock:
@@ -29,11 +29,22 @@ class Clock:
         self.now += timedelta(seconds=seconds)
 
 
-def queue(template: str = "welcome", to: str = "buyer@example.com", *, key: str | None = None,
-          purchase_id: int | None = None, context: dict | None = None) -> int:
+def queue(
+    template: str = "welcome",
+    to: str = "buyer@example.com",
+    *,
+    key: str | None = None,
+    purchase_id: int | None = None,
+    context: dict | None = None,
+) -> int:
     """Queue one email, commit, return the operation id."""
-    operation = queue_email(template, to, context if context is not None else {"customer_name": "Ada"},
-                            idempotency_key=key or f"email-{uuid.uuid4().hex}", purchase_id=purchase_id)
+    operation = queue_email(
+        template,
+        to,
+        context if context is not None else {"customer_name": "Ada"},
+        idempotency_key=key or f"email-{uuid.uuid4().hex}",
+        purchase_id=purchase_id,
+    )
     db.session.commit()
     return operation.id
 
@@ -45,16 +56,29 @@ def run(operation_id: int, clock: Clock):
 
 def due_ids(now) -> list[int]:
     """Operations that are due at ``now``."""
-    return detached(lambda: db.session.execute(
-        select(Operation.id).where(Operation.state.in_(["pending", "retrying"]), Operation.next_attempt_at <= now)
-        .order_by(Operation.id)).scalars().all())
+    return detached(
+        lambda: (
+            db.session.execute(
+                select(Operation.id)
+                .where(Operation.state.in_(["pending", "retrying"]), Operation.next_attempt_at <= now)
+                .order_by(Operation.id)
+            )
+            .scalars()
+            .all()
+        )
+    )
 
 
 def next_due(now):
     """When the earliest waiting operation becomes due (None when nothing waits)."""
-    return detached(lambda: db.session.execute(
-        select(Operation.next_attempt_at).where(Operation.state.in_(["pending", "retrying"]))
-        .order_by(Operation.next_attempt_at).limit(1)).scalar_one_or_none())
+    return detached(
+        lambda: db.session.execute(
+            select(Operation.next_attempt_at)
+            .where(Operation.state.in_(["pending", "retrying"]))
+            .order_by(Operation.next_attempt_at)
+            .limit(1)
+        ).scalar_one_or_none()
+    )
 
 
 def drain(clock: Clock, max_rounds: int = 100) -> int:
@@ -85,8 +109,9 @@ def make_purchase() -> int:
     product = Product(sku="lead-1", name="Lead: Acme", kind="lead", price_cents=4900)
     db.session.add_all([customer, product])
     db.session.flush()
-    purchase = Purchase(customer_id=customer.id, product_id=product.id, payment_method="card",
-                        status="completed", amount_cents=4900)
+    purchase = Purchase(
+        customer_id=customer.id, product_id=product.id, payment_method="card", status="completed", amount_cents=4900
+    )
     db.session.add(purchase)
     db.session.commit()
     return purchase.id

@@ -71,8 +71,15 @@ def alerts(type_: str | None = None) -> list[Alert]:
 
 def deliver_all(when: datetime) -> list:
     """Run every waiting alert operation at ``when``; return their results."""
-    ids = db.session.execute(select(Operation.id).where(
-        Operation.kind == "alert", Operation.state.in_(["pending", "retrying"])).order_by(Operation.id)).scalars().all()
+    ids = (
+        db.session.execute(
+            select(Operation.id)
+            .where(Operation.kind == "alert", Operation.state.in_(["pending", "retrying"]))
+            .order_by(Operation.id)
+        )
+        .scalars()
+        .all()
+    )
     db.session.rollback()
     return [run_at(operation_id, when) for operation_id in ids]
 
@@ -80,17 +87,29 @@ def deliver_all(when: datetime) -> list:
 def insert_operations(rows: list[dict], chunk: int = 10_000) -> None:
     """Bulk-insert operation rows (dicts of column values) in chunks, committing each."""
     for start in range(0, len(rows), chunk):
-        db.session.execute(insert(Operation), rows[start:start + chunk])
+        db.session.execute(insert(Operation), rows[start : start + chunk])
         db.session.commit()
 
 
-def operation_row(i: int, *, kind: str = "email", name: str = "test.email_ok", state: str = "succeeded",
-                  at: datetime = T0, **extra) -> dict:
+def operation_row(
+    i: int, *, kind: str = "email", name: str = "test.email_ok", state: str = "succeeded", at: datetime = T0, **extra
+) -> dict:
     """Column values for one synthetic operation (bulk inserts)."""
-    row = {"kind": kind, "name": name, "payload": {}, "idempotency_key": f"bulk-{name}-{state}-{i}-{at:%s}",
-           "state": state, "attempts": 1, "max_attempts": 1, "next_attempt_at": at, "created_at": at,
-           "updated_at": at, "subject": None, "succeeded_at": at if state == "succeeded" else None,
-           "dead_at": at if state == "dead" else None}
+    row = {
+        "kind": kind,
+        "name": name,
+        "payload": {},
+        "idempotency_key": f"bulk-{name}-{state}-{i}-{at:%s}",
+        "state": state,
+        "attempts": 1,
+        "max_attempts": 1,
+        "next_attempt_at": at,
+        "created_at": at,
+        "updated_at": at,
+        "subject": None,
+        "succeeded_at": at if state == "succeeded" else None,
+        "dead_at": at if state == "dead" else None,
+    }
     row.update(extra)
     return row
 

@@ -29,6 +29,14 @@ def load(operation_id: int) -> Operation:
 
 def attempts_of(operation_id: int) -> list[OperationAttempt]:
     """The operation's attempt rows, in order."""
-    return detached(lambda: db.session.execute(
-        select(OperationAttempt).where(OperationAttempt.operation_id == operation_id)
-        .order_by(OperationAttempt.number, OperationAttempt.id)).scalars().all())
+    return detached(
+        lambda: (
+            db.session.execute(
+                select(OperationAttempt)
+                .where(OperationAttempt.operation_id == operation_id)
+                .order_by(OperationAttempt.number, OperationAttempt.id)
+            )
+            .scalars()
+            .all()
+        )
+    )

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
+from tests.support.reads import detached
 from webapp.extensions import db
 from webapp.models import Customer, Operation, Product, Purchase, StripeEvent
 from webapp.services import stripe_samples
-from tests.support.reads import detached  # noqa: F401
 
 
 def _saved(row):
@@ -26,15 +26,29 @@ def add_customer(email="ada@example.com", name="Ada Lovelace", balance=0) -> Cus
 
 def add_product(sku="lead-acme", kind="lead", price=2500, credits=0, name=None, active=True) -> Product:
     """A committed product."""
-    product = Product(sku=sku, name=name or f"Product {sku}", kind=kind, price_cents=price, currency="usd",
-                      credits_granted=credits, active=active)
+    product = Product(
+        sku=sku,
+        name=name or f"Product {sku}",
+        kind=kind,
+        price_cents=price,
+        currency="usd",
+        credits_granted=credits,
+        active=active,
+    )
     return _saved(product)
 
 
 def add_purchase(customer: Customer, product: Product, status="pending", **values) -> Purchase:
     """A committed card purchase."""
-    purchase = Purchase(customer_id=customer.id, product_id=product.id, payment_method="card", status=status,
-                        amount_cents=product.price_cents, currency=product.currency, **values)
+    purchase = Purchase(
+        customer_id=customer.id,
+        product_id=product.id,
+        payment_method="card",
+        status=status,
+        amount_cents=product.price_cents,
+        currency=product.currency,
+        **values,
+    )
     return _saved(purchase)
 
 
@@ -44,7 +58,8 @@ def event_for(event_type: str, purchase: Purchase | None, **kwargs) -> dict:
         purchase_id=purchase.id if purchase else None,
         amount_cents=purchase.amount_cents if purchase else 2500,
         payment_intent_id=kwargs.pop("payment_intent_id", None),
-        session_id=kwargs.pop("session_id", None))
+        session_id=kwargs.pop("session_id", None),
+    )
     return stripe_samples.build_event(event_type, facts, **kwargs)
 
 

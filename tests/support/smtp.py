@@ -32,7 +32,7 @@ class Received:
 
 
 class _Handler:
-    def __init__(self, server: "SmtpServer"):
+    def __init__(self, server: SmtpServer):
         self.server = server
 
     async def handle_DATA(self, server, session, envelope):
@@ -94,7 +94,7 @@ class SmtpServer:
         with self._lock:
             self.offered.append(str(message["Message-ID"]))
 
-    def start(self) -> "SmtpServer":
+    def start(self) -> SmtpServer:
         """Start listening."""
         self._controller.start()
         return self

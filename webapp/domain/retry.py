@@ -7,8 +7,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from .errors import ErrorKind
-
+from webapp.domain.errors import ErrorKind
 
 # A plain decimal number (ASCII digits only) and an optional unit; float() alone would also
 # take "inf", "nan", "1e3", "+5", "1_000" and non-ASCII digits.
@@ -59,12 +58,12 @@ class RetryPolicy:
             raise ValueError("cap must not be below the base delay")
 
     @classmethod
-    def retries(cls, count: int, **kwargs) -> "RetryPolicy":
+    def retries(cls, count: int, **kwargs) -> RetryPolicy:
         """A policy allowing ``count`` retries after the first attempt."""
         return cls(max_attempts=count + 1, **kwargs)
 
     @classmethod
-    def from_ladder(cls, text: str, max_attempts: int | None = None) -> "RetryPolicy":
+    def from_ladder(cls, text: str, max_attempts: int | None = None) -> RetryPolicy:
         """A ladder policy; by default one retry per rung."""
         steps = parse_ladder(text)
         # An explicit 0 must reach __post_init__ and be refused, not fall back to the default.
@@ -94,7 +93,7 @@ class RetryPolicy:
         """True once ``attempts`` attempts have been made and no more are allowed."""
         return attempts >= self.max_attempts
 
-    def decide(self, attempts: int, kind: ErrorKind) -> "Decision":
+    def decide(self, attempts: int, kind: ErrorKind) -> Decision:
         """What to do after attempt ``attempts`` failed with an error of ``kind``."""
         if kind is ErrorKind.DEFERRED:
             return Decision.DEFER

@@ -7,11 +7,11 @@ from datetime import datetime
 from sqlalchemy import Boolean, ForeignKey, Index, String, Text, UniqueConstraint, event, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from ..domain.fingerprints import fingerprint_of
-from ..domain.time import utcnow
-from ..extensions import db
-from .operations import Operation
-from .types import BigId, JsonDocument
+from webapp.domain.fingerprints import fingerprint_of
+from webapp.domain.time import utcnow
+from webapp.extensions import db
+from webapp.models.operations import Operation
+from webapp.models.types import BigId, JsonDocument
 
 
 class AdminUser(db.Model):
@@ -107,8 +107,7 @@ class BulkJobItem(db.Model):
 
     __tablename__ = "bulk_job_items"
 
-    bulk_job_id: Mapped[int] = mapped_column(BigId, ForeignKey("bulk_jobs.id", ondelete="CASCADE"),
-                                             primary_key=True)
+    bulk_job_id: Mapped[int] = mapped_column(BigId, ForeignKey("bulk_jobs.id", ondelete="CASCADE"), primary_key=True)
     operation_id: Mapped[int] = mapped_column(BigId, primary_key=True)
 
 
@@ -120,8 +119,14 @@ Index("ix_operations_state_dead_at_id", Operation.state, Operation.dead_at, Oper
 Index("ix_operations_kind_dead_at_attempts", Operation.kind, Operation.dead_at, Operation.attempts)
 Index("ix_operations_kind_succeeded_at_attempts", Operation.kind, Operation.succeeded_at, Operation.attempts)
 # Covering for the per-name breakdown (an index-only scan of the window).
-Index("ix_operations_created_at_name", Operation.created_at, Operation.name, Operation.kind, Operation.state,
-      Operation.attempts)
+Index(
+    "ix_operations_created_at_name",
+    Operation.created_at,
+    Operation.name,
+    Operation.kind,
+    Operation.state,
+    Operation.attempts,
+)
 
 # Partial indexes over dead operations only (a few percent of the table, and untouched by the
 # engine's other transitions). The console's queries spell ``state = 'dead'`` as a literal so
@@ -129,12 +134,30 @@ Index("ix_operations_created_at_name", Operation.created_at, Operation.name, Ope
 # list walk them in (dead_at, id) order; the Issues view groups by the fingerprint reading
 # nothing but the index (it covers every column the grouping reads).
 DEAD_ONLY = text("state = 'dead'")
-Index("ix_operations_dead_kind_dead_at", Operation.kind, Operation.dead_at,
-      sqlite_where=DEAD_ONLY, postgresql_where=DEAD_ONLY)
-Index("ix_operations_dead_name_dead_at", Operation.name, Operation.dead_at,
-      sqlite_where=DEAD_ONLY, postgresql_where=DEAD_ONLY)
-Index("ix_operations_dead_fingerprint", Operation.error_fingerprint, Operation.dead_at, Operation.resolved_at,
-      Operation.name, Operation.kind, sqlite_where=DEAD_ONLY, postgresql_where=DEAD_ONLY)
+Index(
+    "ix_operations_dead_kind_dead_at",
+    Operation.kind,
+    Operation.dead_at,
+    sqlite_where=DEAD_ONLY,
+    postgresql_where=DEAD_ONLY,
+)
+Index(
+    "ix_operations_dead_name_dead_at",
+    Operation.name,
+    Operation.dead_at,
+    sqlite_where=DEAD_ONLY,
+    postgresql_where=DEAD_ONLY,
+)
+Index(
+    "ix_operations_dead_fingerprint",
+    Operation.error_fingerprint,
+    Operation.dead_at,
+    Operation.resolved_at,
+    Operation.name,
+    Operation.kind,
+    sqlite_where=DEAD_ONLY,
+    postgresql_where=DEAD_ONLY,
+)
 
 
 @event.listens_for(Operation, "before_insert")

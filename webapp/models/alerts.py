@@ -7,14 +7,21 @@ from datetime import datetime
 from sqlalchemy import BigInteger, Float, ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from ..domain.time import utcnow
-from ..extensions import db
-from .commerce import StripeEvent
-from .types import BigId, JsonDocument
+from webapp.domain.time import utcnow
+from webapp.extensions import db
+from webapp.models.commerce import StripeEvent
+from webapp.models.types import BigId, JsonDocument
 
 ALERT_LEVELS = ("info", "warning", "error", "critical")
-ALERT_TYPES = ("email_failure", "webhook_failure", "dlq_threshold", "failure_rate", "job_stale",
-               "system_health", "daily_report")
+ALERT_TYPES = (
+    "email_failure",
+    "webhook_failure",
+    "dlq_threshold",
+    "failure_rate",
+    "job_stale",
+    "system_health",
+    "daily_report",
+)
 
 
 class Alert(db.Model):
@@ -78,8 +85,9 @@ class AutoRequeue(db.Model):
 
     __tablename__ = "auto_requeues"
 
-    operation_id: Mapped[int] = mapped_column(BigId, ForeignKey("operations.id", ondelete="CASCADE"),
-                                              primary_key=True, autoincrement=False)
+    operation_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("operations.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
+    )
     requeued_at: Mapped[datetime] = mapped_column(default=utcnow)
     attempts_before: Mapped[int]
 

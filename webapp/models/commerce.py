@@ -7,9 +7,9 @@ from datetime import datetime
 from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from ..domain.time import utcnow
-from ..extensions import db
-from .types import BigId, JsonDocument
+from webapp.domain.time import utcnow
+from webapp.extensions import db
+from webapp.models.types import BigId, JsonDocument
 
 PRODUCT_KINDS = ("lead", "credits")
 PAYMENT_METHODS = ("card", "credits")
@@ -30,9 +30,7 @@ class Customer(db.Model):
     credit_balance_cents: Mapped[int] = mapped_column(default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
-    __table_args__ = (
-        CheckConstraint("credit_balance_cents >= 0", name="credit_balance_nonnegative"),
-    )
+    __table_args__ = (CheckConstraint("credit_balance_cents >= 0", name="credit_balance_nonnegative"),)
 
     def __repr__(self) -> str:
         return f"<Customer {self.id} {self.email}>"

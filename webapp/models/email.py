@@ -7,9 +7,9 @@ from datetime import datetime
 from sqlalchemy import ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from ..domain.time import utcnow
-from ..extensions import db
-from .types import BigId
+from webapp.domain.time import utcnow
+from webapp.extensions import db
+from webapp.models.types import BigId
 
 
 class EmailLog(db.Model):

@@ -7,8 +7,8 @@ from datetime import datetime
 from sqlalchemy import Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from ..extensions import db
-from .types import BigId
+from webapp.extensions import db
+from webapp.models.types import BigId
 
 
 class PeriodicJob(db.Model):

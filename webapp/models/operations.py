@@ -7,10 +7,10 @@ from datetime import datetime
 from sqlalchemy import ForeignKey, Index, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from ..domain.states import State
-from ..domain.time import utcnow
-from ..extensions import db
-from .types import BigId, JsonDocument
+from webapp.domain.states import State
+from webapp.domain.time import utcnow
+from webapp.extensions import db
+from webapp.models.types import BigId, JsonDocument
 
 
 class Operation(db.Model):
@@ -54,7 +54,7 @@ class Operation(db.Model):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
-    attempt_log: Mapped[list["OperationAttempt"]] = relationship(
+    attempt_log: Mapped[list[OperationAttempt]] = relationship(
         back_populates="operation",
         order_by="OperationAttempt.number",
         cascade="all, delete-orphan",

@@ -15,9 +15,9 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from ..domain.time import utcnow
-from ..extensions import db
-from ..models import AdminUser, FailedLogin
+from webapp.domain.time import utcnow
+from webapp.extensions import db
+from webapp.models import AdminUser, FailedLogin
 
 MIN_PASSWORD_LENGTH = 10
 # A hash to check against when the email is unknown, so both paths cost the same time.
@@ -51,8 +51,9 @@ def create_admin(email: str, password: str, now: datetime | None = None) -> Admi
         raise AdminError(f"invalid email: {exc}") from None
     if len(password or "") < MIN_PASSWORD_LENGTH:
         raise AdminError(f"the password must have at least {MIN_PASSWORD_LENGTH} characters")
-    user = AdminUser(email=email, password_hash=generate_password_hash(password), active=True,
-                     created_at=now or utcnow())
+    user = AdminUser(
+        email=email, password_hash=generate_password_hash(password), active=True, created_at=now or utcnow()
+    )
     db.session.add(user)
     try:
         db.session.commit()
@@ -71,14 +72,16 @@ def load_admin(user_id: str) -> AdminUser | None:
     return user if user is not None and user.active else None
 
 
-def log_in(email: str, password: str, ip: str, *, max_failures: int = 5, lock_minutes: int = 15,
-           now: datetime | None = None) -> LoginResult:
+def log_in(
+    email: str, password: str, ip: str, *, max_failures: int = 5, lock_minutes: int = 15, now: datetime | None = None
+) -> LoginResult:
     """Check a log-in, counting failures per (email, ip). Commits."""
     now = now or utcnow()
     email = normalise_email(email)[:255]
     ip = (ip or "unknown")[:64]
-    record = db.session.execute(select(FailedLogin).where(FailedLogin.email == email,
-                                                          FailedLogin.ip == ip)).scalar_one_or_none()
+    record = db.session.execute(
+        select(FailedLogin).where(FailedLogin.email == email, FailedLogin.ip == ip)
+    ).scalar_one_or_none()
     if record is not None and record.locked_until is not None and record.locked_until > now:
         db.session.rollback()
         return LoginResult(None, _locked_message(record.locked_until, now), record.locked_until)

@@ -7,18 +7,18 @@ counts read the terminal timestamps (``succeeded_at``, ``dead_at``) through the
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Mapping
 
 from sqlalchemy import case, func, literal_column, or_, select
 
-from ..domain.states import State
-from ..domain.time import utcnow
-from ..extensions import db
-from ..models import Operation, OperationAttempt
-from .doorbell import get_doorbell
-from .registry import KINDS
+from webapp.domain.states import State
+from webapp.domain.time import utcnow
+from webapp.extensions import db
+from webapp.models import Operation, OperationAttempt
+from webapp.services.doorbell import get_doorbell
+from webapp.services.registry import KINDS
 
 WINDOWS = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7)}
 FAILED_OUTCOMES = ("failed", "dead", "crashed")
@@ -91,12 +91,20 @@ def _hour_bucket(column):
 
 def _terminal_counts(since: datetime, extra=()) -> tuple[dict, dict]:
     """Succeeded and dead counts per kind with the terminal time inside the window."""
-    succeeded = dict(db.session.execute(
-        select(Operation.kind, func.count()).where(Operation.kind.in_(KINDS), Operation.succeeded_at >= since, *extra)
-        .group_by(Operation.kind)).all())
-    dead = dict(db.session.execute(
-        select(Operation.kind, func.count()).where(Operation.kind.in_(KINDS), Operation.dead_at >= since, *extra)
-        .group_by(Operation.kind)).all())
+    succeeded = dict(
+        db.session.execute(
+            select(Operation.kind, func.count())
+            .where(Operation.kind.in_(KINDS), Operation.succeeded_at >= since, *extra)
+            .group_by(Operation.kind)
+        ).all()
+    )
+    dead = dict(
+        db.session.execute(
+            select(Operation.kind, func.count())
+            .where(Operation.kind.in_(KINDS), Operation.dead_at >= since, *extra)
+            .group_by(Operation.kind)
+        ).all()
+    )
     return succeeded, dead
 
 
@@ -112,36 +120,74 @@ def health_metrics(window: str, thresholds: dict, now: datetime | None = None) -
     succeeded, dead = _terminal_counts(since)
     retried_ok, retried_dead = _terminal_counts(since, extra=(Operation.attempts > 1,))
     avg_seconds = db.session.execute(
-        select(func.avg(_seconds_between(Operation.succeeded_at, func.coalesce(Operation.run_at, Operation.created_at))))
-        .where(Operation.kind.in_(KINDS), Operation.succeeded_at >= since, Operation.attempts > 1)).scalar()
-    unresolved = db.session.execute(select(func.count()).select_from(Operation).where(
-        Operation.state == State.DEAD.value, Operation.resolved_at.is_(None))).scalar_one()
-    oldest_due = db.session.execute(select(func.min(Operation.next_attempt_at)).where(
-        Operation.state.in_([State.PENDING.value, State.RETRYING.value, State.SCHEDULED.value]),
-        Operation.next_attempt_at <= now)).scalar()
+        select(
+            func.avg(_seconds_between(Operation.succeeded_at, func.coalesce(Operation.run_at, Operation.created_at)))
+        ).where(Operation.kind.in_(KINDS), Operation.succeeded_at >= since, Operation.attempts > 1)
+    ).scalar()
+    unresolved = db.session.execute(
+        select(func.count())
+        .select_from(Operation)
+        .where(Operation.state == State.DEAD.value, Operation.resolved_at.is_(None))
+    ).scalar_one()
+    oldest_due = db.session.execute(
+        select(func.min(Operation.next_attempt_at)).where(
+            Operation.state.in_([State.PENDING.value, State.RETRYING.value, State.SCHEDULED.value]),
+            Operation.next_attempt_at <= now,
+        )
+    ).scalar()
     db.session.rollback()
     depth = queue_depth()
     values = {
-        "email_delivery_rate": (_rate(succeeded.get("email", 0), dead.get("email", 0)), "%",
-                                f"{succeeded.get('email', 0)} sent, {dead.get('email', 0)} dead-lettered"),
-        "webhook_success_rate": (_rate(succeeded.get("webhook", 0), dead.get("webhook", 0)), "%",
-                                 f"{succeeded.get('webhook', 0)} processed, {dead.get('webhook', 0)} dead-lettered"),
+        "email_delivery_rate": (
+            _rate(succeeded.get("email", 0), dead.get("email", 0)),
+            "%",
+            f"{succeeded.get('email', 0)} sent, {dead.get('email', 0)} dead-lettered",
+        ),
+        "webhook_success_rate": (
+            _rate(succeeded.get("webhook", 0), dead.get("webhook", 0)),
+            "%",
+            f"{succeeded.get('webhook', 0)} processed, {dead.get('webhook', 0)} dead-lettered",
+        ),
         "dlq_unresolved": (float(unresolved), "", "dead, not yet resolved (all time)"),
-        "retry_success_rate": (_rate(sum(retried_ok.values()), sum(retried_dead.values())), "%",
-                               f"{sum(retried_ok.values())} recovered, {sum(retried_dead.values())} dead after retries"),
-        "avg_time_to_success": (None if avg_seconds is None else round(float(avg_seconds), 1), "s",
-                                "first due to success, retried operations"),
-        "queue_depth": (None if depth is None else float(depth["pending"] + depth["scheduled"]), "",
-                        "queue unreachable" if depth is None
-                        else f"{depth['pending']} pending, {depth['scheduled']} scheduled in Huey"),
-        "oldest_due_age": (0.0 if oldest_due is None else round(max((now - oldest_due).total_seconds(), 0.0), 1), "s",
-                           "due and not yet picked up" if oldest_due else "nothing waiting"),
-        "throughput": (round((sum(succeeded.values()) + sum(dead.values())) / (delta.total_seconds() / 3600), 2), "/h",
-                       f"{sum(succeeded.values()) + sum(dead.values())} finished in {window}"),
+        "retry_success_rate": (
+            _rate(sum(retried_ok.values()), sum(retried_dead.values())),
+            "%",
+            f"{sum(retried_ok.values())} recovered, {sum(retried_dead.values())} dead after retries",
+        ),
+        "avg_time_to_success": (
+            None if avg_seconds is None else round(float(avg_seconds), 1),
+            "s",
+            "first due to success, retried operations",
+        ),
+        "queue_depth": (
+            None if depth is None else float(depth["pending"] + depth["scheduled"]),
+            "",
+            "queue unreachable"
+            if depth is None
+            else f"{depth['pending']} pending, {depth['scheduled']} scheduled in Huey",
+        ),
+        "oldest_due_age": (
+            0.0 if oldest_due is None else round(max((now - oldest_due).total_seconds(), 0.0), 1),
+            "s",
+            "due and not yet picked up" if oldest_due else "nothing waiting",
+        ),
+        "throughput": (
+            round((sum(succeeded.values()) + sum(dead.values())) / (delta.total_seconds() / 3600), 2),
+            "/h",
+            f"{sum(succeeded.values()) + sum(dead.values())} finished in {window}",
+        ),
     }
-    return [Metric(key, value, unit, grade(key, value, thresholds) if key != "queue_depth" or value is not None
-                   else "red", detail, _link(key, window))
-            for key, (value, unit, detail) in values.items()]
+    return [
+        Metric(
+            key,
+            value,
+            unit,
+            grade(key, value, thresholds) if key != "queue_depth" or value is not None else "red",
+            detail,
+            _link(key, window),
+        )
+        for key, (value, unit, detail) in values.items()
+    ]
 
 
 def _link(key: str, window: str) -> dict | None:
@@ -180,19 +226,33 @@ def breakdown(window: str, now: datetime | None = None) -> list[dict]:
     # instead of walking the whole (name, state) index to avoid a sort.
     name, kind = func.coalesce(Operation.name, "").label("name"), func.coalesce(Operation.kind, "").label("kind")
     rows = db.session.execute(
-        select(name, kind, func.count().label("total"),
-               func.sum(case((Operation.state == State.SUCCEEDED.value, 1), else_=0)).label("succeeded"),
-               func.sum(case((failed, 1), else_=0)).label("failed"),
-               func.sum(case((Operation.state == State.DEAD.value, 1), else_=0)).label("dead"),
-               func.avg(Operation.attempts).label("avg_attempts"))
+        select(
+            name,
+            kind,
+            func.count().label("total"),
+            func.sum(case((Operation.state == State.SUCCEEDED.value, 1), else_=0)).label("succeeded"),
+            func.sum(case((failed, 1), else_=0)).label("failed"),
+            func.sum(case((Operation.state == State.DEAD.value, 1), else_=0)).label("dead"),
+            func.avg(Operation.attempts).label("avg_attempts"),
+        )
         .where(Operation.created_at >= since)
-        .group_by(name, kind).order_by(name)).all()
+        .group_by(name, kind)
+        .order_by(name)
+    ).all()
     db.session.rollback()
-    return [{"name": row.name, "kind": row.kind, "total": row.total, "succeeded": int(row.succeeded or 0),
-             "failed": int(row.failed or 0), "dead": int(row.dead or 0),
-             "avg_attempts": round(float(row.avg_attempts or 0), 2),
-             "success_rate": round(100.0 * int(row.succeeded or 0) / row.total, 2) if row.total else None}
-            for row in rows]
+    return [
+        {
+            "name": row.name,
+            "kind": row.kind,
+            "total": row.total,
+            "succeeded": int(row.succeeded or 0),
+            "failed": int(row.failed or 0),
+            "dead": int(row.dead or 0),
+            "avg_attempts": round(float(row.avg_attempts or 0), 2),
+            "success_rate": round(100.0 * int(row.succeeded or 0) / row.total, 2) if row.total else None,
+        }
+        for row in rows
+    ]
 
 
 def trend(window: str, now: datetime | None = None) -> dict:
@@ -202,9 +262,14 @@ def trend(window: str, now: datetime | None = None) -> dict:
     bucket = _hour_bucket(OperationAttempt.started_at).label("hour")
     failed = OperationAttempt.outcome.in_(FAILED_OUTCOMES)
     rows = db.session.execute(
-        select(bucket, func.sum(case((OperationAttempt.outcome == "succeeded", 1), else_=0)),
-               func.sum(case((failed, 1), else_=0)))
-        .where(OperationAttempt.started_at >= since).group_by(literal_column("hour"))).all()
+        select(
+            bucket,
+            func.sum(case((OperationAttempt.outcome == "succeeded", 1), else_=0)),
+            func.sum(case((failed, 1), else_=0)),
+        )
+        .where(OperationAttempt.started_at >= since)
+        .group_by(literal_column("hour"))
+    ).all()
     db.session.rollback()
     counts = {hour: (int(ok or 0), int(bad or 0)) for hour, ok, bad in rows}
     labels, successes, failures = [], [], []
@@ -221,7 +286,7 @@ def trend(window: str, now: datetime | None = None) -> dict:
 
 def heartbeats(config: Mapping, now: datetime | None = None) -> list[dict]:
     """Each periodic job's heartbeat, judged exactly as /healthz, /metrics and ``job_stale`` judge it."""
-    from .schedule import job_heartbeats  # schedule imports the jobs, which import this module's peers
+    from webapp.services.schedule import job_heartbeats  # schedule imports the jobs, which import this module's peers
 
     beats = sorted(job_heartbeats(config, now), key=lambda beat: beat["name"])
     return [dict(beat, stale=not beat["fresh"]) for beat in beats]
@@ -236,12 +301,15 @@ def queue_health(config: Mapping, now: datetime | None = None) -> dict:
     finished = by_state.get("succeeded", 0) + by_state.get("dead", 0)
     waiting = sum(by_state.get(state, 0) for state in ("pending", "retrying", "scheduled"))
     return {
-        "healthy": depth is not None and not any(beat["stale"] for beat in heartbeats(config, now)
-                                                 if beat["name"] == "reconciler"),
+        "healthy": depth is not None
+        and not any(beat["stale"] for beat in heartbeats(config, now) if beat["name"] == "reconciler"),
         "metrics": {state.value: by_state.get(state.value, 0) for state in State},
         "queue": depth,
-        "stats": {"waiting": waiting, "failure_rate": _rate(by_state.get("dead", 0), by_state.get("succeeded", 0)),
-                  "finished": finished},
+        "stats": {
+            "waiting": waiting,
+            "failure_rate": _rate(by_state.get("dead", 0), by_state.get("succeeded", 0)),
+            "finished": finished,
+        },
         "timestamp": now.isoformat() + "Z",
     }
 
@@ -254,10 +322,13 @@ def delivery_stats(window: str, now: datetime | None = None) -> dict:
     attempts = sum(row["avg_attempts"] * row["total"] for row in rows)
     return {
         "range": window,
-        "summary": {"total": total, "succeeded": succeeded, "failed": sum(row["failed"] for row in rows),
-                    "dead": sum(row["dead"] for row in rows),
-                    "success_rate": round(100.0 * succeeded / total, 2) if total else None,
-                    "avg_attempts": round(attempts / total, 2) if total else None},
+        "summary": {
+            "total": total,
+            "succeeded": succeeded,
+            "failed": sum(row["failed"] for row in rows),
+            "dead": sum(row["dead"] for row in rows),
+            "success_rate": round(100.0 * succeeded / total, 2) if total else None,
+            "avg_attempts": round(attempts / total, 2) if total else None,
+        },
         "by_name": {row["name"]: row for row in rows},
     }
-

@@ -12,25 +12,30 @@ import csv
 import io
 import json
 import re
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Iterable, Iterator, Mapping
 
 from sqlalchemy import String, and_, bindparam, case, cast, func, literal, literal_column, or_, select, update
 
-from ..domain.fingerprints import FINGERPRINT_LENGTH, fingerprint_of, normalise_error  # noqa: F401  (re-exported)
-from ..domain.states import State
-from ..domain.time import as_naive_utc, utcnow
-from ..extensions import db
-from ..models import Operation, OperationAttempt
-from ..models.commerce import Customer, Purchase
-from ..models.email import EmailLog
-from .engine import on_outcome
-from .registry import KINDS
+from webapp.domain.fingerprints import FINGERPRINT_LENGTH, fingerprint_of, normalise_error
+from webapp.domain.states import State
+from webapp.domain.time import as_naive_utc, utcnow
+from webapp.extensions import db
+from webapp.models import Operation, OperationAttempt
+from webapp.models.commerce import Customer, Purchase
+from webapp.models.email import EmailLog
+from webapp.services.engine import on_outcome
+from webapp.services.registry import KINDS
 
 STATUSES = ("unresolved", "resolved", "all", "retrying", "scheduled")
-RANGES = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7),
-          "30d": timedelta(days=30), "all": None}
+RANGES = {
+    "1h": timedelta(hours=1),
+    "24h": timedelta(hours=24),
+    "7d": timedelta(days=7),
+    "30d": timedelta(days=30),
+    "all": None,
+}
 MAX_QUERY = 200
 MAX_ID = 2**63 - 1  # the largest BIGINT: ids beyond it cannot exist
 ISSUES_SHOWN = 200
@@ -70,8 +75,9 @@ class Filters:
 
     def to_json(self) -> dict:
         """All filters as JSON-safe values (for a bulk job's record)."""
-        return {key: (value.isoformat() if isinstance(value, datetime) else value)
-                for key, value in asdict(self).items()}
+        return {
+            key: (value.isoformat() if isinstance(value, datetime) else value) for key, value in asdict(self).items()
+        }
 
     @property
     def dead_only(self) -> bool:
@@ -112,9 +118,16 @@ def parse_filters(args: Mapping[str, str]) -> Filters:
     fingerprint = (args.get("fingerprint") or "").strip().lower()
     if fingerprint and fingerprint != NO_FINGERPRINT and not _FINGERPRINT.fullmatch(fingerprint):
         raise FilterError(f"fingerprint must be {FINGERPRINT_LENGTH} hex digits (from the Issues view)")
-    return Filters(kind=kind, name=name, status=status, range=range_,
-                   since=_parse_time(args.get("since"), "since"), until=_parse_time(args.get("until"), "until"),
-                   q=q, fingerprint=fingerprint)
+    return Filters(
+        kind=kind,
+        name=name,
+        status=status,
+        range=range_,
+        since=_parse_time(args.get("since"), "since"),
+        until=_parse_time(args.get("until"), "until"),
+        q=q,
+        fingerprint=fingerprint,
+    )
 
 
 def _parse_time(raw: str | None, label: str) -> datetime | None:
@@ -127,6 +140,7 @@ def _parse_time(raw: str | None, label: str) -> datetime | None:
 
 
 # --- the filtered selection ---------------------------------------------------------------
+
 
 def _sort_column(filters: Filters):
     """Dead operations by when they died (newest first); the others by when they are due (soonest first)."""
@@ -188,11 +202,17 @@ def _search(q: str):
         return func.lower(column).like(pattern, escape="\\")
 
     # Compared as text: a payload's purchase_id is JSON (a number, or junk) and must never fail a cast.
-    purchases_of_customer = (select(cast(Purchase.id, String)).join(Customer, Customer.id == Purchase.customer_id)
-                             .where(like(Customer.email)))
+    purchases_of_customer = (
+        select(cast(Purchase.id, String))
+        .join(Customer, Customer.id == Purchase.customer_id)
+        .where(like(Customer.email))
+    )
     # Webhooks and welcome emails name their purchase or customer in the subject instead.
-    purchase_subjects = (select(literal("purchase:", String) + cast(Purchase.id, String))
-                         .join(Customer, Customer.id == Purchase.customer_id).where(like(Customer.email)))
+    purchase_subjects = (
+        select(literal("purchase:", String) + cast(Purchase.id, String))
+        .join(Customer, Customer.id == Purchase.customer_id)
+        .where(like(Customer.email))
+    )
     customer_subjects = select(literal("customer:", String) + cast(Customer.id, String)).where(like(Customer.email))
     return or_(
         like(Operation.subject),
@@ -233,8 +253,9 @@ def decode_cursor(cursor: str | None) -> tuple[datetime, int] | None:
         raise FilterError("the page cursor is malformed; start again from the first page") from None
 
 
-def list_operations(filters: Filters, *, cursor: str | None = None, limit: int = 50,
-                    now: datetime | None = None) -> Page:
+def list_operations(
+    filters: Filters, *, cursor: str | None = None, limit: int = 50, now: datetime | None = None
+) -> Page:
     """A page of operations matching ``filters``, keyset-paginated by (sort time, id).
 
     Dead operations come newest death first; live ones (retrying, scheduled) soonest due first.
@@ -249,8 +270,11 @@ def list_operations(filters: Filters, *, cursor: str | None = None, limit: int =
         else:
             query = query.where(or_(column > stamp, and_(column == stamp, Operation.id > last_id)))
     order = (column.desc(), Operation.id.desc()) if _descending(filters) else (column.asc(), Operation.id.asc())
-    rows = db.session.execute(query.order_by(*order).limit(limit + 1)
-                              .execution_options(populate_existing=True)).scalars().all()
+    rows = (
+        db.session.execute(query.order_by(*order).limit(limit + 1).execution_options(populate_existing=True))
+        .scalars()
+        .all()
+    )
     _detach(rows)
     more = len(rows) > limit
     rows = rows[:limit]
@@ -260,8 +284,9 @@ def list_operations(filters: Filters, *, cursor: str | None = None, limit: int =
 
 def count_matching(filters: Filters, now: datetime | None = None) -> int:
     """How many operations match ``filters``."""
-    total = db.session.execute(select(func.count()).select_from(Operation)
-                               .where(*filter_conditions(filters, now))).scalar_one()
+    total = db.session.execute(
+        select(func.count()).select_from(Operation).where(*filter_conditions(filters, now))
+    ).scalar_one()
     db.session.rollback()
     return total
 
@@ -277,17 +302,32 @@ def get_operation_detail(operation_id: int) -> dict | None:
     if operation is None:
         db.session.rollback()
         return None
-    attempts = db.session.execute(select(OperationAttempt).where(OperationAttempt.operation_id == operation_id)
-                                  .order_by(OperationAttempt.number, OperationAttempt.id)).scalars().all()
+    attempts = (
+        db.session.execute(
+            select(OperationAttempt)
+            .where(OperationAttempt.operation_id == operation_id)
+            .order_by(OperationAttempt.number, OperationAttempt.id)
+        )
+        .scalars()
+        .all()
+    )
     purchase, customer = _related_purchase(operation)
     conditions = [EmailLog.operation_id == operation_id]
     if purchase is not None:
         conditions.append(EmailLog.purchase_id == purchase.id)
-    emails = db.session.execute(select(EmailLog).where(or_(*conditions))
-                                .order_by(EmailLog.created_at.desc()).limit(50)).scalars().all()
-    detail = {"operation": operation, "attempts": attempts, "purchase": purchase, "customer": customer,
-              "emails": emails, "payload_json": json.dumps(operation.payload, indent=2, sort_keys=True,
-                                                           default=str)}
+    emails = (
+        db.session.execute(select(EmailLog).where(or_(*conditions)).order_by(EmailLog.created_at.desc()).limit(50))
+        .scalars()
+        .all()
+    )
+    detail = {
+        "operation": operation,
+        "attempts": attempts,
+        "purchase": purchase,
+        "customer": customer,
+        "emails": emails,
+        "payload_json": json.dumps(operation.payload, indent=2, sort_keys=True, default=str),
+    }
     if purchase is not None:
         purchase.product  # load it before detaching: the template names the product
     _detach([operation, *attempts, *emails, *filter(None, [purchase, customer, purchase and purchase.product])])
@@ -308,8 +348,12 @@ def _related_purchase(operation: Operation):
     subject = operation.subject or ""
     if purchase is not None and purchase.customer_id is not None:
         customer = db.session.get(Customer, purchase.customer_id)
-    elif subject.startswith("customer:") and subject[9:].isascii() and subject[9:].isdigit() \
-            and int(subject[9:]) <= MAX_ID:
+    elif (
+        subject.startswith("customer:")
+        and subject[9:].isascii()
+        and subject[9:].isdigit()
+        and int(subject[9:]) <= MAX_ID
+    ):
         customer = db.session.get(Customer, int(subject[9:]))
     if customer is None and isinstance(payload.get("to"), str):
         customer = db.session.execute(select(Customer).where(Customer.email == payload["to"])).scalars().first()
@@ -321,8 +365,16 @@ def get_operations(ids: Iterable[int]) -> list[Operation]:
     ids = list(ids)
     if not ids:
         return []
-    rows = db.session.execute(select(Operation).where(Operation.id.in_(ids)).order_by(Operation.id.desc())
-                              .execution_options(populate_existing=True)).scalars().all()
+    rows = (
+        db.session.execute(
+            select(Operation)
+            .where(Operation.id.in_(ids))
+            .order_by(Operation.id.desc())
+            .execution_options(populate_existing=True)
+        )
+        .scalars()
+        .all()
+    )
     _detach(rows)
     return rows
 
@@ -337,6 +389,7 @@ def _detach(rows) -> None:
 
 # --- stat cards ---------------------------------------------------------------------------
 
+
 def dead_letter_stats(now: datetime | None = None) -> dict:
     """The failed-operations cards: dead total, by kind, unresolved, new in the last 24 h."""
     now = now or utcnow()
@@ -345,13 +398,19 @@ def dead_letter_stats(now: datetime | None = None) -> dict:
     # (a bare GROUP BY kind makes it walk a whole kind-leading index instead).
     kind = func.coalesce(Operation.kind, "")
     by_kind = dict(db.session.execute(select(kind, func.count()).where(dead).group_by(kind)).all())
-    unresolved = db.session.execute(select(func.count()).select_from(Operation)
-                                    .where(dead, Operation.resolved_at.is_(None))).scalar_one()
-    recent = db.session.execute(select(func.count()).select_from(Operation)
-                                .where(dead, Operation.dead_at >= now - timedelta(hours=24))).scalar_one()
+    unresolved = db.session.execute(
+        select(func.count()).select_from(Operation).where(dead, Operation.resolved_at.is_(None))
+    ).scalar_one()
+    recent = db.session.execute(
+        select(func.count()).select_from(Operation).where(dead, Operation.dead_at >= now - timedelta(hours=24))
+    ).scalar_one()
     db.session.rollback()
-    return {"total": sum(by_kind.values()), "by_kind": {kind: by_kind.get(kind, 0) for kind in KINDS},
-            "unresolved": unresolved, "last_24h": recent}
+    return {
+        "total": sum(by_kind.values()),
+        "by_kind": {kind: by_kind.get(kind, 0) for kind in KINDS},
+        "unresolved": unresolved,
+        "last_24h": recent,
+    }
 
 
 def operation_names() -> list[str]:
@@ -362,6 +421,7 @@ def operation_names() -> list[str]:
 
 
 # --- fingerprints and the Issues view -----------------------------------------------------
+
 
 @on_outcome
 def _store_fingerprint(operation: Operation, outcome: str) -> None:
@@ -376,20 +436,26 @@ def refingerprint(batch: int = 5000) -> int:
     while True:
         rows = db.session.execute(
             select(Operation.id, Operation.error_class, Operation.error_message, Operation.error_fingerprint)
-            .where(Operation.id > last_id,
-                   or_(Operation.error_class.is_not(None), Operation.error_message.is_not(None)))
-            .order_by(Operation.id).limit(batch)).all()
+            .where(
+                Operation.id > last_id, or_(Operation.error_class.is_not(None), Operation.error_message.is_not(None))
+            )
+            .order_by(Operation.id)
+            .limit(batch)
+        ).all()
         if not rows:
             db.session.rollback()
             return changed
-        updates = [{"id": row.id, "error_fingerprint": fingerprint}
-                   for row in rows
-                   if (fingerprint := fingerprint_of(row.error_class, row.error_message)) != row.error_fingerprint]
+        updates = [
+            {"id": row.id, "error_fingerprint": fingerprint}
+            for row in rows
+            if (fingerprint := fingerprint_of(row.error_class, row.error_message)) != row.error_fingerprint
+        ]
         if updates:
             table = Operation.__table__
-            db.session.execute(update(table).where(table.c.id == bindparam("b_id"))
-                               .values(error_fingerprint=bindparam("b_fp")),
-                               [{"b_id": u["id"], "b_fp": u["error_fingerprint"]} for u in updates])
+            db.session.execute(
+                update(table).where(table.c.id == bindparam("b_id")).values(error_fingerprint=bindparam("b_fp")),
+                [{"b_id": u["id"], "b_fp": u["error_fingerprint"]} for u in updates],
+            )
         db.session.commit()
         changed += len(updates)
         last_id = rows[-1].id
@@ -428,11 +494,17 @@ def issues(filters: Filters, now: datetime | None = None, shown: int = ISSUES_SH
         filters = replace(filters, status="unresolved")
     fingerprint = func.coalesce(Operation.error_fingerprint, NO_FINGERPRINT).label("fingerprint")
     rows = db.session.execute(
-        select(fingerprint, Operation.name, func.count().label("count"),
-               func.sum(case((Operation.resolved_at.is_(None), 1), else_=0)).label("unresolved"),
-               func.min(Operation.dead_at).label("first_seen"), func.max(Operation.dead_at).label("last_seen"))
+        select(
+            fingerprint,
+            Operation.name,
+            func.count().label("count"),
+            func.sum(case((Operation.resolved_at.is_(None), 1), else_=0)).label("unresolved"),
+            func.min(Operation.dead_at).label("first_seen"),
+            func.max(Operation.dead_at).label("last_seen"),
+        )
         .where(*filter_conditions(filters, now))
-        .group_by(fingerprint, Operation.name)).all()
+        .group_by(fingerprint, Operation.name)
+    ).all()
     groups: dict[str, Issue] = {}
     for row in rows:
         issue = groups.setdefault(row.fingerprint, Issue(row.fingerprint))
@@ -450,7 +522,9 @@ def issues(filters: Filters, now: datetime | None = None, shown: int = ISSUES_SH
         sample = db.session.execute(
             select(Operation.error_class, Operation.error_message)
             .where(DEAD, Operation.error_fingerprint == issue.fingerprint)
-            .order_by(Operation.dead_at.desc()).limit(1)).first()
+            .order_by(Operation.dead_at.desc())
+            .limit(1)
+        ).first()
         if sample is not None:
             issue.error_class, issue.sample = sample.error_class, normalise_error(sample.error_message)
     db.session.rollback()
@@ -459,9 +533,26 @@ def issues(filters: Filters, now: datetime | None = None, shown: int = ISSUES_SH
 
 # --- export -------------------------------------------------------------------------------
 
-EXPORT_FIELDS = ("id", "kind", "name", "state", "subject", "idempotency_key", "attempts", "max_attempts",
-                 "error_class", "error_kind", "error_message", "created_at", "last_attempt_at", "dead_at",
-                 "resolved_at", "resolved_by", "resolution_note", "payload")
+EXPORT_FIELDS = (
+    "id",
+    "kind",
+    "name",
+    "state",
+    "subject",
+    "idempotency_key",
+    "attempts",
+    "max_attempts",
+    "error_class",
+    "error_kind",
+    "error_message",
+    "created_at",
+    "last_attempt_at",
+    "dead_at",
+    "resolved_at",
+    "resolved_by",
+    "resolution_note",
+    "payload",
+)
 
 
 def operation_record(operation: Operation) -> dict:

@@ -20,16 +20,16 @@ import requests
 from flask import current_app
 from sqlalchemy import select
 
-from ..domain.errors import Deferral, PermanentError, TransientError
-from ..domain.retry import RetryPolicy
-from ..domain.time import utcnow
-from ..extensions import db
-from ..models import Alert, AlertState, Operation
-from ..models.alerts import ALERT_LEVELS, ALERT_TYPES
-from .admin_queries import fingerprint_of
-from .engine import on_outcome
-from .operations import create_operation
-from .registry import handler
+from webapp.domain.errors import Deferral, PermanentError, TransientError
+from webapp.domain.retry import RetryPolicy
+from webapp.domain.time import utcnow
+from webapp.extensions import db
+from webapp.models import Alert, AlertState, Operation
+from webapp.models.alerts import ALERT_LEVELS, ALERT_TYPES
+from webapp.services.admin_queries import fingerprint_of
+from webapp.services.engine import on_outcome
+from webapp.services.operations import create_operation
+from webapp.services.registry import handler
 
 log = logging.getLogger("backstop.alerts")
 
@@ -44,10 +44,21 @@ LEVEL_STYLE = {
 }
 # Dead-lettered operations of these kinds raise an alert; "alert" is deliberately absent.
 FAILURE_ALERTS = {"email": ("email_failure", "error"), "webhook": ("webhook_failure", "critical")}
-FIELD_LABELS = {"operation_id": "Operation", "operation_name": "Name", "subject": "Subject",
-                "attempts": "Attempts", "error": "Error", "value": "Value", "warning": "Warning at",
-                "critical": "Critical at", "window": "Window", "sample": "Sample", "job": "Job",
-                "heartbeat_age_seconds": "Heartbeat age (s)", "stale_after_seconds": "Stale after (s)"}
+FIELD_LABELS = {
+    "operation_id": "Operation",
+    "operation_name": "Name",
+    "subject": "Subject",
+    "attempts": "Attempts",
+    "error": "Error",
+    "value": "Value",
+    "warning": "Warning at",
+    "critical": "Critical at",
+    "window": "Window",
+    "sample": "Sample",
+    "job": "Job",
+    "heartbeat_age_seconds": "Heartbeat age (s)",
+    "stale_after_seconds": "Stale after (s)",
+}
 LINK_KEYS = ("admin_url", "details_url")
 MAX_MESSAGE = 4000
 MAX_SLACK_TEXT = 2900  # Slack refuses section text above 3000 characters
@@ -69,8 +80,18 @@ def admin_url(path: str = "/admin/failed-operations", **query) -> str:
     return f"{base}{path}" + (f"?{urlencode(query)}" if query else "")
 
 
-def raise_alert(type_: str, level: str, key: str, title: str, message: str = "", context: dict | None = None,
-                *, state: str | None = None, now: datetime | None = None, dedupe: bool = True) -> Alert | None:
+def raise_alert(
+    type_: str,
+    level: str,
+    key: str,
+    title: str,
+    message: str = "",
+    context: dict | None = None,
+    *,
+    state: str | None = None,
+    now: datetime | None = None,
+    dedupe: bool = True,
+) -> Alert | None:
     """Record an alert and its delivery operation in the caller's transaction (the caller commits).
 
     Returns ``None`` when the same type and key already alerted within the dedupe window.
@@ -84,19 +105,40 @@ def raise_alert(type_: str, level: str, key: str, title: str, message: str = "",
     if dedupe and _alerted_since(type_, key, now - timedelta(seconds=float(_config("ALERT_DEDUPE_SECONDS", 900)))):
         log.info("alert %s %s suppressed: already alerted within the window", type_, key)
         return None
-    alert = Alert(type=type_, level=level, key=key, title=title[:255], message=(message or "")[:MAX_MESSAGE],
-                  context=context or {}, state=state, created_at=now)
+    alert = Alert(
+        type=type_,
+        level=level,
+        key=key,
+        title=title[:255],
+        message=(message or "")[:MAX_MESSAGE],
+        context=context or {},
+        state=state,
+        created_at=now,
+    )
     db.session.add(alert)
     db.session.flush()
-    operation = create_operation(DELIVERY_OPERATION, {"alert_id": alert.id}, idempotency_key=f"alert:{alert.id}",
-                                 subject=f"alert:{type_}:{key}"[:255], now=now)
+    operation = create_operation(
+        DELIVERY_OPERATION,
+        {"alert_id": alert.id},
+        idempotency_key=f"alert:{alert.id}",
+        subject=f"alert:{type_}:{key}"[:255],
+        now=now,
+    )
     alert.operation_id = operation.id
-    log.info("alert %s %s %s: %s", alert.id, type_, level, title,
-             extra={"alert_id": alert.id, "alert_type": type_, "level": level})
+    log.info(
+        "alert %s %s %s: %s",
+        alert.id,
+        type_,
+        level,
+        title,
+        extra={"alert_id": alert.id, "alert_type": type_, "level": level},
+    )
     return alert
 
 
-def _alerted_since(type_: str, key: str, since: datetime, min_rank: int | None = None, state: str | None = None) -> bool:
+def _alerted_since(
+    type_: str, key: str, since: datetime, min_rank: int | None = None, state: str | None = None
+) -> bool:
     query = select(Alert.level).where(Alert.type == type_, Alert.key == key, Alert.created_at > since)
     if state is not None:
         query = query.where(Alert.state == state)
@@ -104,9 +146,17 @@ def _alerted_since(type_: str, key: str, since: datetime, min_rank: int | None =
     return any(min_rank is None or LEVEL_RANK[level] >= min_rank for level in levels)
 
 
-def evaluate_threshold(type_: str, key: str, level: str | None, *, title: str, message: str = "",
-                       context: dict | None = None, value: float | None = None,
-                       now: datetime | None = None) -> Alert | None:
+def evaluate_threshold(
+    type_: str,
+    key: str,
+    level: str | None,
+    *,
+    title: str,
+    message: str = "",
+    context: dict | None = None,
+    value: float | None = None,
+    now: datetime | None = None,
+) -> Alert | None:
     """Compare a threshold's new ``level`` (``None`` = healthy) with its last state; alert on crossings.
 
     Newly firing or escalated: alert (unless an alert as severe fired for this key within the
@@ -127,8 +177,9 @@ def evaluate_threshold(type_: str, key: str, level: str | None, *, title: str, m
         row.state, row.level, row.announced, row.changed_at = "ok", None, False, now
         if not announced:
             return None
-        return raise_alert(type_, "info", key, f"Recovered: {title}", message, context, state="recovered",
-                           now=now, dedupe=False)
+        return raise_alert(
+            type_, "info", key, f"Recovered: {title}", message, context, state="recovered", now=now, dedupe=False
+        )
     if firing and LEVEL_RANK[row.level or "info"] >= LEVEL_RANK[level]:
         row.level = level  # steady, or calmer: no news
         return None
@@ -152,9 +203,11 @@ def threshold_states() -> list[AlertState]:
 
 def recent_alerts(limit: int = 20) -> list[Alert]:
     """The latest alerts, newest first (detached rows: type, level, title, message, context, ...)."""
-    rows = db.session.execute(
-        select(Alert).order_by(Alert.created_at.desc(), Alert.id.desc()).limit(max(int(limit), 0))
-    ).scalars().all()
+    rows = (
+        db.session.execute(select(Alert).order_by(Alert.created_at.desc(), Alert.id.desc()).limit(max(int(limit), 0)))
+        .scalars()
+        .all()
+    )
     for row in rows:
         db.session.expunge(row)
     db.session.rollback()  # a read only: never keep a (SQLite: write-locking) transaction open
@@ -162,6 +215,7 @@ def recent_alerts(limit: int = 20) -> list[Alert]:
 
 
 # --- dead-lettered operations ------------------------------------------------------------------
+
 
 @on_outcome
 def alert_on_dead_letter(operation: Operation, outcome: str) -> None:
@@ -176,11 +230,14 @@ def alert_on_dead_letter(operation: Operation, outcome: str) -> None:
     fingerprint = fingerprint_of(operation.error_class, operation.error_message)
     error = f"{operation.error_class or 'Error'}: {operation.error_message or ''}".strip()
     context = {
-        "operation_id": operation.id, "operation_name": operation.name, "subject": operation.subject,
-        "attempts": operation.attempts, "error": error[:500], "error_kind": operation.error_kind,
+        "operation_id": operation.id,
+        "operation_name": operation.name,
+        "subject": operation.subject,
+        "attempts": operation.attempts,
+        "error": error[:500],
+        "error_kind": operation.error_kind,
         "fingerprint": fingerprint,
-        "admin_url": admin_url(kind=operation.kind, name=operation.name, fingerprint=fingerprint,
-                               status="unresolved"),
+        "admin_url": admin_url(kind=operation.kind, name=operation.name, fingerprint=fingerprint, status="unresolved"),
         # This very operation (payload, error, stack, every attempt) as JSON, for admin tokens.
         "details_url": admin_url(f"/api/admin/operations/{operation.id}"),
     }
@@ -191,6 +248,7 @@ def alert_on_dead_letter(operation: Operation, outcome: str) -> None:
 
 
 # --- delivery to Slack -------------------------------------------------------------------------
+
 
 def _escape(text) -> str:
     """Slack mrkdwn escaping: external text must not become links or mentions."""
@@ -203,18 +261,33 @@ def slack_payload(alert: Alert) -> dict:
     headline = f"{emoji} {alert.level.upper()}: {alert.title}"
     context = alert.context or {}
     link = context.get("admin_url") or admin_url("/admin/operations-health")
-    fields = [{"type": "mrkdwn", "text": f"*{FIELD_LABELS.get(key, key.replace('_', ' ').capitalize())}*\n"
-                                         f"{_escape(value)[:500]}"}
-              for key, value in context.items()
-              if key not in LINK_KEYS + ("report", "fingerprint", "error_kind") and value not in (None, "")
-              and not isinstance(value, (dict, list))][:MAX_FIELDS]
-    blocks = [{"type": "section",
-               "text": {"type": "mrkdwn", "text": f"*{_escape(headline)}*\n{_escape(alert.message)}"[:MAX_SLACK_TEXT]}}]
+    fields = [
+        {
+            "type": "mrkdwn",
+            "text": f"*{FIELD_LABELS.get(key, key.replace('_', ' ').capitalize())}*\n{_escape(value)[:500]}",
+        }
+        for key, value in context.items()
+        if key not in LINK_KEYS + ("report", "fingerprint", "error_kind")
+        and value not in (None, "")
+        and not isinstance(value, (dict, list))
+    ][:MAX_FIELDS]
+    blocks = [
+        {
+            "type": "section",
+            "text": {"type": "mrkdwn", "text": f"*{_escape(headline)}*\n{_escape(alert.message)}"[:MAX_SLACK_TEXT]},
+        }
+    ]
     if fields:
         blocks.append({"type": "section", "fields": fields})
     details = f" · <{context['details_url']}|Operation details (API)>" if context.get("details_url") else ""
-    blocks.append({"type": "context", "elements": [
-        {"type": "mrkdwn", "text": f"<{link}|Open in Backstop>{details} · {alert.type} · alert #{alert.id}"}]})
+    blocks.append(
+        {
+            "type": "context",
+            "elements": [
+                {"type": "mrkdwn", "text": f"<{link}|Open in Backstop>{details} · {alert.type} · alert #{alert.id}"}
+            ],
+        }
+    )
     return {"text": headline[:MAX_SLACK_TEXT], "attachments": [{"color": colour, "blocks": blocks}]}
 
 

@@ -14,17 +14,17 @@ from datetime import datetime
 
 from sqlalchemy import func, insert, literal, select, update
 
-from ..domain.errors import PermanentError
-from ..domain.retry import RetryPolicy
-from ..domain.states import State
-from ..domain.time import utcnow
-from ..extensions import db
-from ..models import BulkJob, BulkJobItem, Operation
-from .admin_queries import Filters, filter_conditions
-from .doorbell import ring_after_commit
-from .engine import on_outcome
-from .operations import create_operation
-from .registry import handler
+from webapp.domain.errors import PermanentError
+from webapp.domain.retry import RetryPolicy
+from webapp.domain.states import State
+from webapp.domain.time import utcnow
+from webapp.extensions import db
+from webapp.models import BulkJob, BulkJobItem, Operation
+from webapp.services.admin_queries import Filters, filter_conditions
+from webapp.services.doorbell import ring_after_commit
+from webapp.services.engine import on_outcome
+from webapp.services.operations import create_operation
+from webapp.services.registry import handler
 
 log = logging.getLogger("backstop.bulk")
 
@@ -52,16 +52,27 @@ def retry_ids(ids: list[int], *, by: str, now: datetime | None = None) -> tuple[
 
 def _retry_batch(ids: list[int], by: str, now: datetime) -> int:
     """Move the dead ones among ``ids`` to pending (same values as a single admin retry)."""
-    dead = db.session.execute(select(Operation.id).where(Operation.id.in_(ids),
-                                                         Operation.state == State.DEAD.value)).scalars().all()
+    dead = (
+        db.session.execute(select(Operation.id).where(Operation.id.in_(ids), Operation.state == State.DEAD.value))
+        .scalars()
+        .all()
+    )
     if not dead:
         return 0
     changed = db.session.execute(
         update(Operation)
         .where(Operation.id.in_(dead), Operation.state == State.DEAD.value)
-        .values(state=State.PENDING.value, max_attempts=Operation.attempts + 1, next_attempt_at=now,
-                enqueued_at=now, dead_at=None, resolved_at=None, resolved_by=None,
-                resolution_note=f"retried by {by}", updated_at=now)
+        .values(
+            state=State.PENDING.value,
+            max_attempts=Operation.attempts + 1,
+            next_attempt_at=now,
+            enqueued_at=now,
+            dead_at=None,
+            resolved_at=None,
+            resolved_by=None,
+            resolution_note=f"retried by {by}",
+            updated_at=now,
+        )
         .execution_options(synchronize_session=False)
     ).rowcount
     for operation_id in dead:
@@ -75,7 +86,7 @@ def resolve_ids(ids: list[int], *, by: str, note: str = "", now: datetime | None
     now = now or utcnow()
     resolved = 0
     for start in range(0, len(ids), BATCH_SIZE):
-        chunk = ids[start:start + BATCH_SIZE]
+        chunk = ids[start : start + BATCH_SIZE]
         resolved += db.session.execute(
             update(Operation)
             .where(Operation.id.in_(chunk), Operation.state == State.DEAD.value, Operation.resolved_at.is_(None))
@@ -126,17 +137,29 @@ def create_draft(filters: Filters, *, by: str, now: datetime | None = None) -> B
     if not filters.dead_only:
         raise BulkError("only dead-lettered operations can be retried in bulk")
     now = now or utcnow()
-    job = BulkJob(action="retry", state="draft", filters=filters.to_json(), description=filters.describe(),
-                  total=0, created_by=by, created_at=now)
+    job = BulkJob(
+        action="retry",
+        state="draft",
+        filters=filters.to_json(),
+        description=filters.describe(),
+        total=0,
+        created_by=by,
+        created_at=now,
+    )
     db.session.add(job)
     db.session.flush()
-    db.session.execute(insert(BulkJobItem).from_select(
-        ["bulk_job_id", "operation_id"],
-        select(literal(job.id), Operation.id).where(*filter_conditions(filters, now))))
-    total = db.session.execute(select(func.count()).select_from(BulkJobItem)
-                               .where(BulkJobItem.bulk_job_id == job.id)).scalar_one()
-    db.session.execute(update(BulkJob).where(BulkJob.id == job.id).values(total=total)
-                       .execution_options(synchronize_session=False))
+    db.session.execute(
+        insert(BulkJobItem).from_select(
+            ["bulk_job_id", "operation_id"],
+            select(literal(job.id), Operation.id).where(*filter_conditions(filters, now)),
+        )
+    )
+    total = db.session.execute(
+        select(func.count()).select_from(BulkJobItem).where(BulkJobItem.bulk_job_id == job.id)
+    ).scalar_one()
+    db.session.execute(
+        update(BulkJob).where(BulkJob.id == job.id).values(total=total).execution_options(synchronize_session=False)
+    )
     db.session.commit()
     return get_job(job.id)
 
@@ -152,8 +175,11 @@ def get_job(job_id: int) -> BulkJob:
 
 def recent_jobs(limit: int = 5) -> list[BulkJob]:
     """The latest confirmed bulk jobs, newest first."""
-    jobs = db.session.execute(select(BulkJob).where(BulkJob.state != "draft")
-                              .order_by(BulkJob.id.desc()).limit(limit)).scalars().all()
+    jobs = (
+        db.session.execute(select(BulkJob).where(BulkJob.state != "draft").order_by(BulkJob.id.desc()).limit(limit))
+        .scalars()
+        .all()
+    )
     db.session.rollback()
     return list(jobs)
 
@@ -162,15 +188,27 @@ def start(job_id: int, *, by: str, now: datetime | None = None) -> BulkJob:
     """Confirm a draft: queue the background operation that works through its snapshot. Commits."""
     now = now or utcnow()
     changed = db.session.execute(
-        update(BulkJob).where(BulkJob.id == job_id, BulkJob.state == "draft")
-        .values(state="queued").execution_options(synchronize_session=False)).rowcount
+        update(BulkJob)
+        .where(BulkJob.id == job_id, BulkJob.state == "draft")
+        .values(state="queued")
+        .execution_options(synchronize_session=False)
+    ).rowcount
     if not changed:
         db.session.rollback()
         raise BulkError(f"bulk job {get_job(job_id).id} was already confirmed or cancelled")
-    operation = create_operation(JOB_OPERATION, {"bulk_job_id": job_id, "by": by},
-                                 idempotency_key=f"bulk-job:{job_id}", subject=f"bulk-job:{job_id}", now=now)
-    db.session.execute(update(BulkJob).where(BulkJob.id == job_id).values(operation_id=operation.id)
-                       .execution_options(synchronize_session=False))
+    operation = create_operation(
+        JOB_OPERATION,
+        {"bulk_job_id": job_id, "by": by},
+        idempotency_key=f"bulk-job:{job_id}",
+        subject=f"bulk-job:{job_id}",
+        now=now,
+    )
+    db.session.execute(
+        update(BulkJob)
+        .where(BulkJob.id == job_id)
+        .values(operation_id=operation.id)
+        .execution_options(synchronize_session=False)
+    )
     db.session.commit()
     return get_job(job_id)
 
@@ -182,8 +220,9 @@ def cancel(job_id: int, now: datetime | None = None) -> BulkJob:
     if job.finished:
         raise BulkError(f"bulk job {job_id} has already {job.state}")
     values = {"state": "cancelled", "finished_at": now} if job.state == "draft" else {"cancel_requested": True}
-    db.session.execute(update(BulkJob).where(BulkJob.id == job_id).values(**values)
-                       .execution_options(synchronize_session=False))
+    db.session.execute(
+        update(BulkJob).where(BulkJob.id == job_id).values(**values).execution_options(synchronize_session=False)
+    )
     db.session.commit()
     return get_job(job_id)
 
@@ -198,25 +237,38 @@ def run_job(job_id: int, by: str, *, batch_size: int = BATCH_SIZE, clock=utcnow)
         job = get_job(job_id)
         if job.cancel_requested:
             return _finish(job_id, "cancelled", clock())
-        batch = db.session.execute(
-            select(BulkJobItem.operation_id)
-            .where(BulkJobItem.bulk_job_id == job_id, BulkJobItem.operation_id > job.cursor)
-            .order_by(BulkJobItem.operation_id).limit(batch_size)).scalars().all()
+        batch = (
+            db.session.execute(
+                select(BulkJobItem.operation_id)
+                .where(BulkJobItem.bulk_job_id == job_id, BulkJobItem.operation_id > job.cursor)
+                .order_by(BulkJobItem.operation_id)
+                .limit(batch_size)
+            )
+            .scalars()
+            .all()
+        )
         if not batch:
             db.session.rollback()
             return _finish(job_id, "done", clock())
         retried = _retry_batch(batch, by, clock())
         db.session.execute(
-            update(BulkJob).where(BulkJob.id == job_id)
-            .values(cursor=batch[-1], processed=BulkJob.processed + len(batch),
-                    succeeded=BulkJob.succeeded + retried, skipped=BulkJob.skipped + len(batch) - retried)
-            .execution_options(synchronize_session=False))
+            update(BulkJob)
+            .where(BulkJob.id == job_id)
+            .values(
+                cursor=batch[-1],
+                processed=BulkJob.processed + len(batch),
+                succeeded=BulkJob.succeeded + retried,
+                skipped=BulkJob.skipped + len(batch) - retried,
+            )
+            .execution_options(synchronize_session=False)
+        )
         db.session.commit()
 
 
 def _set(job_id: int, **values) -> None:
-    db.session.execute(update(BulkJob).where(BulkJob.id == job_id).values(**values)
-                       .execution_options(synchronize_session=False))
+    db.session.execute(
+        update(BulkJob).where(BulkJob.id == job_id).values(**values).execution_options(synchronize_session=False)
+    )
     db.session.commit()
 
 
@@ -245,6 +297,9 @@ def _mark_failed_jobs(operation, outcome: str) -> None:
         return
     job_id = (operation.payload or {}).get("bulk_job_id")
     if isinstance(job_id, int):
-        db.session.execute(update(BulkJob).where(BulkJob.id == job_id, BulkJob.state.in_(("queued", "running")))
-                           .values(state="failed", error=operation.error_message, finished_at=operation.dead_at)
-                           .execution_options(synchronize_session=False))
+        db.session.execute(
+            update(BulkJob)
+            .where(BulkJob.id == job_id, BulkJob.state.in_(("queued", "running")))
+            .values(state="failed", error=operation.error_message, finished_at=operation.dead_at)
+            .execution_options(synchronize_session=False)
+        )

@@ -7,22 +7,24 @@ Every check turns a measurement into a level (``None`` when healthy) and hands i
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import Mapping
 
 from sqlalchemy import func, select
 
-from ..domain.states import State
-from ..extensions import db
-from ..models import Alert, AutoRequeue, Operation, PeriodicJob
-from . import alerts
-from .admin_queries import fingerprint_of, normalise_error
-from .doorbell import get_doorbell
+from webapp.domain.states import State
+from webapp.extensions import db
+from webapp.models import Alert, AutoRequeue, Operation, PeriodicJob
+from webapp.services import alerts
+from webapp.services.admin_queries import fingerprint_of, normalise_error
+from webapp.services.doorbell import get_doorbell
 
 CHECKS_JOB = "checks"
 DAILY_REPORT_JOB = "daily_report"
-RATE_KINDS = {"email": ("Email delivery rate", "ALERT_EMAIL_RATE"),
-              "webhook": ("Webhook success rate", "ALERT_WEBHOOK_RATE")}
+RATE_KINDS = {
+    "email": ("Email delivery rate", "ALERT_EMAIL_RATE"),
+    "webhook": ("Webhook success rate", "ALERT_WEBHOOK_RATE"),
+}
 TOP_FAILURES = 5
 REPORT_SCAN_LIMIT = 5000
 
@@ -47,10 +49,12 @@ def unresolved_dead_letters(*, include_alerts: bool = True) -> int:
 
 def terminal_counts(kind: str, since: datetime) -> tuple[int, int]:
     """``(succeeded, dead)`` for operations of ``kind`` that finished since ``since``."""
-    succeeded = db.session.execute(select(func.count()).select_from(Operation).where(
-        Operation.kind == kind, Operation.succeeded_at >= since)).scalar_one()
-    dead = db.session.execute(select(func.count()).select_from(Operation).where(
-        Operation.kind == kind, Operation.dead_at >= since)).scalar_one()
+    succeeded = db.session.execute(
+        select(func.count()).select_from(Operation).where(Operation.kind == kind, Operation.succeeded_at >= since)
+    ).scalar_one()
+    dead = db.session.execute(
+        select(func.count()).select_from(Operation).where(Operation.kind == kind, Operation.dead_at >= since)
+    ).scalar_one()
     return succeeded, dead
 
 
@@ -62,13 +66,23 @@ def check_dead_letters(now: datetime, config: Mapping):
     """
     count = unresolved_dead_letters(include_alerts=False)
     warning, critical = int(config["ALERT_DLQ_WARNING"]), int(config["ALERT_DLQ_CRITICAL"])
-    context = {"value": count, "warning": f"> {warning}", "critical": f"> {critical}",
-               "admin_url": alerts.admin_url(status="unresolved")}
+    context = {
+        "value": count,
+        "warning": f"> {warning}",
+        "critical": f"> {critical}",
+        "admin_url": alerts.admin_url(status="unresolved"),
+    }
     return alerts.evaluate_threshold(
-        "dlq_threshold", "unresolved", level_above(count, warning, critical), value=count, now=now,
-        title=f"{count} unresolved dead letters", context=context,
+        "dlq_threshold",
+        "unresolved",
+        level_above(count, warning, critical),
+        value=count,
+        now=now,
+        title=f"{count} unresolved dead letters",
+        context=context,
         message=f"The dead-letter queue holds {count} unresolved operations "
-                f"(warning above {warning}, critical above {critical}).")
+        f"(warning above {warning}, critical above {critical}).",
+    )
 
 
 def check_failure_rate(kind: str, now: datetime, config: Mapping):
@@ -84,14 +98,25 @@ def check_failure_rate(kind: str, now: datetime, config: Mapping):
     rate = 100.0 * succeeded / total if total else 100.0
     warning, critical = float(config[f"{prefix}_WARNING"]), float(config[f"{prefix}_CRITICAL"])
     level = level_below(rate, warning, critical) if total >= int(config["ALERT_FAILURE_RATE_MIN_SAMPLE"]) else None
-    context = {"value": f"{rate:.1f}%", "sample": f"{succeeded} ok, {dead} dead", "window": f"{window / 60:.0f} min",
-               "warning": f"< {warning}%", "critical": f"< {critical}%",
-               "admin_url": alerts.admin_url(kind=kind, status="all", range="1h")}
+    context = {
+        "value": f"{rate:.1f}%",
+        "sample": f"{succeeded} ok, {dead} dead",
+        "window": f"{window / 60:.0f} min",
+        "warning": f"< {warning}%",
+        "critical": f"< {critical}%",
+        "admin_url": alerts.admin_url(kind=kind, status="all", range="1h"),
+    }
     return alerts.evaluate_threshold(
-        "failure_rate", kind, level, value=round(rate, 2), now=now, context=context,
+        "failure_rate",
+        kind,
+        level,
+        value=round(rate, 2),
+        now=now,
+        context=context,
         title=f"{label} {rate:.1f}% over the last {window / 60:.0f} min",
         message=f"{label}: {succeeded} succeeded and {dead} dead-lettered in the window "
-                f"(warning below {warning}%, critical below {critical}%).")
+        f"(warning below {warning}%, critical below {critical}%).",
+    )
 
 
 def stale_after(interval_seconds: float, config: Mapping) -> float:
@@ -105,7 +130,7 @@ def check_jobs(now: datetime, config: Mapping, *, skip: str | None = CHECKS_JOB)
     Judged exactly as ``/healthz`` judges it (:func:`schedule.job_heartbeats`): every configured
     job, including one that never finished a run and so has no heartbeat at all.
     """
-    from .schedule import job_heartbeats  # schedule imports this module for its job table
+    from webapp.services.schedule import job_heartbeats  # schedule imports this module for its job table
 
     raised = []
     for beat in job_heartbeats(config, now):
@@ -118,23 +143,38 @@ def check_jobs(now: datetime, config: Mapping, *, skip: str | None = CHECKS_JOB)
 
 def _job_stale(beat: dict, now: datetime):
     name, age, limit = beat["name"], beat["heartbeat_age_seconds"], beat["stale_after_seconds"]
-    context = {"job": name, "heartbeat_age_seconds": None if age is None else round(age),
-               "stale_after_seconds": round(limit), "admin_url": alerts.admin_url("/admin/operations-health")}
+    context = {
+        "job": name,
+        "heartbeat_age_seconds": None if age is None else round(age),
+        "stale_after_seconds": round(limit),
+        "admin_url": alerts.admin_url("/admin/operations-health"),
+    }
     return alerts.evaluate_threshold(
-        "job_stale", name, None if beat["fresh"] else "critical", value=age, now=now, context=context,
-        title=f"Periodic job {name} has never finished a run" if age is None
+        "job_stale",
+        name,
+        None if beat["fresh"] else "critical",
+        value=age,
+        now=now,
+        context=context,
+        title=f"Periodic job {name} has never finished a run"
+        if age is None
         else f"Periodic job {name} has not run for {_ago(age)}",
         message=f"Job {name} runs every {beat['interval_seconds']:.0f} s; its heartbeat is stale after "
-                f"{limit:.0f} s. Is a worker with the scheduler running?")
+        f"{limit:.0f} s. Is a worker with the scheduler running?",
+    )
 
 
 def _job_failed(beat: dict, now: datetime):
     name, error = beat["name"], beat["last_error"]
     return alerts.evaluate_threshold(
-        "system_health", f"job_failed:{name}", "error" if error else None, now=now,
+        "system_health",
+        f"job_failed:{name}",
+        "error" if error else None,
+        now=now,
         context={"job": name, "error": (error or "")[:500], "admin_url": alerts.admin_url("/admin/operations-health")},
         title=f"Periodic job {name} failed its last run",
-        message=f"Job {name}: {(error or 'its last run succeeded')[:500]}")
+        message=f"Job {name}: {(error or 'its last run succeeded')[:500]}",
+    )
 
 
 def check_queue(now: datetime):
@@ -145,10 +185,15 @@ def check_queue(now: datetime):
     except Exception as exc:  # unreachable queue: a measurement, not a failed check
         error = type(exc).__name__
     return alerts.evaluate_threshold(
-        "system_health", "queue", "critical" if error else None, now=now,
+        "system_health",
+        "queue",
+        "critical" if error else None,
+        now=now,
         context={"error": error, "admin_url": alerts.admin_url("/admin/operations-health")},
-        title="The queue is unreachable", message=f"Ringing the queue fails ({error}); the reconciler keeps "
-                                                  "operations due, but nothing runs until the queue is back.")
+        title="The queue is unreachable",
+        message=f"Ringing the queue fails ({error}); the reconciler keeps "
+        "operations due, but nothing runs until the queue is back.",
+    )
 
 
 def _ago(age: float) -> str:
@@ -158,10 +203,12 @@ def _ago(age: float) -> str:
 def run_checks(now: datetime, config: Mapping) -> str:
     """One pass of every check, each in its own short transaction; returns a summary."""
     raised = []
-    steps = [lambda: [check_dead_letters(now, config)],
-             *[(lambda kind=kind: [check_failure_rate(kind, now, config)]) for kind in RATE_KINDS],
-             lambda: check_jobs(now, config),
-             lambda: [check_queue(now)]]
+    steps = [
+        lambda: [check_dead_letters(now, config)],
+        *[(lambda kind=kind: [check_failure_rate(kind, now, config)]) for kind in RATE_KINDS],
+        lambda: check_jobs(now, config),
+        lambda: [check_queue(now)],
+    ]
     for step in steps:
         try:
             raised.extend(alert for alert in step() if alert is not None)
@@ -179,34 +226,58 @@ def checks_job(config: Mapping, now: datetime) -> str:
 
 # --- the daily report ---------------------------------------------------------------------------
 
+
 def daily_report(now: datetime, config: Mapping) -> dict:
     """The last 24 hours: counts and rates per kind, dead letters, auto-requeues, top failures."""
     since = now - timedelta(hours=24)
-    created = dict(db.session.execute(select(Operation.kind, func.count()).where(
-        Operation.created_at >= since).group_by(Operation.kind)).all())
+    created = dict(
+        db.session.execute(
+            select(Operation.kind, func.count()).where(Operation.created_at >= since).group_by(Operation.kind)
+        ).all()
+    )
     kinds = {}
     for kind in ("email", "webhook", "job", "alert"):
         succeeded, dead = terminal_counts(kind, since)
         total = succeeded + dead
-        kinds[kind] = {"created": created.get(kind, 0), "succeeded": succeeded, "dead": dead,
-                       "rate": round(100.0 * succeeded / total, 2) if total else None}
-    requeued = db.session.execute(select(func.count()).select_from(AutoRequeue).where(
-        AutoRequeue.requeued_at >= since)).scalar_one()
+        kinds[kind] = {
+            "created": created.get(kind, 0),
+            "succeeded": succeeded,
+            "dead": dead,
+            "rate": round(100.0 * succeeded / total, 2) if total else None,
+        }
+    requeued = db.session.execute(
+        select(func.count()).select_from(AutoRequeue).where(AutoRequeue.requeued_at >= since)
+    ).scalar_one()
     failures = db.session.execute(
         select(Operation.name, Operation.error_class, Operation.error_message)
-        .where(Operation.dead_at >= since).order_by(Operation.dead_at.desc()).limit(REPORT_SCAN_LIMIT)).all()
+        .where(Operation.dead_at >= since)
+        .order_by(Operation.dead_at.desc())
+        .limit(REPORT_SCAN_LIMIT)
+    ).all()
     groups: Counter = Counter()
     samples: dict[str, tuple[str, str | None, str]] = {}
     for name, error_class, message in failures:
         fingerprint = fingerprint_of(error_class, message)
         groups[fingerprint] += 1
         samples.setdefault(fingerprint, (name, error_class, normalise_error(message)))
-    top = [{"fingerprint": fingerprint, "count": count, "name": samples[fingerprint][0],
-            "error_class": samples[fingerprint][1], "sample": samples[fingerprint][2]}
-           for fingerprint, count in groups.most_common(TOP_FAILURES)]
-    report = {"since": since.isoformat(), "until": now.isoformat(), "kinds": kinds,
-              "unresolved_dead_letters": unresolved_dead_letters(), "auto_requeued": requeued,
-              "top_failures": top}
+    top = [
+        {
+            "fingerprint": fingerprint,
+            "count": count,
+            "name": samples[fingerprint][0],
+            "error_class": samples[fingerprint][1],
+            "sample": samples[fingerprint][2],
+        }
+        for fingerprint, count in groups.most_common(TOP_FAILURES)
+    ]
+    report = {
+        "since": since.isoformat(),
+        "until": now.isoformat(),
+        "kinds": kinds,
+        "unresolved_dead_letters": unresolved_dead_letters(),
+        "auto_requeued": requeued,
+        "top_failures": top,
+    }
     db.session.rollback()
     return report
 
@@ -236,24 +307,39 @@ def send_daily_report(now: datetime, config: Mapping):
         return None
     report = daily_report(now, config)
     lines = [f"{kind}: {_rate_text(entry)}" for kind, entry in report["kinds"].items()]
-    lines.append(f"Unresolved dead letters: {report['unresolved_dead_letters']}; "
-                 f"auto-requeued: {report['auto_requeued']}")
-    lines += [f"Top failure #{i}: {item['count']}× {item['name']} {item['error_class'] or ''}: {item['sample'][:150]}"
-              for i, item in enumerate(report["top_failures"], 1)]
-    context = {"emails": _rate_text(report["kinds"]["email"]), "webhooks": _rate_text(report["kinds"]["webhook"]),
-               "dead letters": report["unresolved_dead_letters"], "report": report,
-               "admin_url": alerts.admin_url("/admin/operations-health", window="24h")}
-    alert = alerts.raise_alert("daily_report", _report_level(report, config), day,
-                               f"Daily health report for the 24 h to {now:%Y-%m-%d %H:%M} UTC", "\n".join(lines),
-                               context, now=now)
+    lines.append(
+        f"Unresolved dead letters: {report['unresolved_dead_letters']}; auto-requeued: {report['auto_requeued']}"
+    )
+    lines += [
+        f"Top failure #{i}: {item['count']}× {item['name']} {item['error_class'] or ''}: {item['sample'][:150]}"
+        for i, item in enumerate(report["top_failures"], 1)
+    ]
+    context = {
+        "emails": _rate_text(report["kinds"]["email"]),
+        "webhooks": _rate_text(report["kinds"]["webhook"]),
+        "dead letters": report["unresolved_dead_letters"],
+        "report": report,
+        "admin_url": alerts.admin_url("/admin/operations-health", window="24h"),
+    }
+    alert = alerts.raise_alert(
+        "daily_report",
+        _report_level(report, config),
+        day,
+        f"Daily health report for the 24 h to {now:%Y-%m-%d %H:%M} UTC",
+        "\n".join(lines),
+        context,
+        now=now,
+    )
     db.session.commit()
     return alert
 
 
 def daily_report_job(config: Mapping, now: datetime) -> str:
     """The periodic daily-report job; its very first run only starts the clock (no day to report yet)."""
-    first = db.session.execute(select(PeriodicJob.last_finished_at).where(
-        PeriodicJob.name == DAILY_REPORT_JOB)).scalar() is None
+    first = (
+        db.session.execute(select(PeriodicJob.last_finished_at).where(PeriodicJob.name == DAILY_REPORT_JOB)).scalar()
+        is None
+    )
     db.session.rollback()
     if first:
         return "first run: the first report comes one interval from now"

@@ -14,22 +14,54 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 
-from ..domain.fingerprints import fingerprint_of
-from ..domain.time import utcnow
-from ..extensions import db
-from ..models import Operation, OperationAttempt
-from ..models.commerce import Customer, Product, Purchase, StripeEvent
-from ..models.email import EmailLog
+from webapp.domain.fingerprints import fingerprint_of
+from webapp.domain.time import utcnow
+from webapp.extensions import db
+from webapp.models import Operation, OperationAttempt
+from webapp.models.commerce import Customer, Product, Purchase, StripeEvent
+from webapp.models.email import EmailLog
 
 
 class NotEmpty(RuntimeError):
     """The database already holds data; demo data only fills an empty one."""
 
 
-FIRST = ["Ada", "Grace", "Alan", "Edsger", "Barbara", "Ken", "Margaret", "Linus", "Radia", "Donald",
-         "Frances", "John", "Katherine", "Dennis", "Hedy", "Tim"]
-LAST = ["Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Thompson", "Hamilton", "Torvalds",
-        "Perlman", "Knuth", "Allen", "Backus", "Johnson", "Ritchie", "Lamarr", "Berners-Lee"]
+FIRST = [
+    "Ada",
+    "Grace",
+    "Alan",
+    "Edsger",
+    "Barbara",
+    "Ken",
+    "Margaret",
+    "Linus",
+    "Radia",
+    "Donald",
+    "Frances",
+    "John",
+    "Katherine",
+    "Dennis",
+    "Hedy",
+    "Tim",
+]
+LAST = [
+    "Lovelace",
+    "Hopper",
+    "Turing",
+    "Dijkstra",
+    "Liskov",
+    "Thompson",
+    "Hamilton",
+    "Torvalds",
+    "Perlman",
+    "Knuth",
+    "Allen",
+    "Backus",
+    "Johnson",
+    "Ritchie",
+    "Lamarr",
+    "Berners-Lee",
+]
 
 # (error class, message template, permanent?) per kind; {n}, {email}, {hex} vary per row.
 FAILURES = {
@@ -50,8 +82,10 @@ FAILURES = {
 
 def is_empty() -> bool:
     """True when there are no operations, customers or purchases yet."""
-    counts = [db.session.execute(select(func.count()).select_from(model)).scalar_one()
-              for model in (Operation, Customer, Purchase)]
+    counts = [
+        db.session.execute(select(func.count()).select_from(model)).scalar_one()
+        for model in (Operation, Customer, Purchase)
+    ]
     db.session.rollback()
     return not any(counts)
 
@@ -95,8 +129,11 @@ class _Builder:
         db.session.add_all(self.products)
         for index in range(40):
             first, last = self.rng.choice(FIRST), self.rng.choice(LAST)
-            customer = Customer(email=f"{first}.{last}{index}@example.com".lower(), name=f"{first} {last}",
-                                created_at=self.now - timedelta(days=self.days + 3))
+            customer = Customer(
+                email=f"{first}.{last}{index}@example.com".lower(),
+                name=f"{first} {last}",
+                created_at=self.now - timedelta(days=self.days + 3),
+            )
             self.customers.append(customer)
         db.session.add_all(self.customers)
         db.session.flush()
@@ -109,31 +146,60 @@ class _Builder:
         """A purchase, its Stripe webhook's processing and its confirmation email."""
         customer, product = self.rng.choice(self.customers), self.rng.choice(self.products)
         at = self._when()
-        purchase = Purchase(customer_id=customer.id, product_id=product.id, payment_method="card",
-                            status="completed", amount_cents=product.price_cents, created_at=at, updated_at=at,
-                            completed_at=at + timedelta(seconds=20), fulfilment_status="sent",
-                            stripe_checkout_session_id=f"cs_test_{self.rng.getrandbits(48):012x}")
+        purchase = Purchase(
+            customer_id=customer.id,
+            product_id=product.id,
+            payment_method="card",
+            status="completed",
+            amount_cents=product.price_cents,
+            created_at=at,
+            updated_at=at,
+            completed_at=at + timedelta(seconds=20),
+            fulfilment_status="sent",
+            stripe_checkout_session_id=f"cs_test_{self.rng.getrandbits(48):012x}",
+        )
         db.session.add(purchase)
         db.session.flush()
         self.counts["purchases"] += 1
         event_id = f"evt_{self.rng.getrandbits(64):016x}"
-        webhook = self.operation("webhook", "stripe.checkout.session.completed", at + timedelta(seconds=15),
-                                 {"event_id": event_id, "type": "checkout.session.completed",
-                                  "object_id": purchase.stripe_checkout_session_id},
-                                 subject=f"purchase:{purchase.id}")
-        db.session.add(StripeEvent(id=event_id, type="checkout.session.completed",
-                                   object_id=purchase.stripe_checkout_session_id, operation_id=webhook.id,
-                                   payload=json.dumps(_checkout_event(event_id, purchase)),
-                                   received_at=at + timedelta(seconds=15),
-                                   processing_state="processed" if webhook.state == "succeeded" else "failed"))
+        webhook = self.operation(
+            "webhook",
+            "stripe.checkout.session.completed",
+            at + timedelta(seconds=15),
+            {
+                "event_id": event_id,
+                "type": "checkout.session.completed",
+                "object_id": purchase.stripe_checkout_session_id,
+            },
+            subject=f"purchase:{purchase.id}",
+        )
+        db.session.add(
+            StripeEvent(
+                id=event_id,
+                type="checkout.session.completed",
+                object_id=purchase.stripe_checkout_session_id,
+                operation_id=webhook.id,
+                payload=json.dumps(_checkout_event(event_id, purchase)),
+                received_at=at + timedelta(seconds=15),
+                processing_state="processed" if webhook.state == "succeeded" else "failed",
+            )
+        )
         if webhook.state != "succeeded":
             purchase.status, purchase.fulfilment_status, purchase.completed_at = "pending", "pending", None
             return
         template = "lead_purchase_confirmation" if product.kind == "lead" else "credit_purchase_confirmation"
-        email = self.operation("email", f"email.{template}", at + timedelta(seconds=25),
-                               {"to": customer.email, "template": template, "purchase_id": purchase.id,
-                                "context": {"name": customer.name, "product": product.name}},
-                               subject=f"purchase:{purchase.id}")
+        email = self.operation(
+            "email",
+            f"email.{template}",
+            at + timedelta(seconds=25),
+            {
+                "to": customer.email,
+                "template": template,
+                "purchase_id": purchase.id,
+                "context": {"name": customer.name, "product": product.name},
+            },
+            subject=f"purchase:{purchase.id}",
+        )
         self.email_log(email, purchase, customer, template)
         if email.state == "dead":
             purchase.fulfilment_status = "undeliverable" if email.error_kind == "permanent" else "failing"
@@ -145,19 +211,35 @@ class _Builder:
         if self.rng.random() < 0.7:
             self.operation("job", "reports.daily_summary", self._when(), {"day": self._when().date().isoformat()})
         else:
-            self.operation("alert", "alert.slack", self._when(), {"text": "Dead-letter queue above 10 items"},
-                           subject="alert:dlq_threshold")
+            self.operation(
+                "alert",
+                "alert.slack",
+                self._when(),
+                {"text": "Dead-letter queue above 10 items"},
+                subject="alert:dlq_threshold",
+            )
 
     def scheduled(self) -> None:
         """A few welcome emails scheduled for later (they can be cancelled from the console)."""
         for customer in self.customers[:3]:
             self.sequence += 1
             run_at = self.now + timedelta(days=2, minutes=self.sequence)
-            db.session.add(Operation(kind="email", name="email.welcome", payload={"to": customer.email,
-                                     "template": "welcome", "context": {"name": customer.name}},
-                                     idempotency_key=f"demo:welcome:{customer.id}", subject=f"email:{customer.email}",
-                                     state="scheduled", attempts=0, max_attempts=4, next_attempt_at=run_at,
-                                     run_at=run_at, created_at=self.now, updated_at=self.now))
+            db.session.add(
+                Operation(
+                    kind="email",
+                    name="email.welcome",
+                    payload={"to": customer.email, "template": "welcome", "context": {"name": customer.name}},
+                    idempotency_key=f"demo:welcome:{customer.id}",
+                    subject=f"email:{customer.email}",
+                    state="scheduled",
+                    attempts=0,
+                    max_attempts=4,
+                    next_attempt_at=run_at,
+                    run_at=run_at,
+                    created_at=self.now,
+                    updated_at=self.now,
+                )
+            )
             self.counts["operations"] += 1
 
     def operation(self, kind: str, name: str, at: datetime, payload: dict, subject: str | None = None) -> Operation:
@@ -168,9 +250,18 @@ class _Builder:
         error_class, template, permanent = self.rng.choice(FAILURES[kind])
         max_attempts = {"email": 4, "webhook": 6, "job": 4, "alert": 3}[kind]
         attempts_made = (1 if permanent else max_attempts) if failures < 0 else failures + 1
-        operation = Operation(kind=kind, name=name, payload=payload, subject=subject,
-                              idempotency_key=f"demo:{name}:{self.sequence}", attempts=attempts_made,
-                              max_attempts=max_attempts, created_at=at, updated_at=at, next_attempt_at=at)
+        operation = Operation(
+            kind=kind,
+            name=name,
+            payload=payload,
+            subject=subject,
+            idempotency_key=f"demo:{name}:{self.sequence}",
+            attempts=attempts_made,
+            max_attempts=max_attempts,
+            created_at=at,
+            updated_at=at,
+            next_attempt_at=at,
+        )
         db.session.add(operation)
         db.session.flush()
         started = at
@@ -179,18 +270,28 @@ class _Builder:
         for number in range(1, attempts_made + 1):
             last = number == attempts_made
             ok = failures >= 0 and last
-            message = template.format(n=self.rng.randint(2, 9999), hex=f"{self.rng.getrandbits(40):010x}",
-                                      email=payload.get("to", "someone@example.com"))
+            message = template.format(
+                n=self.rng.randint(2, 9999),
+                hex=f"{self.rng.getrandbits(40):010x}",
+                email=payload.get("to", "someone@example.com"),
+            )
             duration = self.rng.randint(40, 900) if ok else self.rng.randint(200, 30000)
             outcome = "succeeded" if ok else ("dead" if last else "failed")
             attempt = OperationAttempt(
-                operation_id=operation.id, number=number, started_at=started,
-                finished_at=started + timedelta(milliseconds=duration), duration_ms=duration, outcome=outcome,
-                error_class=None if ok else error_class, error_message=None if ok else message,
-                error_stack=None if ok else _stack(error_class, message), worker="demo:1:worker-1")
+                operation_id=operation.id,
+                number=number,
+                started_at=started,
+                finished_at=started + timedelta(milliseconds=duration),
+                duration_ms=duration,
+                outcome=outcome,
+                error_class=None if ok else error_class,
+                error_message=None if ok else message,
+                error_stack=None if ok else _stack(error_class, message),
+                worker="demo:1:worker-1",
+            )
             db.session.add(attempt)
             self.attempts.append(attempt)
-            started += timedelta(milliseconds=duration, seconds=2 ** number * self.rng.uniform(1, 3))
+            started += timedelta(milliseconds=duration, seconds=2**number * self.rng.uniform(1, 3))
         finished = started
         operation.last_attempt_at = finished
         if failures >= 0:
@@ -213,11 +314,20 @@ class _Builder:
         """One email-log row per attempt of the operation just made, as the email worker writes them."""
         for attempt in self.attempts:
             ok = attempt.outcome == "succeeded"
-            db.session.add(EmailLog(
-                operation_id=operation.id, purchase_id=purchase.id, attempt=attempt.number, to_address=customer.email,
-                template=template, provider="smtp", status="sent" if ok else "failed",
-                provider_message_id=f"<{self.rng.getrandbits(64):016x}@backstop>" if ok else None,
-                error=attempt.error_message, created_at=attempt.finished_at))
+            db.session.add(
+                EmailLog(
+                    operation_id=operation.id,
+                    purchase_id=purchase.id,
+                    attempt=attempt.number,
+                    to_address=customer.email,
+                    template=template,
+                    provider="smtp",
+                    status="sent" if ok else "failed",
+                    provider_message_id=f"<{self.rng.getrandbits(64):016x}@backstop>" if ok else None,
+                    error=attempt.error_message,
+                    created_at=attempt.finished_at,
+                )
+            )
             self.counts["emails logged"] += 1
 
 
@@ -229,7 +339,17 @@ def _stack(error_class: str, message: str) -> str:
 
 def _checkout_event(event_id: str, purchase: Purchase) -> dict:
     """A Stripe checkout.session.completed event naming the purchase (as Stripe would send it)."""
-    return {"id": event_id, "object": "event", "type": "checkout.session.completed",
-            "data": {"object": {"id": purchase.stripe_checkout_session_id, "object": "checkout.session",
-                                "payment_status": "paid", "client_reference_id": str(purchase.id),
-                                "metadata": {"purchase_id": str(purchase.id)}}}}
+    return {
+        "id": event_id,
+        "object": "event",
+        "type": "checkout.session.completed",
+        "data": {
+            "object": {
+                "id": purchase.stripe_checkout_session_id,
+                "object": "checkout.session",
+                "payment_status": "paid",
+                "client_reference_id": str(purchase.id),
+                "metadata": {"purchase_id": str(purchase.id)},
+            }
+        },
+    }

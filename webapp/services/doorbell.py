@@ -74,8 +74,9 @@ def ring_now(operation_id: int, eta: datetime | None = None) -> bool:
         _doorbell.ring(operation_id, eta)
     except Exception as exc:  # the queue being down must never fail the caller
         RingStats.failed += 1
-        log.warning("could not enqueue operation %s (%s: %s); the reconciler will",
-                    operation_id, type(exc).__name__, exc)
+        log.warning(
+            "could not enqueue operation %s (%s: %s); the reconciler will", operation_id, type(exc).__name__, exc
+        )
         return False
     RingStats.rung += 1
     return True

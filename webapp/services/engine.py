@@ -13,21 +13,19 @@ import socket
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
 
-from dataclasses import replace
-
-from ..domain.errors import Deferral, PermanentError, classify
-from ..domain.retry import Decision, RetryPolicy
-from ..domain.states import CLAIMABLE, State
-from ..domain.time import as_naive_utc, utcnow
-from ..extensions import db
-from ..models import Operation, OperationAttempt, OperationPause
-from .doorbell import ring_after_commit
-from .registry import HandlerContext, UnknownHandler, registry
+from webapp.domain.errors import Deferral, PermanentError, classify
+from webapp.domain.retry import Decision, RetryPolicy
+from webapp.domain.states import CLAIMABLE, State
+from webapp.domain.time import as_naive_utc, utcnow
+from webapp.extensions import db
+from webapp.models import Operation, OperationAttempt, OperationPause
+from webapp.services.doorbell import ring_after_commit
+from webapp.services.registry import HandlerContext, UnknownHandler, registry
 
 log = logging.getLogger("backstop.engine")
 
@@ -94,12 +92,19 @@ def claim(operation_id: int, *, now: datetime, default_lease: float = DEFAULT_LE
     lease = _lease_seconds(name, default_lease)
     changed = db.session.execute(
         update(Operation)
-        .where(Operation.id == operation_id,
-               Operation.state.in_([s.value for s in CLAIMABLE]),
-               Operation.next_attempt_at <= now,
-               Operation.name.not_in(select(OperationPause.name)))  # a paused name waits
-        .values(state=State.RUNNING.value, attempts=Operation.attempts + 1,
-                lease_expires_at=now + timedelta(seconds=lease), last_attempt_at=now, updated_at=now)
+        .where(
+            Operation.id == operation_id,
+            Operation.state.in_([s.value for s in CLAIMABLE]),
+            Operation.next_attempt_at <= now,
+            Operation.name.not_in(select(OperationPause.name)),
+        )  # a paused name waits
+        .values(
+            state=State.RUNNING.value,
+            attempts=Operation.attempts + 1,
+            lease_expires_at=now + timedelta(seconds=lease),
+            last_attempt_at=now,
+            updated_at=now,
+        )
         .execution_options(synchronize_session=False)
     ).rowcount
     if not changed:
@@ -107,8 +112,13 @@ def claim(operation_id: int, *, now: datetime, default_lease: float = DEFAULT_LE
         waiting = state in {s.value for s in CLAIMABLE}
         return RunResult(operation_id, "not_claimed", due_at=due_at if waiting else None)
     operation = db.session.get(Operation, operation_id, populate_existing=True)
-    attempt = OperationAttempt(operation_id=operation_id, number=operation.attempts,
-                               started_at=now, outcome="running", worker=worker_identity())
+    attempt = OperationAttempt(
+        operation_id=operation_id,
+        number=operation.attempts,
+        started_at=now,
+        outcome="running",
+        worker=worker_identity(),
+    )
     db.session.add(attempt)
     db.session.flush()
     # The handler gets a detached snapshot, so no transaction (on SQLite: no write lock)
@@ -133,9 +143,15 @@ def _run_claimed(operation: Operation, attempt: OperationAttempt, clock) -> RunR
         handler = registry.get(name)
         handler.fn(HandlerContext(operation=operation, attempt=number, now=clock()))
         finished = clock()
-        if not _finish(operation_id, number, State.SUCCEEDED, finished, started, "succeeded",
-                       extra={"succeeded_at": finished, "lease_expires_at": None,
-                              "error_class": None, "error_kind": None}):
+        if not _finish(
+            operation_id,
+            number,
+            State.SUCCEEDED,
+            finished,
+            started,
+            "succeeded",
+            extra={"succeeded_at": finished, "lease_expires_at": None, "error_class": None, "error_kind": None},
+        ):
             db.session.rollback()
             _log_attempt(operation_id, name, number, "lost_lease", started)
             return RunResult(operation_id, "lost_lease", attempt=number)
@@ -158,8 +174,15 @@ def _permanent(exc: Exception) -> Exception:
     return wrapped
 
 
-def record_failure(operation_id: int, number: int, exc: BaseException, *, now: datetime,
-                   started_monotonic: float | None = None, outcome_override: str | None = None) -> RunResult:
+def record_failure(
+    operation_id: int,
+    number: int,
+    exc: BaseException,
+    *,
+    now: datetime,
+    started_monotonic: float | None = None,
+    outcome_override: str | None = None,
+) -> RunResult:
     """Write a failed attempt back: retry with backoff, defer, or dead-letter. Commits."""
     operation = db.session.get(Operation, operation_id, populate_existing=True)
     if operation is None or operation.state != State.RUNNING or operation.attempts != number:
@@ -169,8 +192,13 @@ def record_failure(operation_id: int, number: int, exc: BaseException, *, now: d
     kind = classify(exc)
     decision = handler_policy.decide(number, kind)
     message, stack = _describe(exc)
-    values = {"error_class": _class_name(exc), "error_kind": kind.value,
-              "error_message": message, "error_stack": stack, "lease_expires_at": None}
+    values = {
+        "error_class": _class_name(exc),
+        "error_kind": kind.value,
+        "error_message": message,
+        "error_stack": stack,
+        "lease_expires_at": None,
+    }
     if decision == Decision.DEFER:
         due = max(as_naive_utc(exc.until), now) if isinstance(exc, Deferral) else now
         # A deferral gives the attempt back: it was not the handler's failure.
@@ -186,8 +214,16 @@ def record_failure(operation_id: int, number: int, exc: BaseException, *, now: d
         target, outcome = State.DEAD, "dead"
     result_outcome = {Decision.DEFER: "deferred", Decision.DEAD: "dead"}.get(decision, "retrying")
     outcome = outcome_override or outcome
-    if not _finish(operation_id, number, target, now, started_monotonic, outcome, extra=values,
-                   error=(values["error_class"], message, stack)):
+    if not _finish(
+        operation_id,
+        number,
+        target,
+        now,
+        started_monotonic,
+        outcome,
+        extra=values,
+        error=(values["error_class"], message, stack),
+    ):
         db.session.rollback()
         return RunResult(operation_id, "lost_lease", attempt=number)
     if due is not None:
@@ -199,10 +235,10 @@ def record_failure(operation_id: int, number: int, exc: BaseException, *, now: d
 
 def put_back(operation_id: int, number: int, *, now: datetime, reason: str) -> bool:
     """Return an interrupted operation to ``pending`` without using up its attempt. Commits."""
-    values = {"attempts": number - 1, "next_attempt_at": now, "enqueued_at": now,
-              "lease_expires_at": None}
-    if not _finish(operation_id, number, State.PENDING, now, None, "interrupted", extra=values,
-                   error=("Interrupted", reason, None)):
+    values = {"attempts": number - 1, "next_attempt_at": now, "enqueued_at": now, "lease_expires_at": None}
+    if not _finish(
+        operation_id, number, State.PENDING, now, None, "interrupted", extra=values, error=("Interrupted", reason, None)
+    ):
         db.session.rollback()
         return False
     ring_after_commit(db.session, operation_id)
@@ -210,13 +246,21 @@ def put_back(operation_id: int, number: int, *, now: datetime, reason: str) -> b
     return True
 
 
-def _finish(operation_id: int, number: int, target: State, now: datetime, started_monotonic,
-            outcome: str, *, extra: dict, error=(None, None, None)) -> bool:
+def _finish(
+    operation_id: int,
+    number: int,
+    target: State,
+    now: datetime,
+    started_monotonic,
+    outcome: str,
+    *,
+    extra: dict,
+    error=(None, None, None),
+) -> bool:
     """Move a running operation to ``target`` if this worker still holds it; close its attempt."""
     changed = db.session.execute(
         update(Operation)
-        .where(Operation.id == operation_id, Operation.state == State.RUNNING.value,
-               Operation.attempts == number)
+        .where(Operation.id == operation_id, Operation.state == State.RUNNING.value, Operation.attempts == number)
         .values(state=target.value, updated_at=now, **extra)
         .execution_options(synchronize_session=False)
     ).rowcount
@@ -226,14 +270,24 @@ def _finish(operation_id: int, number: int, target: State, now: datetime, starte
     return True
 
 
-def close_attempt(operation_id: int, number: int, outcome: str, now: datetime,
-                  started_monotonic: float | None, error=(None, None, None)) -> None:
+def close_attempt(
+    operation_id: int,
+    number: int,
+    outcome: str,
+    now: datetime,
+    started_monotonic: float | None,
+    error=(None, None, None),
+) -> None:
     """Write the end of an attempt row (outcome, duration, error)."""
     attempt = db.session.execute(
-        select(OperationAttempt).where(OperationAttempt.operation_id == operation_id,
-                                       OperationAttempt.number == number,
-                                       OperationAttempt.finished_at.is_(None))
-        .order_by(OperationAttempt.id.desc()).limit(1)
+        select(OperationAttempt)
+        .where(
+            OperationAttempt.operation_id == operation_id,
+            OperationAttempt.number == number,
+            OperationAttempt.finished_at.is_(None),
+        )
+        .order_by(OperationAttempt.id.desc())
+        .limit(1)
     ).scalar_one_or_none()
     if attempt is None:
         return
@@ -270,12 +324,23 @@ def _describe(exc: BaseException) -> tuple[str, str]:
     return message, stack
 
 
-def _log_attempt(operation_id: int, name: str, number: int, outcome: str, started: float,
-                 exc: BaseException | None = None) -> None:
+def _log_attempt(
+    operation_id: int, name: str, number: int, outcome: str, started: float, exc: BaseException | None = None
+) -> None:
     duration_ms = int((time.monotonic() - started) * 1000)
-    log.info("operation %s %s attempt %s %s in %d ms", operation_id, name, number, outcome, duration_ms, extra={
-        "operation_id": operation_id, "operation_name": name, "attempt": number,
-        "outcome": outcome, "duration_ms": duration_ms,
-        "error_class": _class_name(exc) if exc else None,
-    })
-
+    log.info(
+        "operation %s %s attempt %s %s in %d ms",
+        operation_id,
+        name,
+        number,
+        outcome,
+        duration_ms,
+        extra={
+            "operation_id": operation_id,
+            "operation_name": name,
+            "attempt": number,
+            "outcome": outcome,
+            "duration_ms": duration_ms,
+            "error_class": _class_name(exc) if exc else None,
+        },
+    )

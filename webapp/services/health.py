@@ -7,12 +7,12 @@ from datetime import datetime
 
 from sqlalchemy import text
 
-from ..domain.time import utcnow
-from ..extensions import db
-from .doorbell import get_doorbell
-from .checks import stale_after
-from .reconciler import JOB_NAME as RECONCILER
-from .schedule import job_heartbeats
+from webapp.domain.time import utcnow
+from webapp.extensions import db
+from webapp.services.checks import stale_after
+from webapp.services.doorbell import get_doorbell
+from webapp.services.reconciler import JOB_NAME as RECONCILER
+from webapp.services.schedule import job_heartbeats
 
 JOB_FIELDS = ("heartbeat_age_seconds", "interval_seconds", "stale_after_seconds", "fresh", "runs", "last_error")
 
@@ -38,8 +38,12 @@ def _heartbeats_fresh(report: dict, config: Mapping, now: datetime) -> bool:
         return _read_heartbeats(report, config, now)
     except Exception as exc:  # e.g. a database whose schema is not migrated yet
         db.session.rollback()
-        report["reconciler"] = {"heartbeat_age_seconds": None, "fresh": False, "error": type(exc).__name__,
-                                "stale_after_seconds": stale_after(config["RECONCILE_INTERVAL_SECONDS"], config)}
+        report["reconciler"] = {
+            "heartbeat_age_seconds": None,
+            "fresh": False,
+            "error": type(exc).__name__,
+            "stale_after_seconds": stale_after(config["RECONCILE_INTERVAL_SECONDS"], config),
+        }
         return False
 
 

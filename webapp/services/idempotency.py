@@ -13,9 +13,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
-from ..domain.time import utcnow
-from ..extensions import db
-from ..models import IdempotencyRecord
+from webapp.domain.time import utcnow
+from webapp.extensions import db
+from webapp.models import IdempotencyRecord
 
 MAX_KEY_LENGTH = 255
 # A reservation with no answer after this long belongs to a request that died mid-way.
@@ -56,8 +56,9 @@ def check_key(key: str) -> str:
     """A usable key (printable, at most 255 characters), or IdempotencyError 400."""
     key = key.strip()
     if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
-        raise IdempotencyError("invalid_idempotency_key", 400,
-                               f"Idempotency-Key must be 1-{MAX_KEY_LENGTH} printable characters")
+        raise IdempotencyError(
+            "invalid_idempotency_key", 400, f"Idempotency-Key must be 1-{MAX_KEY_LENGTH} printable characters"
+        )
     return key
 
 
@@ -70,40 +71,49 @@ def reserve(token_id: int, key: str, request_fingerprint: str, *, now: datetime 
     now = now or utcnow()
     for _ in range(2):
         try:
-            record = IdempotencyRecord(token_id=token_id, key=key, request_fingerprint=request_fingerprint,
-                                       created_at=now)
+            record = IdempotencyRecord(
+                token_id=token_id, key=key, request_fingerprint=request_fingerprint, created_at=now
+            )
             db.session.add(record)
             db.session.commit()
             return Reservation(record_id=record.id)
         except IntegrityError:
             db.session.rollback()
         existing = db.session.execute(
-            select(IdempotencyRecord).where(IdempotencyRecord.token_id == token_id,
-                                            IdempotencyRecord.key == key)).scalar_one_or_none()
+            select(IdempotencyRecord).where(IdempotencyRecord.token_id == token_id, IdempotencyRecord.key == key)
+        ).scalar_one_or_none()
         if existing is None:
             db.session.rollback()
             continue
         db.session.expunge(existing)
         db.session.rollback()
         if existing.request_fingerprint != request_fingerprint:
-            raise IdempotencyError("idempotency_key_reused", 422,
-                                   "this Idempotency-Key was used with a different request")
+            raise IdempotencyError(
+                "idempotency_key_reused", 422, "this Idempotency-Key was used with a different request"
+            )
         if existing.response_status is not None:
             return Reservation(replay_status=existing.response_status, replay_body=existing.response_body)
         if now - existing.created_at < ABANDONED_AFTER or not _take_over(existing.id, existing.created_at, now):
-            raise IdempotencyError("idempotency_key_in_progress", 409,
-                                   "a request with this Idempotency-Key is still being processed")
+            raise IdempotencyError(
+                "idempotency_key_in_progress", 409, "a request with this Idempotency-Key is still being processed"
+            )
         return Reservation(record_id=existing.id)
-    raise IdempotencyError("idempotency_key_in_progress", 409,
-                           "a request with this Idempotency-Key is still being processed")
+    raise IdempotencyError(
+        "idempotency_key_in_progress", 409, "a request with this Idempotency-Key is still being processed"
+    )
 
 
 def _take_over(record_id: int, seen_created_at: datetime, now: datetime) -> bool:
     changed = db.session.execute(
         update(IdempotencyRecord)
-        .where(IdempotencyRecord.id == record_id, IdempotencyRecord.created_at == seen_created_at,
-               IdempotencyRecord.response_status.is_(None))
-        .values(created_at=now).execution_options(synchronize_session=False)).rowcount
+        .where(
+            IdempotencyRecord.id == record_id,
+            IdempotencyRecord.created_at == seen_created_at,
+            IdempotencyRecord.response_status.is_(None),
+        )
+        .values(created_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount
     db.session.commit()
     return bool(changed)
 
@@ -111,8 +121,11 @@ def _take_over(record_id: int, seen_created_at: datetime, now: datetime) -> bool
 def store(record_id: int, status: int, body: dict) -> None:
     """Save the answer given for a reserved key; commits."""
     db.session.execute(
-        update(IdempotencyRecord).where(IdempotencyRecord.id == record_id)
-        .values(response_status=status, response_body=body).execution_options(synchronize_session=False))
+        update(IdempotencyRecord)
+        .where(IdempotencyRecord.id == record_id)
+        .values(response_status=status, response_body=body)
+        .execution_options(synchronize_session=False)
+    )
     db.session.commit()
 
 

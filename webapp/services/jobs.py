@@ -5,28 +5,32 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Callable
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from ..domain.time import utcnow
-from ..extensions import db
-from ..models import JobRun, PeriodicJob
+from webapp.domain.time import utcnow
+from webapp.extensions import db
+from webapp.models import JobRun, PeriodicJob
 
 log = logging.getLogger("backstop.jobs")
 
 
-def acquire_lease(name: str, holder: str, *, ttl_seconds: float, now: datetime,
-                  interval_seconds: float) -> bool:
+def acquire_lease(name: str, holder: str, *, ttl_seconds: float, now: datetime, interval_seconds: float) -> bool:
     """Take the lease on job ``name`` if nobody holds a live one. Commits."""
     expires = now + timedelta(seconds=ttl_seconds)
     changed = db.session.execute(
         update(PeriodicJob)
-        .where(PeriodicJob.name == name,
-               or_(PeriodicJob.lease_expires_at.is_(None), PeriodicJob.lease_expires_at <= now,
-                   PeriodicJob.lease_holder == holder))
+        .where(
+            PeriodicJob.name == name,
+            or_(
+                PeriodicJob.lease_expires_at.is_(None),
+                PeriodicJob.lease_expires_at <= now,
+                PeriodicJob.lease_holder == holder,
+            ),
+        )
         .values(lease_holder=holder, lease_expires_at=expires, interval_seconds=interval_seconds)
         .execution_options(synchronize_session=False)
     ).rowcount
@@ -37,8 +41,9 @@ def acquire_lease(name: str, holder: str, *, ttl_seconds: float, now: datetime,
     if exists:
         db.session.rollback()
         return False
-    db.session.add(PeriodicJob(name=name, lease_holder=holder, lease_expires_at=expires,
-                               interval_seconds=interval_seconds))
+    db.session.add(
+        PeriodicJob(name=name, lease_holder=holder, lease_expires_at=expires, interval_seconds=interval_seconds)
+    )
     try:
         db.session.commit()
     except IntegrityError:  # another consumer created the row first: it holds the lease
@@ -50,7 +55,8 @@ def acquire_lease(name: str, holder: str, *, ttl_seconds: float, now: datetime,
 def release_lease(name: str, holder: str) -> None:
     """Give the lease back so the next tick anywhere may run the job. Commits."""
     db.session.execute(
-        update(PeriodicJob).where(PeriodicJob.name == name, PeriodicJob.lease_holder == holder)
+        update(PeriodicJob)
+        .where(PeriodicJob.name == name, PeriodicJob.lease_holder == holder)
         .values(lease_holder=None, lease_expires_at=None)
         .execution_options(synchronize_session=False)
     )
@@ -65,8 +71,15 @@ def is_due(name: str, interval_seconds: float, now: datetime) -> bool:
     return last is None or last <= now - timedelta(seconds=interval_seconds * 0.9)
 
 
-def run_exclusive(name: str, fn: Callable[[datetime], str | None], *, interval_seconds: float,
-                  lease_seconds: float, clock=utcnow, holder: str | None = None) -> JobRun | None:
+def run_exclusive(
+    name: str,
+    fn: Callable[[datetime], str | None],
+    *,
+    interval_seconds: float,
+    lease_seconds: float,
+    clock=utcnow,
+    holder: str | None = None,
+) -> JobRun | None:
     """Run ``fn(now)`` if job ``name`` is due and its lease is free; record the run and heartbeat.
 
     Returns the run record, or ``None`` when the job was not due or another runner holds it.
@@ -84,8 +97,12 @@ def run_exclusive(name: str, fn: Callable[[datetime], str | None], *, interval_s
         return None
     run = JobRun(job_name=name, holder=holder, started_at=now, outcome="running")
     db.session.add(run)
-    db.session.execute(update(PeriodicJob).where(PeriodicJob.name == name)
-                       .values(last_started_at=now).execution_options(synchronize_session=False))
+    db.session.execute(
+        update(PeriodicJob)
+        .where(PeriodicJob.name == name)
+        .values(last_started_at=now)
+        .execution_options(synchronize_session=False)
+    )
     db.session.commit()
     run_id = run.id
     started = time.monotonic()
@@ -102,9 +119,15 @@ def run_exclusive(name: str, fn: Callable[[datetime], str | None], *, interval_s
     run.finished_at, run.duration_ms = finished, duration_ms
     run.outcome, run.summary, run.error = ("failed" if error else "ok"), summary, error
     db.session.execute(
-        update(PeriodicJob).where(PeriodicJob.name == name)
-        .values(last_finished_at=finished, last_duration_ms=duration_ms, last_error=error,
-                last_summary=summary, runs=PeriodicJob.runs + 1)
+        update(PeriodicJob)
+        .where(PeriodicJob.name == name)
+        .values(
+            last_finished_at=finished,
+            last_duration_ms=duration_ms,
+            last_error=error,
+            last_summary=summary,
+            runs=PeriodicJob.runs + 1,
+        )
         .execution_options(synchronize_session=False)
     )
     db.session.commit()

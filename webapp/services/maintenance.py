@@ -13,21 +13,21 @@ from __future__ import annotations
 import gc
 import logging
 import time
+from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Mapping
 
 from sqlalchemy import delete, select, text, update
 
-from ..config import comma_list
-from ..domain.errors import ErrorKind
-from ..domain.states import State
-from ..extensions import db
-from ..models import Alert, AutoRequeue, JobRun, MaintenanceCursor, Operation, StripeEvent
-from .metrics import roll_up_operations
-from .operations import OperationError, retry_dead
-from .registry import KINDS
+from webapp.config import comma_list
+from webapp.domain.errors import ErrorKind
+from webapp.domain.states import State
+from webapp.extensions import db
+from webapp.models import Alert, AutoRequeue, JobRun, MaintenanceCursor, Operation, StripeEvent
+from webapp.services.metrics import roll_up_operations
+from webapp.services.operations import OperationError, retry_dead
+from webapp.services.registry import KINDS
 
 log = logging.getLogger("backstop.maintenance")
 
@@ -41,6 +41,7 @@ STRIPE_LATE_CURSOR = "stripe_event_bodies_late"
 
 # --- auto-requeue -------------------------------------------------------------------------------
 
+
 def _kinds(config: Mapping) -> list[str]:
     return comma_list(config.get("AUTO_REQUEUE_KINDS", "email,webhook,job"))
 
@@ -48,15 +49,24 @@ def _kinds(config: Mapping) -> list[str]:
 def requeue_candidates(now: datetime, config: Mapping) -> list[int]:
     """Dead operations due for their one automatic retry, oldest death first."""
     cutoff = now - timedelta(seconds=float(config.get("AUTO_REQUEUE_AFTER_SECONDS", 86400)))
-    ids = db.session.execute(
-        select(Operation.id)
-        .where(Operation.state == State.DEAD.value, Operation.resolved_at.is_(None),
-               Operation.dead_at <= cutoff, Operation.error_kind == ErrorKind.TRANSIENT.value,
-               Operation.attempts < int(config.get("AUTO_REQUEUE_MAX_ATTEMPTS", 10)),
-               Operation.kind.in_(_kinds(config)),
-               Operation.id.not_in(select(AutoRequeue.operation_id)))
-        .order_by(Operation.dead_at, Operation.id).limit(int(config.get("AUTO_REQUEUE_BATCH_SIZE", 100)))
-    ).scalars().all()
+    ids = (
+        db.session.execute(
+            select(Operation.id)
+            .where(
+                Operation.state == State.DEAD.value,
+                Operation.resolved_at.is_(None),
+                Operation.dead_at <= cutoff,
+                Operation.error_kind == ErrorKind.TRANSIENT.value,
+                Operation.attempts < int(config.get("AUTO_REQUEUE_MAX_ATTEMPTS", 10)),
+                Operation.kind.in_(_kinds(config)),
+                Operation.id.not_in(select(AutoRequeue.operation_id)),
+            )
+            .order_by(Operation.dead_at, Operation.id)
+            .limit(int(config.get("AUTO_REQUEUE_BATCH_SIZE", 100)))
+        )
+        .scalars()
+        .all()
+    )
     db.session.rollback()
     return list(ids)
 
@@ -82,12 +92,16 @@ def auto_requeue(now: datetime, config: Mapping) -> str:
             skipped += 1
             continue
         requeued += 1
-        log.info("auto-requeued dead operation %s after a transient failure", operation_id,
-                 extra={"operation_id": operation_id})
+        log.info(
+            "auto-requeued dead operation %s after a transient failure",
+            operation_id,
+            extra={"operation_id": operation_id},
+        )
     return f"requeued={requeued} skipped={skipped}"
 
 
 # --- cleanup ------------------------------------------------------------------------------------
+
 
 @dataclass
 class CleanupReport:
@@ -107,9 +121,11 @@ class CleanupReport:
         return max(self.batch_ms, default=0.0)
 
     def __str__(self) -> str:
-        return (f"succeeded={self.succeeded} resolved_dead={self.resolved_dead} stripe_bodies={self.stripe_bodies} "
-                f"job_runs={self.job_runs} alerts={self.alerts} batches={len(self.batch_ms)} "
-                f"max_batch_ms={self.max_batch_ms:.1f}" + ("" if self.complete else " (time budget reached)"))
+        return (
+            f"succeeded={self.succeeded} resolved_dead={self.resolved_dead} stripe_bodies={self.stripe_bodies} "
+            f"job_runs={self.job_runs} alerts={self.alerts} batches={len(self.batch_ms)} "
+            f"max_batch_ms={self.max_batch_ms:.1f}" + ("" if self.complete else " (time budget reached)")
+        )
 
 
 def _days(config: Mapping, key: str, default: float) -> timedelta:
@@ -171,27 +187,40 @@ def cleanup(now: datetime, config: Mapping) -> CleanupReport:
     """Delete or trim old records in bounded batches; returns counts and per-batch timings."""
     size = max(int(config.get("CLEANUP_BATCH_SIZE", 200)), 1)
     report = CleanupReport()
-    batches = _Batches(report, float(config.get("CLEANUP_MAX_SECONDS", 120)),
-                       float(config.get("CLEANUP_BATCH_PAUSE_SECONDS", 0.01)))
+    batches = _Batches(
+        report, float(config.get("CLEANUP_MAX_SECONDS", 120)), float(config.get("CLEANUP_BATCH_PAUSE_SECONDS", 0.01))
+    )
     succeeded_cutoff = now - _days(config, "RETENTION_SUCCEEDED_DAYS", 30)
     dead_cutoff = now - _days(config, "RETENTION_RESOLVED_DEAD_DAYS", 90)
     for kind in KINDS:  # one kind at a time so the (kind, succeeded_at) index serves the query
-        report.succeeded += batches.drain(lambda: _delete_operations(
-            select(Operation.id).where(Operation.kind == kind, Operation.succeeded_at < succeeded_cutoff,
-                                       Operation.state == State.SUCCEEDED.value), size))
-    report.resolved_dead += batches.drain(lambda: _delete_operations(
-        select(Operation.id).where(Operation.state == State.DEAD.value, Operation.resolved_at < dead_cutoff), size))
+        report.succeeded += batches.drain(
+            lambda: _delete_operations(
+                select(Operation.id).where(
+                    Operation.kind == kind,
+                    Operation.succeeded_at < succeeded_cutoff,
+                    Operation.state == State.SUCCEEDED.value,
+                ),
+                size,
+            )
+        )
+    report.resolved_dead += batches.drain(
+        lambda: _delete_operations(
+            select(Operation.id).where(Operation.state == State.DEAD.value, Operation.resolved_at < dead_cutoff), size
+        )
+    )
     body_cutoff = now - _days(config, "RETENTION_STRIPE_BODY_DAYS", 30)
     report.stripe_bodies += batches.drain(lambda: _trim_stripe_bodies(body_cutoff, size, now))
     # A success commits at most one lease after its succeeded_at: look no closer to now than that.
     settled_before = now - timedelta(seconds=float(config.get("OPERATION_LEASE_SECONDS", 300)))
     report.stripe_bodies += batches.drain(lambda: _trim_late_settled_bodies(settled_before, size, now))
     runs_cutoff = now - _days(config, "RETENTION_JOB_RUNS_DAYS", 14)
-    report.job_runs += batches.drain(lambda: _delete_ids(JobRun, select(JobRun.id).where(
-        JobRun.started_at < runs_cutoff).order_by(JobRun.id), size))
+    report.job_runs += batches.drain(
+        lambda: _delete_ids(JobRun, select(JobRun.id).where(JobRun.started_at < runs_cutoff).order_by(JobRun.id), size)
+    )
     alerts_cutoff = now - _days(config, "RETENTION_ALERTS_DAYS", 90)
-    report.alerts += batches.drain(lambda: _delete_ids(Alert, select(Alert.id).where(
-        Alert.created_at < alerts_cutoff).order_by(Alert.id), size))
+    report.alerts += batches.drain(
+        lambda: _delete_ids(Alert, select(Alert.id).where(Alert.created_at < alerts_cutoff).order_by(Alert.id), size)
+    )
     return report
 
 
@@ -226,16 +255,20 @@ def _trim_stripe_bodies(cutoff: datetime, size: int, now: datetime) -> int:
     cursor = db.session.get(MaintenanceCursor, STRIPE_CURSOR)
     query = select(StripeEvent.id, StripeEvent.received_at).where(StripeEvent.received_at < cutoff)
     if cursor is not None and cursor.position is not None:
-        query = query.where((StripeEvent.received_at > cursor.position)
-                            | ((StripeEvent.received_at == cursor.position) & (StripeEvent.id > (cursor.last_key or ""))))
+        query = query.where(
+            (StripeEvent.received_at > cursor.position)
+            | ((StripeEvent.received_at == cursor.position) & (StripeEvent.id > (cursor.last_key or "")))
+        )
     rows = db.session.execute(query.order_by(StripeEvent.received_at, StripeEvent.id).limit(size)).all()
     if not rows:
         db.session.rollback()
         return 0
     db.session.execute(
-        update(StripeEvent).where(StripeEvent.id.in_([row.id for row in rows]),
-                                  StripeEvent.processing_state.in_(SETTLED_EVENT_STATES))
-        .values(payload="").execution_options(synchronize_session=False))
+        update(StripeEvent)
+        .where(StripeEvent.id.in_([row.id for row in rows]), StripeEvent.processing_state.in_(SETTLED_EVENT_STATES))
+        .values(payload="")
+        .execution_options(synchronize_session=False)
+    )
     if cursor is None:
         cursor = MaintenanceCursor(name=STRIPE_CURSOR)
         db.session.add(cursor)
@@ -258,8 +291,7 @@ def _trim_late_settled_bodies(settled_before: datetime, size: int, now: datetime
         return 0  # the walk has passed nothing yet
     cursor = db.session.get(MaintenanceCursor, STRIPE_LATE_CURSOR)
     after = cursor.position if cursor is not None else None
-    query = select(Operation.succeeded_at).where(Operation.kind == "webhook",
-                                                 Operation.succeeded_at < settled_before)
+    query = select(Operation.succeeded_at).where(Operation.kind == "webhook", Operation.succeeded_at < settled_before)
     if after is not None:
         query = query.where(Operation.succeeded_at > after)
     times = db.session.execute(query.order_by(Operation.succeeded_at).limit(size)).scalars().all()
@@ -270,10 +302,16 @@ def _trim_late_settled_bodies(settled_before: datetime, size: int, now: datetime
     if after is not None:
         window.append(Operation.succeeded_at > after)
     db.session.execute(
-        update(StripeEvent).where(StripeEvent.operation_id.in_(select(Operation.id).where(*window)),
-                                  StripeEvent.received_at <= body.position, StripeEvent.payload != "",
-                                  StripeEvent.processing_state.in_(SETTLED_EVENT_STATES))
-        .values(payload="").execution_options(synchronize_session=False))
+        update(StripeEvent)
+        .where(
+            StripeEvent.operation_id.in_(select(Operation.id).where(*window)),
+            StripeEvent.received_at <= body.position,
+            StripeEvent.payload != "",
+            StripeEvent.processing_state.in_(SETTLED_EVENT_STATES),
+        )
+        .values(payload="")
+        .execution_options(synchronize_session=False)
+    )
     if cursor is None:
         cursor = MaintenanceCursor(name=STRIPE_LATE_CURSOR)
         db.session.add(cursor)

@@ -7,12 +7,12 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from ..domain.states import CLAIMABLE, State, can_transition
-from ..domain.time import as_naive_utc, utcnow
-from ..extensions import db
-from ..models import Operation
-from .doorbell import ring_after_commit
-from .registry import registry
+from webapp.domain.states import CLAIMABLE, State, can_transition
+from webapp.domain.time import as_naive_utc, utcnow
+from webapp.extensions import db
+from webapp.models import Operation
+from webapp.services.doorbell import ring_after_commit
+from webapp.services.registry import registry
 
 
 class OperationError(Exception):
@@ -23,9 +23,15 @@ class OperationNotFound(OperationError, LookupError):
     """No operation has that id."""
 
 
-def create_operation(name: str, payload: dict | None = None, *, idempotency_key: str,
-                     subject: str | None = None, run_at: datetime | None = None,
-                     now: datetime | None = None) -> Operation:
+def create_operation(
+    name: str,
+    payload: dict | None = None,
+    *,
+    idempotency_key: str,
+    subject: str | None = None,
+    run_at: datetime | None = None,
+    now: datetime | None = None,
+) -> Operation:
     """Add an operation to the current transaction; the same key returns the existing one.
 
     The caller commits. The worker is rung only after that commit, so an operation whose
@@ -85,8 +91,9 @@ def get_operation(operation_id: int) -> Operation:
     return operation
 
 
-def retry_dead(operation_id: int, *, by: str | None = None, now: datetime | None = None,
-               extra_attempts: int = 1) -> Operation:
+def retry_dead(
+    operation_id: int, *, by: str | None = None, now: datetime | None = None, extra_attempts: int = 1
+) -> Operation:
     """Bring a dead operation back to ``pending`` with at least ``extra_attempts`` more to go.
 
     Commits and rings the worker.
@@ -140,10 +147,13 @@ def cancel(operation_id: int, *, by: str | None = None, now: datetime | None = N
     now = now or utcnow()
     changed = db.session.execute(
         update(Operation)
-        .where(Operation.id == operation_id,
-               Operation.state.in_(_may_become(State.CANCELLED)))
-        .values(state=State.CANCELLED.value, cancelled_at=now, updated_at=now,
-                resolution_note=f"cancelled by {by}" if by else None)
+        .where(Operation.id == operation_id, Operation.state.in_(_may_become(State.CANCELLED)))
+        .values(
+            state=State.CANCELLED.value,
+            cancelled_at=now,
+            updated_at=now,
+            resolution_note=f"cancelled by {by}" if by else None,
+        )
         .execution_options(synchronize_session=False)
     ).rowcount
     if not changed:
@@ -164,8 +174,7 @@ def reschedule(operation_id: int, run_at: datetime, *, now: datetime | None = No
     changed = db.session.execute(
         update(Operation)
         .where(Operation.id == operation_id, Operation.state.in_(waiting))
-        .values(state=target.value,
-                run_at=run_at, next_attempt_at=run_at, enqueued_at=now, updated_at=now)
+        .values(state=target.value, run_at=run_at, next_attempt_at=run_at, enqueued_at=now, updated_at=now)
         .execution_options(synchronize_session=False)
     ).rowcount
     if not changed:

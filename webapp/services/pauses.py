@@ -13,12 +13,12 @@ from datetime import datetime
 
 from sqlalchemy import func, select, update
 
-from ..domain.states import CLAIMABLE
-from ..domain.time import utcnow
-from ..extensions import db
-from ..models import Operation, OperationPause
-from .doorbell import ring_after_commit
-from .registry import registry
+from webapp.domain.states import CLAIMABLE
+from webapp.domain.time import utcnow
+from webapp.extensions import db
+from webapp.models import Operation, OperationPause
+from webapp.services.doorbell import ring_after_commit
+from webapp.services.registry import registry
 
 log = logging.getLogger("backstop.pauses")
 
@@ -52,16 +52,28 @@ def list_pauses() -> list[dict]:
     Each item: name, kind, paused, paused_at, paused_by, note, waiting (claimable operations).
     """
     pauses = {row.name: row for row in db.session.execute(select(OperationPause)).scalars()}
-    waiting = dict(db.session.execute(
-        select(Operation.name, func.count()).where(Operation.state.in_([s.value for s in CLAIMABLE]))
-        .group_by(Operation.name)).all())
+    waiting = dict(
+        db.session.execute(
+            select(Operation.name, func.count())
+            .where(Operation.state.in_([s.value for s in CLAIMABLE]))
+            .group_by(Operation.name)
+        ).all()
+    )
     items = []
     for name in sorted(set(registry.names()) | set(pauses)):
         row = pauses.get(name)
         kind = registry.get(name).kind if name in registry else None
-        items.append({"name": name, "kind": kind, "paused": row is not None,
-                      "paused_at": row.paused_at if row else None, "paused_by": row.paused_by if row else None,
-                      "note": row.note if row else None, "waiting": waiting.get(name, 0)})
+        items.append(
+            {
+                "name": name,
+                "kind": kind,
+                "paused": row is not None,
+                "paused_at": row.paused_at if row else None,
+                "paused_by": row.paused_by if row else None,
+                "note": row.note if row else None,
+                "waiting": waiting.get(name, 0),
+            }
+        )
     db.session.rollback()
     return items
 
@@ -74,8 +86,11 @@ def pause(name: str, by: str, note: str = "", *, now: datetime | None = None) ->
     now = now or utcnow()
     row = db.session.get(OperationPause, name)
     if row is None:
-        db.session.add(OperationPause(name=name, paused_at=now, paused_by=by.strip()[:255],
-                                      note=(note or "").strip()[:MAX_NOTE] or None))
+        db.session.add(
+            OperationPause(
+                name=name, paused_at=now, paused_by=by.strip()[:255], note=(note or "").strip()[:MAX_NOTE] or None
+            )
+        )
         db.session.commit()
         log.warning("operations %s paused by %s", name, by, extra={"operation_name": name, "by": by})
     else:
@@ -90,14 +105,18 @@ def resume(name: str, by: str, *, now: datetime | None = None) -> int:
     """
     name = _check(name, by)
     now = now or utcnow()
-    deleted = db.session.execute(
-        OperationPause.__table__.delete().where(OperationPause.name == name)).rowcount
+    deleted = db.session.execute(OperationPause.__table__.delete().where(OperationPause.name == name)).rowcount
     db.session.commit()
     if not deleted:
         return 0
     rung = _ring_waiting(name, now)
-    log.warning("operations %s resumed by %s; %d rung in order", name, by, rung,
-                extra={"operation_name": name, "by": by, "rung": rung})
+    log.warning(
+        "operations %s resumed by %s; %d rung in order",
+        name,
+        by,
+        rung,
+        extra={"operation_name": name, "by": by, "rung": rung},
+    )
     return rung
 
 
@@ -105,21 +124,32 @@ def _ring_waiting(name: str, now: datetime) -> int:
     """Ring the due operations of ``name`` in (created_at, id) order, one short transaction per batch."""
     rung, after = 0, None
     while True:
-        query = (select(Operation.id, Operation.created_at)
-                 .where(Operation.name == name, Operation.state.in_([s.value for s in CLAIMABLE]),
-                        Operation.next_attempt_at <= now)
-                 .order_by(Operation.created_at, Operation.id).limit(RESUME_BATCH))
+        query = (
+            select(Operation.id, Operation.created_at)
+            .where(
+                Operation.name == name,
+                Operation.state.in_([s.value for s in CLAIMABLE]),
+                Operation.next_attempt_at <= now,
+            )
+            .order_by(Operation.created_at, Operation.id)
+            .limit(RESUME_BATCH)
+        )
         if after is not None:
             created, last_id = after
-            query = query.where((Operation.created_at > created)
-                                | ((Operation.created_at == created) & (Operation.id > last_id)))
+            query = query.where(
+                (Operation.created_at > created) | ((Operation.created_at == created) & (Operation.id > last_id))
+            )
         rows = db.session.execute(query).all()
         if not rows:
             db.session.rollback()
             return rung
         ids = [row.id for row in rows]
-        db.session.execute(update(Operation).where(Operation.id.in_(ids)).values(enqueued_at=now)
-                           .execution_options(synchronize_session=False))
+        db.session.execute(
+            update(Operation)
+            .where(Operation.id.in_(ids))
+            .values(enqueued_at=now)
+            .execution_options(synchronize_session=False)
+        )
         for operation_id in ids:
             ring_after_commit(db.session, operation_id)
         db.session.commit()  # rings this batch, in order, before the next batch is read

@@ -12,12 +12,12 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import or_, select, update
 
-from ..domain.errors import TransientError
-from ..domain.states import State
-from ..extensions import db
-from ..models import Operation, OperationPause
-from .doorbell import ring_after_commit
-from .engine import record_failure
+from webapp.domain.errors import TransientError
+from webapp.domain.states import State
+from webapp.extensions import db
+from webapp.models import Operation, OperationPause
+from webapp.services.doorbell import ring_after_commit
+from webapp.services.engine import record_failure
 
 JOB_NAME = "reconciler"
 
@@ -57,10 +57,14 @@ def _lock_batch(query, batch_size: int):
 
 def recover_expired_leases(now: datetime, batch_size: int) -> int:
     """Record crashed attempts for running operations whose lease expired; retry or bury them."""
-    rows = db.session.execute(_lock_batch(
-        select(Operation.id, Operation.attempts)
-        .where(Operation.state == State.RUNNING.value, Operation.lease_expires_at < now)
-        .order_by(Operation.lease_expires_at), batch_size)).all()
+    rows = db.session.execute(
+        _lock_batch(
+            select(Operation.id, Operation.attempts)
+            .where(Operation.state == State.RUNNING.value, Operation.lease_expires_at < now)
+            .order_by(Operation.lease_expires_at),
+            batch_size,
+        )
+    ).all()
     db.session.rollback()
     recovered = 0
     for operation_id, attempts in rows:
@@ -73,10 +77,18 @@ def recover_expired_leases(now: datetime, batch_size: int) -> int:
 
 def promote_scheduled(now: datetime, batch_size: int) -> int:
     """Move due scheduled operations to ``pending`` and ring for them."""
-    ids = db.session.execute(_lock_batch(
-        select(Operation.id)
-        .where(Operation.state == State.SCHEDULED.value, Operation.next_attempt_at <= now)
-        .order_by(Operation.next_attempt_at), batch_size)).scalars().all()
+    ids = (
+        db.session.execute(
+            _lock_batch(
+                select(Operation.id)
+                .where(Operation.state == State.SCHEDULED.value, Operation.next_attempt_at <= now)
+                .order_by(Operation.next_attempt_at),
+                batch_size,
+            )
+        )
+        .scalars()
+        .all()
+    )
     if not ids:
         db.session.rollback()
         return 0
@@ -95,18 +107,30 @@ def promote_scheduled(now: datetime, batch_size: int) -> int:
 def ring_overdue(now: datetime, batch_size: int, redeliver_after: float) -> int:
     """Ring for due operations overdue by more than ``redeliver_after`` and not rung since."""
     cutoff = now - timedelta(seconds=redeliver_after)
-    ids = db.session.execute(_lock_batch(
-        select(Operation.id)
-        .where(Operation.state.in_([State.PENDING.value, State.RETRYING.value]),
-               Operation.next_attempt_at <= cutoff,
-               or_(Operation.enqueued_at.is_(None), Operation.enqueued_at <= cutoff),
-               Operation.name.not_in(select(OperationPause.name)))  # resume rings them
-        .order_by(Operation.next_attempt_at), batch_size)).scalars().all()
+    ids = (
+        db.session.execute(
+            _lock_batch(
+                select(Operation.id)
+                .where(
+                    Operation.state.in_([State.PENDING.value, State.RETRYING.value]),
+                    Operation.next_attempt_at <= cutoff,
+                    or_(Operation.enqueued_at.is_(None), Operation.enqueued_at <= cutoff),
+                    Operation.name.not_in(select(OperationPause.name)),
+                )  # resume rings them
+                .order_by(Operation.next_attempt_at),
+                batch_size,
+            )
+        )
+        .scalars()
+        .all()
+    )
     if not ids:
         db.session.rollback()
         return 0
     db.session.execute(
-        update(Operation).where(Operation.id.in_(ids)).values(enqueued_at=now)
+        update(Operation)
+        .where(Operation.id.in_(ids))
+        .values(enqueued_at=now)
         .execution_options(synchronize_session=False)
     )
     for operation_id in ids:

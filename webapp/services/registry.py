@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 
-from ..domain.retry import RetryPolicy
+from webapp.domain.retry import RetryPolicy
 
 KINDS = ("email", "webhook", "job", "alert")
 
@@ -65,8 +66,9 @@ class Registry:
     def __init__(self):
         self._handlers: dict[str, Handler] = {}
 
-    def register(self, name: str, kind: str, fn, policy: RetryPolicy | None = None,
-                 lease_seconds: float | None = None) -> Handler:
+    def register(
+        self, name: str, kind: str, fn, policy: RetryPolicy | None = None, lease_seconds: float | None = None
+    ) -> Handler:
         """Register ``fn`` under ``name``; registering the same function again is a no-op."""
         if kind not in KINDS:
             raise ValueError(f"unknown operation kind {kind!r}; expected one of {KINDS}")

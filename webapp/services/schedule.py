@@ -6,16 +6,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Callable, Mapping
 
 from sqlalchemy import select
 
-from ..domain.time import utcnow
-from ..extensions import db
-from ..models import PeriodicJob
-from . import checks, maintenance, reconciler
+from webapp.domain.time import utcnow
+from webapp.extensions import db
+from webapp.models import PeriodicJob
+from webapp.services import checks, maintenance, reconciler
 
 
 @dataclass(frozen=True)
@@ -37,16 +37,23 @@ class JobSpec:
 
 
 def _reconcile(config: Mapping, now: datetime) -> str:
-    return str(reconciler.reconcile(now, batch_size=config["RECONCILE_BATCH_SIZE"],
-                                    redeliver_after=config["REDELIVER_AFTER_SECONDS"]))
+    return str(
+        reconciler.reconcile(
+            now, batch_size=config["RECONCILE_BATCH_SIZE"], redeliver_after=config["REDELIVER_AFTER_SECONDS"]
+        )
+    )
 
 
 # In tick order: the checks come last so they see this tick's heartbeats.
 PERIODIC_JOBS: tuple[JobSpec, ...] = (
     JobSpec(reconciler.JOB_NAME, _reconcile, "RECONCILE_INTERVAL_SECONDS", "RECONCILE_LEASE_SECONDS"),
-    JobSpec("auto_requeue", maintenance.auto_requeue_job, "AUTO_REQUEUE_INTERVAL_SECONDS", "AUTO_REQUEUE_LEASE_SECONDS"),
+    JobSpec(
+        "auto_requeue", maintenance.auto_requeue_job, "AUTO_REQUEUE_INTERVAL_SECONDS", "AUTO_REQUEUE_LEASE_SECONDS"
+    ),
     JobSpec("cleanup", maintenance.cleanup_job, "CLEANUP_INTERVAL_SECONDS", "CLEANUP_LEASE_SECONDS"),
-    JobSpec(checks.DAILY_REPORT_JOB, checks.daily_report_job, "DAILY_REPORT_INTERVAL_SECONDS", "DAILY_REPORT_LEASE_SECONDS"),
+    JobSpec(
+        checks.DAILY_REPORT_JOB, checks.daily_report_job, "DAILY_REPORT_INTERVAL_SECONDS", "DAILY_REPORT_LEASE_SECONDS"
+    ),
     JobSpec(checks.CHECKS_JOB, checks.checks_job, "CHECKS_INTERVAL_SECONDS", "CHECKS_LEASE_SECONDS"),
 )
 
@@ -69,8 +76,16 @@ def job_heartbeats(config: Mapping, now: datetime | None = None) -> list[dict]:
         last = row.last_finished_at if row else None
         age = None if last is None else max((now - last).total_seconds(), 0.0)
         limit = checks.stale_after(interval, config)
-        beats.append({"name": name, "interval_seconds": interval, "stale_after_seconds": limit,
-                      "heartbeat_age_seconds": None if age is None else round(age, 1),
-                      "last_finished_at": last, "fresh": age is not None and age <= limit,
-                      "runs": row.runs if row else 0, "last_error": row.last_error if row else None})
+        beats.append(
+            {
+                "name": name,
+                "interval_seconds": interval,
+                "stale_after_seconds": limit,
+                "heartbeat_age_seconds": None if age is None else round(age, 1),
+                "last_finished_at": last,
+                "fresh": age is not None and age <= limit,
+                "runs": row.runs if row else 0,
+                "last_error": row.last_error if row else None,
+            }
+        )
     return beats

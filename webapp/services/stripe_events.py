@@ -17,12 +17,12 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from ..config import comma_list
-from ..domain.time import utcnow
-from ..extensions import db
-from ..models import StripeEvent, WebhookRejection
-from .operations import create_operation
-from .registry import registry
+from webapp.config import comma_list
+from webapp.domain.time import utcnow
+from webapp.extensions import db
+from webapp.models import StripeEvent, WebhookRejection
+from webapp.services.operations import create_operation
+from webapp.services.registry import registry
 
 log = logging.getLogger("backstop.stripe")
 
@@ -37,8 +37,15 @@ INVALID_PAYLOAD = "invalid_payload"
 TOO_LARGE = "too_large"
 NOT_CONFIGURED = "not_configured"
 DATABASE_UNAVAILABLE = "database_unavailable"
-REASONS = (MISSING_SIGNATURE, INVALID_SIGNATURE, STALE_TIMESTAMP, INVALID_PAYLOAD, TOO_LARGE,
-           NOT_CONFIGURED, DATABASE_UNAVAILABLE)
+REASONS = (
+    MISSING_SIGNATURE,
+    INVALID_SIGNATURE,
+    STALE_TIMESTAMP,
+    INVALID_PAYLOAD,
+    TOO_LARGE,
+    NOT_CONFIGURED,
+    DATABASE_UNAVAILABLE,
+)
 
 
 class WebhookRejected(Exception):
@@ -66,8 +73,9 @@ def parse_secrets(value: str | None) -> list[str]:
     return comma_list(value)
 
 
-def verify(payload: bytes, header: str | None, secrets: list[str], *,
-           tolerance: int = SIGNATURE_TOLERANCE_SECONDS) -> dict:
+def verify(
+    payload: bytes, header: str | None, secrets: list[str], *, tolerance: int = SIGNATURE_TOLERANCE_SECONDS
+) -> dict:
     """Check ``Stripe-Signature`` against every secret with the stripe SDK; return the event.
 
     Raises :class:`WebhookRejected` naming why. A signature that matches but is older than
@@ -163,8 +171,9 @@ def record_event(raw: str, event: dict, *, now: datetime | None = None) -> Intak
 
 def _existing(event_id: str) -> Intake | None:
     row = db.session.execute(
-        select(StripeEvent.type, StripeEvent.processing_state, StripeEvent.operation_id)
-        .where(StripeEvent.id == event_id)
+        select(StripeEvent.type, StripeEvent.processing_state, StripeEvent.operation_id).where(
+            StripeEvent.id == event_id
+        )
     ).one_or_none()
     db.session.rollback()
     if row is None:
@@ -178,9 +187,13 @@ def _insert(raw: str, event: dict, now: datetime) -> Intake:
     object_id = data_object.get("id")  # parse_event checked: printable text or None
     handled = is_handled(event_type)
     row = StripeEvent(
-        id=event["id"], type=event_type, livemode=bool(event.get("livemode")),
+        id=event["id"],
+        type=event_type,
+        livemode=bool(event.get("livemode")),
         api_version=_printable(event.get("api_version"), 40),
-        object_id=object_id, payload=raw, received_at=now,
+        object_id=object_id,
+        payload=raw,
+        received_at=now,
         processing_state="received" if handled else "ignored",
         processed_at=None if handled else now,
     )
@@ -190,10 +203,11 @@ def _insert(raw: str, event: dict, now: datetime) -> Intake:
     if handled:
         operation = create_operation(
             operation_name(event_type),
-            {"event_id": event["id"], "type": event_type, "object_id": object_id,
-             "received_at": now.isoformat()},
+            {"event_id": event["id"], "type": event_type, "object_id": object_id, "received_at": now.isoformat()},
             idempotency_key=f"stripe-event:{event['id']}",
-            subject=_subject(data_object, object_id), now=now)
+            subject=_subject(data_object, object_id),
+            now=now,
+        )
         row.operation_id = operation_id = operation.id
     return Intake(event["id"], event_type, True, row.processing_state, operation_id)
 
@@ -216,9 +230,11 @@ def _printable(value, max_length: int) -> str | None:
 def mark_event(event_id: str, state: str, *, now: datetime) -> None:
     """Set an event's processing state in the caller's transaction (the caller commits)."""
     db.session.execute(
-        update(StripeEvent).where(StripeEvent.id == event_id)
+        update(StripeEvent)
+        .where(StripeEvent.id == event_id)
         .values(processing_state=state, processed_at=now if state == "processed" else None)
-        .execution_options(synchronize_session=False))
+        .execution_options(synchronize_session=False)
+    )
 
 
 def count_rejection(reason: str, *, now: datetime | None = None) -> None:
@@ -231,8 +247,8 @@ def count_rejection(reason: str, *, now: datetime | None = None) -> None:
         insert = pg_insert if db.engine.dialect.name == "postgresql" else sqlite_insert
         statement = insert(WebhookRejection).values(reason=reason, count=1, last_at=now)
         statement = statement.on_conflict_do_update(
-            index_elements=[WebhookRejection.reason],
-            set_={"count": WebhookRejection.count + 1, "last_at": now})
+            index_elements=[WebhookRejection.reason], set_={"count": WebhookRejection.count + 1, "last_at": now}
+        )
         db.session.execute(statement)
         db.session.commit()
     except SQLAlchemyError as exc:

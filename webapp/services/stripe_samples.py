@@ -41,8 +41,14 @@ def _id(prefix: str) -> str:
     return f"{prefix}_test_{secrets.token_hex(12)}"
 
 
-def build_event(event_type: str, facts: PurchaseFacts | None = None, *, event_id: str | None = None,
-                created: int | None = None, amount_refunded: int | None = None) -> dict:
+def build_event(
+    event_type: str,
+    facts: PurchaseFacts | None = None,
+    *,
+    event_id: str | None = None,
+    created: int | None = None,
+    amount_refunded: int | None = None,
+) -> dict:
     """A Stripe ``event`` object of ``event_type`` about the purchase in ``facts``."""
     facts = facts or PurchaseFacts()
     created = int(created if created is not None else time.time())
@@ -57,20 +63,34 @@ def build_event(event_type: str, facts: PurchaseFacts | None = None, *, event_id
     else:
         data_object = {"id": _id("obj"), "object": event_type.split(".")[0], "metadata": metadata}
     return {
-        "id": event_id or _id("evt"), "object": "event", "api_version": API_VERSION, "created": created,
-        "data": {"object": data_object}, "livemode": False, "pending_webhooks": 1,
-        "request": {"id": None, "idempotency_key": None}, "type": event_type,
+        "id": event_id or _id("evt"),
+        "object": "event",
+        "api_version": API_VERSION,
+        "created": created,
+        "data": {"object": data_object},
+        "livemode": False,
+        "pending_webhooks": 1,
+        "request": {"id": None, "idempotency_key": None},
+        "type": event_type,
     }
 
 
 def _checkout_session(event_type, facts, payment_intent, metadata, created) -> dict:
     paid = event_type in ("checkout.session.completed", "checkout.session.async_payment_succeeded")
     return {
-        "id": facts.session_id or _id("cs"), "object": "checkout.session", "mode": "payment",
-        "amount_subtotal": facts.amount_cents, "amount_total": facts.amount_cents, "currency": facts.currency,
-        "client_reference_id": metadata.get("purchase_id"), "created": created,
-        "customer_details": {"email": facts.email}, "customer_email": facts.email,
-        "expires_at": created + 86400, "livemode": False, "metadata": metadata,
+        "id": facts.session_id or _id("cs"),
+        "object": "checkout.session",
+        "mode": "payment",
+        "amount_subtotal": facts.amount_cents,
+        "amount_total": facts.amount_cents,
+        "currency": facts.currency,
+        "client_reference_id": metadata.get("purchase_id"),
+        "created": created,
+        "customer_details": {"email": facts.email},
+        "customer_email": facts.email,
+        "expires_at": created + 86400,
+        "livemode": False,
+        "metadata": metadata,
         "payment_intent": None if event_type == "checkout.session.expired" else payment_intent,
         "payment_status": "paid" if paid else "unpaid",
         "status": "expired" if event_type == "checkout.session.expired" else "complete",
@@ -80,21 +100,40 @@ def _checkout_session(event_type, facts, payment_intent, metadata, created) -> d
 
 def _failed_intent(facts, payment_intent, metadata, created) -> dict:
     return {
-        "id": payment_intent, "object": "payment_intent", "amount": facts.amount_cents,
-        "currency": facts.currency, "created": created, "livemode": False, "metadata": metadata,
+        "id": payment_intent,
+        "object": "payment_intent",
+        "amount": facts.amount_cents,
+        "currency": facts.currency,
+        "created": created,
+        "livemode": False,
+        "metadata": metadata,
         "status": "requires_payment_method",
-        "last_payment_error": {"code": "card_declined", "decline_code": "generic_decline",
-                               "message": "Your card was declined.", "type": "card_error"},
+        "last_payment_error": {
+            "code": "card_declined",
+            "decline_code": "generic_decline",
+            "message": "Your card was declined.",
+            "type": "card_error",
+        },
     }
 
 
 def _refunded_charge(facts, payment_intent, metadata, created, amount_refunded) -> dict:
     refunded = facts.amount_cents if amount_refunded is None else amount_refunded
     return {
-        "id": _id("ch"), "object": "charge", "amount": facts.amount_cents, "amount_captured": facts.amount_cents,
-        "amount_refunded": refunded, "captured": True, "created": created, "currency": facts.currency,
-        "livemode": False, "metadata": metadata, "paid": True, "payment_intent": payment_intent,
-        "refunded": refunded >= facts.amount_cents, "status": "succeeded",
+        "id": _id("ch"),
+        "object": "charge",
+        "amount": facts.amount_cents,
+        "amount_captured": facts.amount_cents,
+        "amount_refunded": refunded,
+        "captured": True,
+        "created": created,
+        "currency": facts.currency,
+        "livemode": False,
+        "metadata": metadata,
+        "paid": True,
+        "payment_intent": payment_intent,
+        "refunded": refunded >= facts.amount_cents,
+        "status": "succeeded",
         "billing_details": {"email": facts.email},
     }
 
@@ -107,5 +146,5 @@ def encode(event: dict) -> str:
 def signature_header(body: str, secret: str, timestamp: int | None = None) -> str:
     """``Stripe-Signature``: ``t=<ts>,v1=<HMAC-SHA256 of "<ts>.<body>" keyed by the secret>``."""
     timestamp = int(timestamp if timestamp is not None else time.time())
-    digest = hmac.new(secret.encode("utf-8"), f"{timestamp}.{body}".encode("utf-8"), hashlib.sha256).hexdigest()
+    digest = hmac.new(secret.encode("utf-8"), f"{timestamp}.{body}".encode(), hashlib.sha256).hexdigest()
     return f"t={timestamp},v1={digest}"

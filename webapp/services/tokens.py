@@ -9,10 +9,10 @@ from datetime import datetime
 
 from sqlalchemy import select, update
 
-from ..domain.time import utcnow
-from ..extensions import db
-from ..models import ApiToken
-from ..models.commerce import TOKEN_SCOPES
+from webapp.domain.time import utcnow
+from webapp.extensions import db
+from webapp.models import ApiToken
+from webapp.models.commerce import TOKEN_SCOPES
 
 # A recognisable prefix per scope helps secret scanners and people tell tokens apart.
 TOKEN_PREFIXES = {"storefront": "bst_sf_", "admin": "bst_ad_"}
@@ -46,8 +46,9 @@ def create_token(name: str, scope: str, *, now: datetime | None = None) -> Issue
     if not name:
         raise TokenError("a token needs a name")
     raw = TOKEN_PREFIXES[scope] + secrets.token_urlsafe(32)
-    token = ApiToken(name=name[:120], scope=scope, token_hash=hash_token(raw),
-                     prefix=raw[:PREFIX_SHOWN], created_at=now or utcnow())
+    token = ApiToken(
+        name=name[:120], scope=scope, token_hash=hash_token(raw), prefix=raw[:PREFIX_SHOWN], created_at=now or utcnow()
+    )
     db.session.add(token)
     db.session.commit()
     return IssuedToken(token, raw)
@@ -89,8 +90,12 @@ def authenticate(raw_token: str | None, scope: str, *, now: datetime | None = No
         return None
     last = token.last_used_at
     if last is None or (now - last).total_seconds() >= LAST_USED_RESOLUTION_SECONDS:
-        db.session.execute(update(ApiToken).where(ApiToken.id == token.id)
-                           .values(last_used_at=now).execution_options(synchronize_session=False))
+        db.session.execute(
+            update(ApiToken)
+            .where(ApiToken.id == token.id)
+            .values(last_used_at=now)
+            .execution_options(synchronize_session=False)
+        )
         db.session.expunge(token)
         token.last_used_at = now
         db.session.commit()

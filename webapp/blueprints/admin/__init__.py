@@ -12,7 +12,7 @@ from flask.sessions import SecureCookieSessionInterface
 from flask_login import LoginManager
 from flask_wtf.csrf import CSRFError, CSRFProtect
 
-from ...services import admin_auth
+from webapp.services import admin_auth
 
 bp = Blueprint("admin", __name__, url_prefix="/admin", cli_group=None)
 root = Blueprint("root", __name__)
@@ -70,8 +70,11 @@ def _unauthorized():
 
 
 def _csrf_refused(error: CSRFError):
-    message = ("Refused: this request has no valid CSRF token (" + error.description.rstrip(".")
-               + "). Reload the page and try again.")
+    message = (
+        "Refused: this request has no valid CSRF token ("
+        + error.description.rstrip(".")
+        + "). Reload the page and try again."
+    )
     if request.path.startswith(CSRF_EXEMPT_PREFIXES) or request.accept_mimetypes.best == "application/json":
         return jsonify(error="csrf_failed", message=message), 400
     template = "admin/_error.html" if request.headers.get("HX-Request") else "admin/error.html"
@@ -93,4 +96,4 @@ def index():
     return redirect(url_for("admin.health"))
 
 
-from . import auth, cli, views  # noqa: E402,F401  (routes and commands register on bp)
+from webapp.blueprints.admin import auth, cli, views  # noqa: E402,F401  (routes and commands register on bp)

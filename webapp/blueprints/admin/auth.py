@@ -7,8 +7,8 @@ from urllib.parse import urlsplit
 from flask import current_app, flash, redirect, render_template, request, session, url_for
 from flask_login import current_user, login_required, login_user, logout_user
 
-from ...services import admin_auth
-from . import bp
+from webapp.blueprints.admin import bp
+from webapp.services import admin_auth
 
 
 def _safe_next(target: str | None) -> str:
@@ -29,13 +29,18 @@ def login():
             return redirect(_safe_next(request.args.get("next")))
         return render_template("admin/login.html", next=request.args.get("next", ""), email="")
     email = request.form.get("email", "")
-    result = admin_auth.log_in(email, request.form.get("password", ""), request.remote_addr or "unknown",
-                               max_failures=current_app.config["LOGIN_MAX_FAILURES"],
-                               lock_minutes=current_app.config["LOGIN_LOCK_MINUTES"])
+    result = admin_auth.log_in(
+        email,
+        request.form.get("password", ""),
+        request.remote_addr or "unknown",
+        max_failures=current_app.config["LOGIN_MAX_FAILURES"],
+        lock_minutes=current_app.config["LOGIN_LOCK_MINUTES"],
+    )
     if result.user is None:
         status = 429 if result.locked_until else 401
-        return render_template("admin/login.html", error=result.error, email=email,
-                               next=request.form.get("next", "")), status
+        return render_template(
+            "admin/login.html", error=result.error, email=email, next=request.form.get("next", "")
+        ), status
     # A fresh session on log-in: nothing from before (a planted session id, a token) survives.
     session.clear()
     login_user(result.user)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ...services import admin_auth, admin_queries, demo_data
-from . import bp
+from webapp.blueprints.admin import bp
+from webapp.services import admin_auth, admin_queries, demo_data
 
 
 @bp.cli.command("create-admin")

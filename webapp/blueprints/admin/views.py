@@ -5,18 +5,27 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-from flask import (Response, abort, current_app, make_response, redirect, render_template, request,
-                   stream_with_context, url_for)
+from flask import (
+    Response,
+    abort,
+    current_app,
+    make_response,
+    redirect,
+    render_template,
+    request,
+    stream_with_context,
+    url_for,
+)
 from flask_login import current_user, login_required
 from werkzeug.exceptions import HTTPException
 
-from ...domain.states import TERMINAL
-from ...domain.time import utcnow
-from ...services import admin_metrics, admin_queries, alerts, bulk, operations, pauses
-from ...services.admin_queries import Filters, FilterError
-from ...services.email.circuits import circuit_states
-from ...services.registry import KINDS
-from . import bp
+from webapp.blueprints.admin import bp
+from webapp.domain.states import TERMINAL
+from webapp.domain.time import utcnow
+from webapp.services import admin_metrics, admin_queries, alerts, bulk, operations, pauses
+from webapp.services.admin_queries import FilterError, Filters
+from webapp.services.email.circuits import circuit_states
+from webapp.services.registry import KINDS
 
 TERMINAL_STATES = {state.value for state in TERMINAL}
 # Ids in URLs: integers that fit the BIGINT columns (a larger one is a 404, not a database error).
@@ -36,16 +45,20 @@ def _filters(args=None) -> Filters:
 
 def _page(filters: Filters):
     try:
-        return admin_queries.list_operations(filters, cursor=request.args.get("cursor"),
-                                             limit=current_app.config["ADMIN_PAGE_SIZE"])
+        return admin_queries.list_operations(
+            filters, cursor=request.args.get("cursor"), limit=current_app.config["ADMIN_PAGE_SIZE"]
+        )
     except FilterError as exc:
         abort(400, description=str(exc))
 
 
 def _is_fragment(target: str) -> bool:
     """An htmx request for one fragment of a page (not a history restore)."""
-    return (request.headers.get("HX-Request") == "true" and request.headers.get("HX-Target") == target
-            and not request.headers.get("HX-History-Restore-Request"))
+    return (
+        request.headers.get("HX-Request") == "true"
+        and request.headers.get("HX-Target") == target
+        and not request.headers.get("HX-History-Restore-Request")
+    )
 
 
 @bp.errorhandler(HTTPException)
@@ -89,6 +102,7 @@ def home():
 
 # --- failed operations ------------------------------------------------------------------
 
+
 @bp.get("/failed-operations")
 @login_required
 def failed_operations():
@@ -97,9 +111,15 @@ def failed_operations():
     page = _page(filters)
     if _is_fragment("ops-list"):
         return render_template("admin/_ops_list.html", page=page, filters=filters)
-    return render_template("admin/failed_operations.html", page=page, filters=filters,
-                           stats=admin_queries.dead_letter_stats(), kinds=KINDS,
-                           names=admin_queries.operation_names(), jobs=bulk.recent_jobs(3))
+    return render_template(
+        "admin/failed_operations.html",
+        page=page,
+        filters=filters,
+        stats=admin_queries.dead_letter_stats(),
+        kinds=KINDS,
+        names=admin_queries.operation_names(),
+        jobs=bulk.recent_jobs(3),
+    )
 
 
 @bp.get("/partials/operations")
@@ -122,8 +142,12 @@ def _row(operation_id: int, message: str | None = None, status: int = 200):
     operation = admin_queries.get_operations([operation_id])
     if not operation:
         abort(404, description=f"operation {operation_id} does not exist")
-    response = make_response(render_template("admin/_op_row.html", op=operation[0], message=message,
-                                             live=operation[0].state not in TERMINAL_STATES), status)
+    response = make_response(
+        render_template(
+            "admin/_op_row.html", op=operation[0], message=message, live=operation[0].state not in TERMINAL_STATES
+        ),
+        status,
+    )
     return response
 
 
@@ -208,6 +232,7 @@ def bulk_selected():
 
 # --- retry everything matching: snapshot, confirm, progress, cancel -------------------
 
+
 @bp.post("/bulk-jobs")
 @login_required
 def bulk_preview():
@@ -261,6 +286,7 @@ def bulk_progress(job_id: int):
 
 # --- issues -----------------------------------------------------------------------------
 
+
 @bp.get("/issues")
 @login_required
 def issues():
@@ -268,8 +294,15 @@ def issues():
     filters = _filters()
     as_of = utcnow()
     found = admin_queries.issues(filters, now=as_of)
-    return render_template("admin/issues.html", found=found, issues=found.issues, filters=filters,
-                           kinds=KINDS, names=admin_queries.operation_names(), as_of=as_of.isoformat())
+    return render_template(
+        "admin/issues.html",
+        found=found,
+        issues=found.issues,
+        filters=filters,
+        kinds=KINDS,
+        names=admin_queries.operation_names(),
+        as_of=as_of.isoformat(),
+    )
 
 
 def _group_filters(fingerprint: str, **extra) -> Filters:
@@ -301,13 +334,15 @@ def issue_resolve(fingerprint: str):
         resolved = bulk.resolve_matching(filters, by=_by(), note=note)
     except bulk.BulkError as exc:
         abort(400, description=str(exc))
-    response = make_response(render_template("admin/_notice.html",
-                                             message=f"Resolved {resolved} operation{'s' * (resolved != 1)}."))
+    response = make_response(
+        render_template("admin/_notice.html", message=f"Resolved {resolved} operation{'s' * (resolved != 1)}.")
+    )
     response.headers["HX-Refresh"] = "true"
     return response
 
 
 # --- export -----------------------------------------------------------------------------
+
 
 @bp.get("/failed-operations/export.<fmt>")
 @login_required
@@ -318,12 +353,15 @@ def export(fmt: str):
     filters = _filters()
     generate = admin_queries.export_csv if fmt == "csv" else admin_queries.export_json
     stamp = utcnow().strftime("%Y%m%dT%H%M%SZ")
-    return Response(stream_with_context(generate(filters)),
-                    mimetype="text/csv" if fmt == "csv" else "application/json",
-                    headers={"Content-Disposition": f'attachment; filename="failed-operations-{stamp}.{fmt}"'})
+    return Response(
+        stream_with_context(generate(filters)),
+        mimetype="text/csv" if fmt == "csv" else "application/json",
+        headers={"Content-Disposition": f'attachment; filename="failed-operations-{stamp}.{fmt}"'},
+    )
 
 
 # --- operations health ------------------------------------------------------------------
+
 
 def _window() -> str:
     window = request.args.get("window", "24h")
@@ -334,13 +372,21 @@ def _window() -> str:
 
 def _cards_context(window: str) -> dict:
     metrics = admin_metrics.health_metrics(window, current_app.config["HEALTH_THRESHOLDS"])
-    return {"metrics": metrics, "critical": admin_metrics.critical(metrics), "window": window,
-            "thresholds": current_app.config["HEALTH_THRESHOLDS"]}
+    return {
+        "metrics": metrics,
+        "critical": admin_metrics.critical(metrics),
+        "window": window,
+        "thresholds": current_app.config["HEALTH_THRESHOLDS"],
+    }
 
 
 def _status_context() -> dict:
-    return {"heartbeats": admin_metrics.heartbeats(current_app.config), "circuits": circuit_states(),
-            "alerts": alerts.recent_alerts(10), "pauses": pauses.list_pauses()}
+    return {
+        "heartbeats": admin_metrics.heartbeats(current_app.config),
+        "circuits": circuit_states(),
+        "alerts": alerts.recent_alerts(10),
+        "pauses": pauses.list_pauses(),
+    }
 
 
 @bp.get("/operations-health")
@@ -348,9 +394,14 @@ def _status_context() -> dict:
 def health():
     """The health dashboard; its panels refresh themselves every 10 s."""
     window = _window()
-    return render_template("admin/operations_health.html", windows=list(admin_metrics.WINDOWS),
-                           breakdown=admin_metrics.breakdown(window), trend=admin_metrics.trend(window),
-                           **_cards_context(window), **_status_context())
+    return render_template(
+        "admin/operations_health.html",
+        windows=list(admin_metrics.WINDOWS),
+        breakdown=admin_metrics.breakdown(window),
+        trend=admin_metrics.trend(window),
+        **_cards_context(window),
+        **_status_context(),
+    )
 
 
 @bp.get("/partials/health/cards")

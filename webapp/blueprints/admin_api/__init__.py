@@ -10,17 +10,26 @@ import re
 from flask import Blueprint, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from ...services import admin_metrics, admin_queries, bulk, operations, tokens
-from ...services.admin_queries import FilterError
+from webapp.services import admin_metrics, admin_queries, bulk, operations, tokens
+from webapp.services.admin_queries import FilterError
 
 bp = Blueprint("admin_api", __name__, url_prefix="/api/admin")
 
 MAX_LIMIT = 500
 # Ids in URLs: integers that fit the BIGINT columns (a larger one is a 404, not a database error).
 ID = f"int(max={admin_queries.MAX_ID})"
-ERROR_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-               405: "method_not_allowed", 409: "conflict", 413: "too_large", 415: "unsupported_media_type",
-               422: "unprocessable", 429: "too_many_requests"}
+ERROR_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "too_large",
+    415: "unsupported_media_type",
+    422: "unprocessable",
+    429: "too_many_requests",
+}
 
 
 class ApiError(Exception):
@@ -113,19 +122,44 @@ def _operation_json(operation_id: int) -> dict:
     record = admin_queries.operation_record(detail["operation"])
     record["error_stack"] = detail["operation"].error_stack
     record["attempts_log"] = [
-        {"number": a.number, "started_at": _iso(a.started_at), "finished_at": _iso(a.finished_at),
-         "duration_ms": a.duration_ms, "outcome": a.outcome, "error_class": a.error_class,
-         "error_message": a.error_message} for a in detail["attempts"]]
+        {
+            "number": a.number,
+            "started_at": _iso(a.started_at),
+            "finished_at": _iso(a.finished_at),
+            "duration_ms": a.duration_ms,
+            "outcome": a.outcome,
+            "error_class": a.error_class,
+            "error_message": a.error_message,
+        }
+        for a in detail["attempts"]
+    ]
     purchase, customer = detail["purchase"], detail["customer"]
-    record["purchase"] = None if purchase is None else {
-        "id": purchase.id, "status": purchase.status, "amount_cents": purchase.amount_cents,
-        "currency": purchase.currency, "fulfilment_status": purchase.fulfilment_status}
-    record["customer"] = None if customer is None else {"id": customer.id, "email": customer.email,
-                                                        "name": customer.name}
+    record["purchase"] = (
+        None
+        if purchase is None
+        else {
+            "id": purchase.id,
+            "status": purchase.status,
+            "amount_cents": purchase.amount_cents,
+            "currency": purchase.currency,
+            "fulfilment_status": purchase.fulfilment_status,
+        }
+    )
+    record["customer"] = (
+        None if customer is None else {"id": customer.id, "email": customer.email, "name": customer.name}
+    )
     record["email_log"] = [
-        {"created_at": _iso(e.created_at), "to": e.to_address, "template": e.template, "provider": e.provider,
-         "status": e.status, "provider_message_id": e.provider_message_id, "error": e.error}
-        for e in detail["emails"]]
+        {
+            "created_at": _iso(e.created_at),
+            "to": e.to_address,
+            "template": e.template,
+            "provider": e.provider,
+            "status": e.status,
+            "provider_message_id": e.provider_message_id,
+            "error": e.error,
+        }
+        for e in detail["emails"]
+    ]
     return record
 
 
@@ -134,14 +168,26 @@ def _iso(value):
 
 
 def _job_json(job) -> dict:
-    return {"id": job.id, "action": job.action, "state": job.state, "filters": job.filters,
-            "total": job.total, "processed": job.processed, "retried": job.succeeded, "skipped": job.skipped,
-            "cancel_requested": job.cancel_requested, "operation_id": job.operation_id,
-            "created_by": job.created_by, "created_at": _iso(job.created_at), "finished_at": _iso(job.finished_at),
-            "error": job.error}
+    return {
+        "id": job.id,
+        "action": job.action,
+        "state": job.state,
+        "filters": job.filters,
+        "total": job.total,
+        "processed": job.processed,
+        "retried": job.succeeded,
+        "skipped": job.skipped,
+        "cancel_requested": job.cancel_requested,
+        "operation_id": job.operation_id,
+        "created_by": job.created_by,
+        "created_at": _iso(job.created_at),
+        "finished_at": _iso(job.finished_at),
+        "error": job.error,
+    }
 
 
 # --- operations ---------------------------------------------------------------------------
+
 
 @bp.get("/operations")
 def list_operations():
@@ -151,8 +197,11 @@ def list_operations():
         page = admin_queries.list_operations(filters, cursor=request.args.get("cursor"), limit=_limit())
     except FilterError as exc:
         raise ApiError(400, "invalid_cursor", str(exc)) from None
-    return jsonify(operations=[admin_queries.operation_record(op) for op in page.rows],
-                   next_cursor=page.next_cursor, filters=filters.to_json())
+    return jsonify(
+        operations=[admin_queries.operation_record(op) for op in page.rows],
+        next_cursor=page.next_cursor,
+        filters=filters.to_json(),
+    )
 
 
 @bp.get(f"/operations/<{ID}:operation_id>")
@@ -230,6 +279,7 @@ def bulk_job_cancel(job_id: int):
 
 # --- seed 003's views ---------------------------------------------------------------------
 
+
 @bp.get("/queue-health")
 def queue_health():
     """Counts by state, Huey's depth and whether the reconciler beats."""
@@ -250,11 +300,24 @@ def delivery_stats():
 def recent_failures():
     """The latest dead-lettered operations (resolved or not), newest first."""
     page = admin_queries.list_operations(admin_queries.Filters(status="all"), limit=_limit(20))
-    failures = [{"id": op.id, "kind": op.kind, "name": op.name, "status": op.state, "subject": op.subject,
-                 "attempts": op.attempts, "max_attempts": op.max_attempts, "error_class": op.error_class,
-                 "error_message": op.error_message, "created_at": _iso(op.created_at),
-                 "last_attempt_at": _iso(op.last_attempt_at), "dead_at": _iso(op.dead_at),
-                 "resolved_at": _iso(op.resolved_at)} for op in page.rows]
+    failures = [
+        {
+            "id": op.id,
+            "kind": op.kind,
+            "name": op.name,
+            "status": op.state,
+            "subject": op.subject,
+            "attempts": op.attempts,
+            "max_attempts": op.max_attempts,
+            "error_class": op.error_class,
+            "error_message": op.error_message,
+            "created_at": _iso(op.created_at),
+            "last_attempt_at": _iso(op.last_attempt_at),
+            "dead_at": _iso(op.dead_at),
+            "resolved_at": _iso(op.resolved_at),
+        }
+        for op in page.rows
+    ]
     return jsonify(failures=failures, count=len(failures))
 
 
@@ -266,9 +329,14 @@ def health_metrics():
         metrics = admin_metrics.health_metrics(window, current_app.config["HEALTH_THRESHOLDS"])
     except admin_metrics.WindowError as exc:
         raise ApiError(400, "invalid_window", str(exc)) from None
-    return jsonify(window=window, metrics=[{"key": m.key, "label": m.label, "value": m.value, "unit": m.unit,
-                                            "status": m.status, "detail": m.detail} for m in metrics],
-                   critical=[m.key for m in admin_metrics.critical(metrics)])
+    return jsonify(
+        window=window,
+        metrics=[
+            {"key": m.key, "label": m.label, "value": m.value, "unit": m.unit, "status": m.status, "detail": m.detail}
+            for m in metrics
+        ],
+        critical=[m.key for m in admin_metrics.critical(metrics)],
+    )
 
 
 @bp.get("/dead-letter-queue")
@@ -289,4 +357,5 @@ def dead_letter_queue():
         items.append(record)
     return jsonify(dead_letters=items, count=len(items), next_cursor=page.next_cursor)
 
-from . import pause_routes  # noqa: E402,F401  (pause/resume routes, issue 5)
+
+from webapp.blueprints.admin_api import pause_routes  # noqa: E402,F401  (pause/resume routes, issue 5)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from flask import jsonify
 
-from ...services import pauses
-from . import ApiError, _actor, _iso, _json_body, bp
+from webapp.blueprints.admin_api import ApiError, _actor, _iso, _json_body, bp
+from webapp.services import pauses
 
 
 def _pause_json(item: dict) -> dict:

@@ -14,11 +14,17 @@ from flask import Blueprint, current_app, g, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
-from ...extensions import db
-from ...services import idempotency, tokens
-from ...services.payments import checkout, customers, purchases
-from ...services.payments.errors import (CheckoutFailed, Conflict, NotFound, PaymentsError,
-                                         PaymentsUnavailable, ValidationFailed)
+from webapp.extensions import db
+from webapp.services import idempotency, tokens
+from webapp.services.payments import checkout, customers, purchases
+from webapp.services.payments.errors import (
+    CheckoutFailed,
+    Conflict,
+    NotFound,
+    PaymentsError,
+    PaymentsUnavailable,
+    ValidationFailed,
+)
 
 log = logging.getLogger("backstop.api")
 
@@ -86,8 +92,9 @@ def _unexpected(exc: Exception):
     # Still JSON and still the stable shape; the details go to the log, never to the client.
     db.session.rollback()
     if isinstance(exc, HTTPException) and exc.code:
-        return error_response(exc.code, (exc.name or "http_error").lower().replace(" ", "_"),
-                              exc.description or exc.name)
+        return error_response(
+            exc.code, (exc.name or "http_error").lower().replace(" ", "_"), exc.description or exc.name
+        )
     log.exception("unexpected storefront API error")
     return error_response(500, "internal_error", "unexpected error; it has been logged")
 
@@ -156,9 +163,13 @@ def create_customer():
 
 def _customer(data: dict) -> tuple[int, dict]:
     customer = customers.create_customer(data)
-    return 201, {"id": customer.id, "email": customer.email, "name": customer.name,
-                 "credit_balance_cents": customer.credit_balance_cents,
-                 "created_at": customer.created_at.isoformat() + "Z"}
+    return 201, {
+        "id": customer.id,
+        "email": customer.email,
+        "name": customer.name,
+        "credit_balance_cents": customer.credit_balance_cents,
+        "created_at": customer.created_at.isoformat() + "Z",
+    }
 
 
 @bp.route("/api/purchases", methods=ALL_METHODS)

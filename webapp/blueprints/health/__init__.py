@@ -2,7 +2,7 @@
 
 from flask import Blueprint, current_app, jsonify
 
-from ...services import health
+from webapp.services import health
 
 bp = Blueprint("health", __name__)
 

@@ -7,7 +7,7 @@ import hmac
 from flask import Blueprint, Response, current_app, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from ...services.metrics import DatabaseCollector
+from webapp.services.metrics import DatabaseCollector
 
 bp = Blueprint("metrics", __name__)
 
@@ -24,8 +24,12 @@ def _authorized() -> bool:
 def metrics():
     """Every Backstop metric; a bearer token is required when ``METRICS_TOKEN`` is set."""
     if not _authorized():
-        return Response("metrics need 'Authorization: Bearer <METRICS_TOKEN>'\n", status=401,
-                        mimetype="text/plain", headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
+        return Response(
+            "metrics need 'Authorization: Bearer <METRICS_TOKEN>'\n",
+            status=401,
+            mimetype="text/plain",
+            headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+        )
     # A registry per scrape holding only the database collector: no process-local state at all.
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DatabaseCollector(current_app.config))

@@ -11,9 +11,9 @@ import logging
 from flask import Blueprint, current_app, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 
-from ...extensions import db
-from ...services import stripe_events
-from ...services.stripe_events import WebhookRejected
+from webapp.extensions import db
+from webapp.services import stripe_events
+from webapp.services.stripe_events import WebhookRejected
 
 log = logging.getLogger("backstop.webhooks")
 
@@ -48,11 +48,16 @@ def stripe_webhook():
     except SQLAlchemyError as exc:
         db.session.rollback()
         log.error("could not store Stripe event %s: %s", event.get("id"), type(exc).__name__)
-        return _reject(WebhookRejected(stripe_events.DATABASE_UNAVAILABLE,
-                                       "the event could not be stored; retry later"))
-    log.info("stripe event %s %s %s", intake.event_id, intake.event_type,
-             "stored" if intake.created else "replayed",
-             extra={"event_id": intake.event_id, "operation_id": intake.operation_id})
+        return _reject(
+            WebhookRejected(stripe_events.DATABASE_UNAVAILABLE, "the event could not be stored; retry later")
+        )
+    log.info(
+        "stripe event %s %s %s",
+        intake.event_id,
+        intake.event_type,
+        "stored" if intake.created else "replayed",
+        extra={"event_id": intake.event_id, "operation_id": intake.operation_id},
+    )
     return jsonify({"received": True}), 200
 
 
@@ -74,8 +79,9 @@ STATUS_BY_REASON = {
 def _reject(rejected: WebhookRejected):
     stripe_events.count_rejection(rejected.reason)
     status = STATUS_BY_REASON.get(rejected.reason, 400)
-    log.warning("stripe webhook rejected (%s): %s", rejected.reason, rejected.message,
-                extra={"reason": rejected.reason})
+    log.warning(
+        "stripe webhook rejected (%s): %s", rejected.reason, rejected.message, extra={"reason": rejected.reason}
+    )
     response, status = error(status, rejected.reason, rejected.message)
     if status == 503:
         response.headers["Retry-After"] = "30"

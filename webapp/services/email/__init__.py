@@ -8,8 +8,8 @@ the configured providers with failover and circuit breakers.
 
 from __future__ import annotations
 
-from ...models import Operation
-from ..operations import create_operation
+from webapp.models import Operation
+from webapp.services.operations import create_operation
 
 TEMPLATES = (
     "lead_purchase_confirmation",
@@ -32,8 +32,15 @@ def operation_name(template: str) -> str:
     return f"email.{template}"
 
 
-def queue_email(template: str, to: str, context: dict, *, idempotency_key: str,
-                subject: str | None = None, purchase_id: int | None = None) -> Operation:
+def queue_email(
+    template: str,
+    to: str,
+    context: dict,
+    *,
+    idempotency_key: str,
+    subject: str | None = None,
+    purchase_id: int | None = None,
+) -> Operation:
     """Add an email operation to the caller's transaction and return it (caller commits).
 
     The same ``idempotency_key`` returns the existing operation. The address is checked
@@ -47,10 +54,11 @@ def queue_email(template: str, to: str, context: dict, *, idempotency_key: str,
     payload = {"to": to, "template": template, "context": context, "purchase_id": purchase_id}
     if subject is None:
         subject = f"purchase:{purchase_id}" if purchase_id is not None else f"email:{to}"
-    return create_operation(operation_name(template), payload,
-                            idempotency_key=idempotency_key, subject=subject[:255])
+    return create_operation(operation_name(template), payload, idempotency_key=idempotency_key, subject=subject[:255])
 
 
-from . import handlers  # noqa: E402,F401  (registers one handler per template)
-from .handlers import init_app  # noqa: E402,F401
-from . import fulfilment  # noqa: E402,F401  (the purchase fulfilment outcome listener)
+from webapp.services.email import (
+    fulfilment,  # noqa: F401  (the purchase fulfilment outcome listener)
+    handlers,  # noqa: F401  (registers one handler per template)
+)
+from webapp.services.email.handlers import init_app  # noqa: E402,F401

@@ -14,11 +14,11 @@ from datetime import datetime, timedelta
 from flask import current_app
 from sqlalchemy import case, select, update
 
-from ...domain.time import utcnow
-from ...extensions import db
-from ...models import EmailProviderCircuit
-from .providers import provider_names
-from .sql import insert_ignore
+from webapp.domain.time import utcnow
+from webapp.extensions import db
+from webapp.models import EmailProviderCircuit
+from webapp.services.email.providers import provider_names
+from webapp.services.email.sql import insert_ignore
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 MAX_ERROR = 1000
@@ -52,21 +52,24 @@ def circuit_states(now: datetime | None = None) -> list[dict]:
     for name in names:
         row = rows.get(name)
         opened_until = row.opened_until if row else None
-        states.append({
-            "provider": name,
-            "state": state_of(opened_until, now),
-            "consecutive_failures": row.consecutive_failures if row else 0,
-            "opened_until": opened_until,
-            "last_error": row.last_error if row else None,
-        })
+        states.append(
+            {
+                "provider": name,
+                "state": state_of(opened_until, now),
+                "consecutive_failures": row.consecutive_failures if row else 0,
+                "opened_until": opened_until,
+                "last_error": row.last_error if row else None,
+            }
+        )
     return states
 
 
 def blocked_until(names: list[str], now: datetime) -> dict[str, datetime]:
     """Providers among ``names`` whose circuit is open now, with when each becomes half-open."""
     rows = db.session.execute(
-        select(EmailProviderCircuit.provider, EmailProviderCircuit.opened_until)
-        .where(EmailProviderCircuit.provider.in_(names), EmailProviderCircuit.opened_until > now)
+        select(EmailProviderCircuit.provider, EmailProviderCircuit.opened_until).where(
+            EmailProviderCircuit.provider.in_(names), EmailProviderCircuit.opened_until > now
+        )
     ).all()
     db.session.rollback()
     return {provider: opened_until for provider, opened_until in rows}
@@ -83,12 +86,15 @@ def acquire(provider: str, now: datetime, config=None) -> bool:
         db.session.rollback()
         return state == CLOSED
     # Re-arm the cool-down only if nobody else did since we read it: one probe at a time.
-    won = db.session.execute(
-        update(EmailProviderCircuit)
-        .where(EmailProviderCircuit.provider == provider, EmailProviderCircuit.opened_until == opened_until)
-        .values(opened_until=now + cooldown, updated_at=now)
-        .execution_options(synchronize_session=False)
-    ).rowcount == 1
+    won = (
+        db.session.execute(
+            update(EmailProviderCircuit)
+            .where(EmailProviderCircuit.provider == provider, EmailProviderCircuit.opened_until == opened_until)
+            .values(opened_until=now + cooldown, updated_at=now)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        == 1
+    )
     db.session.commit()
     return won
 
@@ -97,8 +103,10 @@ def record_success(provider: str, now: datetime) -> None:
     """The provider answered properly: close its circuit and reset the failure count."""
     db.session.execute(
         update(EmailProviderCircuit)
-        .where(EmailProviderCircuit.provider == provider,
-               (EmailProviderCircuit.consecutive_failures != 0) | EmailProviderCircuit.opened_until.is_not(None))
+        .where(
+            EmailProviderCircuit.provider == provider,
+            (EmailProviderCircuit.consecutive_failures != 0) | EmailProviderCircuit.opened_until.is_not(None),
+        )
         .values(consecutive_failures=0, opened_until=None, updated_at=now)
         .execution_options(synchronize_session=False)
     )
@@ -108,17 +116,21 @@ def record_success(provider: str, now: datetime) -> None:
 def record_failure(provider: str, now: datetime, error: str, config=None) -> None:
     """Count a failure; the one that reaches the threshold (or fails a probe) opens the circuit."""
     threshold, cooldown = _settings(config)
-    insert_ignore(EmailProviderCircuit, [{"provider": provider, "consecutive_failures": 0,
-                                          "opened_until": None, "updated_at": now}])
+    insert_ignore(
+        EmailProviderCircuit,
+        [{"provider": provider, "consecutive_failures": 0, "opened_until": None, "updated_at": now}],
+    )
     failures = EmailProviderCircuit.consecutive_failures + 1
     # One atomic UPDATE: concurrent workers' failures all count, none is lost.
     db.session.execute(
         update(EmailProviderCircuit)
         .where(EmailProviderCircuit.provider == provider)
-        .values(consecutive_failures=failures,
-                opened_until=case((failures >= threshold, now + cooldown),
-                                  else_=EmailProviderCircuit.opened_until),
-                last_error=error[:MAX_ERROR], updated_at=now)
+        .values(
+            consecutive_failures=failures,
+            opened_until=case((failures >= threshold, now + cooldown), else_=EmailProviderCircuit.opened_until),
+            last_error=error[:MAX_ERROR],
+            updated_at=now,
+        )
         .execution_options(synchronize_session=False)
     )
     db.session.commit()

@@ -24,13 +24,19 @@ from flask import current_app
 from jinja2 import TemplateError
 from sqlalchemy import select
 
-from ...domain.errors import Deferral, PermanentError, TransientError
-from ...extensions import db
-from ...models import EmailLog
-from . import circuits, ratelimit
-from .providers import (NotConfigured, ProviderError, RejectedError, SendResult, build_provider,
-                        provider_names)
-from .render import outgoing, render_email
+from webapp.domain.errors import Deferral, PermanentError, TransientError
+from webapp.extensions import db
+from webapp.models import EmailLog
+from webapp.services.email import circuits, ratelimit
+from webapp.services.email.providers import (
+    NotConfigured,
+    ProviderError,
+    RejectedError,
+    SendResult,
+    build_provider,
+    provider_names,
+)
+from webapp.services.email.render import outgoing, render_email
 
 log = logging.getLogger("backstop.email")
 MAX_ERROR = 2000
@@ -48,8 +54,12 @@ def deliver(ctx) -> None:
     email = _render(template, payload, to, ctx)
     names = _provider_names(config)
     _defer_if_all_circuits_open(names, now)
-    ratelimit.reserve(to, now=now, per_recipient=int(config.get("EMAIL_RATE_PER_RECIPIENT_PER_MINUTE") or 0),
-                      global_limit=int(config.get("EMAIL_RATE_GLOBAL_PER_MINUTE") or 0))
+    ratelimit.reserve(
+        to,
+        now=now,
+        per_recipient=int(config.get("EMAIL_RATE_PER_RECIPIENT_PER_MINUTE") or 0),
+        global_limit=int(config.get("EMAIL_RATE_GLOBAL_PER_MINUTE") or 0),
+    )
     record = _Recorder(operation.id, payload.get("purchase_id"), ctx.attempt, to, template)
     send_with_failover(email, names, now=now, config=config, record=record)
 
@@ -76,13 +86,17 @@ def checked_address(address) -> str:
 def _render(template: str, payload: dict, to: str, ctx):
     config = current_app.config
     try:
-        rendered = render_email(template, payload.get("context") or {}, to=to,
-                                purchase_id=payload.get("purchase_id"))
+        rendered = render_email(template, payload.get("context") or {}, to=to, purchase_id=payload.get("purchase_id"))
     except TemplateError as exc:
         # A broken or missing template is a bug: dead-letter, fix, then retry from the admin page.
         raise PermanentError(f"email template {template!r} could not be rendered: {exc}") from exc
-    return outgoing(rendered, sender=config["EMAIL_FROM"], to=to, idempotency_key=ctx.idempotency_key,
-                    metadata={"operation_id": ctx.operation.id, "template": template})
+    return outgoing(
+        rendered,
+        sender=config["EMAIL_FROM"],
+        to=to,
+        idempotency_key=ctx.idempotency_key,
+        metadata={"operation_id": ctx.operation.id, "template": template},
+    )
 
 
 def _provider_names(config) -> list[str]:
@@ -107,13 +121,27 @@ class _Recorder:
     """Writes one email-log row per provider try, committed at once (failures must survive rollback)."""
 
     def __init__(self, operation_id, purchase_id, attempt, to, template):
-        self.values = {"operation_id": operation_id, "purchase_id": purchase_id, "attempt": attempt,
-                       "to_address": to, "template": template}
+        self.values = {
+            "operation_id": operation_id,
+            "purchase_id": purchase_id,
+            "attempt": attempt,
+            "to_address": to,
+            "template": template,
+        }
 
-    def __call__(self, provider: str, status: str, now: datetime, *, message_id: str | None = None,
-                 error: str | None = None) -> None:
-        db.session.add(EmailLog(provider=provider, status=status, provider_message_id=message_id,
-                                error=error[:MAX_ERROR] if error else None, created_at=now, **self.values))
+    def __call__(
+        self, provider: str, status: str, now: datetime, *, message_id: str | None = None, error: str | None = None
+    ) -> None:
+        db.session.add(
+            EmailLog(
+                provider=provider,
+                status=status,
+                provider_message_id=message_id,
+                error=error[:MAX_ERROR] if error else None,
+                created_at=now,
+                **self.values,
+            )
+        )
         db.session.commit()
 
 
@@ -150,15 +178,17 @@ def send_with_failover(email, names: list[str], *, now: datetime, config, record
     if not failures and any(reason.endswith("circuit open") for reason in skipped):
         # Lost the half-open probe to another worker: nothing was tried, so nothing failed.
         blocked = circuits.blocked_until(names, now)
-        raise Deferral(min(blocked.values(), default=now + timedelta(seconds=1)),
-                       "every usable email provider's circuit is open")
+        raise Deferral(
+            min(blocked.values(), default=now + timedelta(seconds=1)), "every usable email provider's circuit is open"
+        )
     raise _attempt_failure(failures, skipped)
 
 
 def _attempt_failure(failures: list[ProviderError], skipped: list[str]) -> Exception:
     if failures and all(exc.retry_after for exc in failures):
         until = min(exc.retry_after for exc in failures)
-        return Deferral(until, "every email provider asked us to retry later: "
-                        + "; ".join(str(exc) for exc in failures))
+        return Deferral(
+            until, "every email provider asked us to retry later: " + "; ".join(str(exc) for exc in failures)
+        )
     reasons = [str(exc) for exc in failures] + skipped
     return TransientError("every email provider failed: " + "; ".join(reasons))

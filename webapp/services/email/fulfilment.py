@@ -11,16 +11,16 @@ from __future__ import annotations
 
 from sqlalchemy import or_, update
 
-from ...extensions import db
-from ...models.commerce import Purchase
-from ..engine import on_outcome
+from webapp.extensions import db
+from webapp.models.commerce import Purchase
+from webapp.services.engine import on_outcome
 
 STATUS_FOR_OUTCOME = {"succeeded": "sent", "retrying": "failing", "dead": "undeliverable"}
 
 
 def fulfilment_templates() -> frozenset[str]:
     """Templates whose delivery is a purchase's fulfilment."""
-    from . import FULFILMENT_TEMPLATES
+    from webapp.services.email import FULFILMENT_TEMPLATES
 
     return FULFILMENT_TEMPLATES
 
@@ -41,8 +41,10 @@ def update_fulfilment(operation, outcome: str) -> None:
         values["fulfilled_at"] = when
     db.session.execute(
         update(Purchase)
-        .where(Purchase.id == int(purchase_id),
-               or_(Purchase.fulfilment_status.is_(None), Purchase.fulfilment_status != "sent"))
+        .where(
+            Purchase.id == int(purchase_id),
+            or_(Purchase.fulfilment_status.is_(None), Purchase.fulfilment_status != "sent"),
+        )
         .values(**values)
         .execution_options(synchronize_session=False)
     )

@@ -19,10 +19,10 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select, update
 
-from ...domain.errors import Deferral
-from ...extensions import db
-from ...models import EmailRateSlot
-from .sql import insert_ignore
+from webapp.domain.errors import Deferral
+from webapp.extensions import db
+from webapp.models import EmailRateSlot
+from webapp.services.email.sql import insert_ignore
 
 WINDOW = timedelta(minutes=1)
 GLOBAL = "global"

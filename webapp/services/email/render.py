@@ -17,7 +17,7 @@ from email.utils import parseaddr
 
 from flask import current_app
 
-from .providers import OutgoingEmail
+from webapp.services.email.providers import OutgoingEmail
 
 CURRENCY_SYMBOLS = {"usd": "$", "eur": "€", "gbp": "£", "aud": "A$", "cad": "C$"}
 
@@ -75,11 +75,14 @@ def message_id(idempotency_key: str, sender: str) -> str:
     return f"<{key_digest(idempotency_key)[:40]}@{domain}>"
 
 
-def outgoing(rendered: RenderedEmail, *, sender: str, to: str, idempotency_key: str,
-             metadata: dict) -> OutgoingEmail:
+def outgoing(rendered: RenderedEmail, *, sender: str, to: str, idempotency_key: str, metadata: dict) -> OutgoingEmail:
     """The provider-neutral message for a rendered email."""
     return OutgoingEmail(
-        sender=sender, to=to, subject=rendered.subject, text=rendered.text, html=rendered.html,
+        sender=sender,
+        to=to,
+        subject=rendered.subject,
+        text=rendered.text,
+        html=rendered.html,
         message_id=message_id(idempotency_key, sender),
         idempotency_key=provider_idempotency_key(idempotency_key),
         metadata=metadata,

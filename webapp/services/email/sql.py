@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy.dialects import postgresql, sqlite
 
-from ...extensions import db
+from webapp.extensions import db
 
 
 def insert_ignore(model, rows: list[dict]) -> None:

@@ -4,7 +4,7 @@ Importing this package registers the ``stripe.<event type>`` handlers (the app f
 so web and worker processes both know them).
 """
 
-from . import handlers  # noqa: F401  (registers the stripe.* handlers and the dead-event listener)
+from webapp.services.payments import handlers
 
 
 def init_app(app) -> None:

@@ -8,26 +8,41 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from ...domain.time import utcnow
-from ...extensions import db
-from ...models import Product
-from ...models.commerce import PRODUCT_KINDS
-from .errors import Conflict, NotFound, ValidationFailed
+from webapp.domain.time import utcnow
+from webapp.extensions import db
+from webapp.models import Product
+from webapp.models.commerce import PRODUCT_KINDS
+from webapp.services.payments.errors import Conflict, NotFound, ValidationFailed
 
 SKU_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 CURRENCY_PATTERN = re.compile(r"^[a-z]{3}$")
 
 
-def add_product(sku: str, name: str, kind: str, price_cents: int, *, currency: str = "usd",
-                credits_granted: int = 0, now: datetime | None = None) -> Product:
+def add_product(
+    sku: str,
+    name: str,
+    kind: str,
+    price_cents: int,
+    *,
+    currency: str = "usd",
+    credits_granted: int = 0,
+    now: datetime | None = None,
+) -> Product:
     """Add a product and commit; a credit pack must grant credits, a lead listing none."""
     currency = (currency or "").strip().lower()
     fields = _check(sku, name, kind, price_cents, currency, credits_granted)
     if fields:
         raise ValidationFailed(fields)
-    product = Product(sku=sku, name=name.strip(), kind=kind, price_cents=price_cents, currency=currency,
-                      credits_granted=credits_granted if kind == "credits" else 0, active=True,
-                      created_at=now or utcnow())
+    product = Product(
+        sku=sku,
+        name=name.strip(),
+        kind=kind,
+        price_cents=price_cents,
+        currency=currency,
+        credits_granted=credits_granted if kind == "credits" else 0,
+        active=True,
+        created_at=now or utcnow(),
+    )
     db.session.add(product)
     try:
         db.session.commit()

@@ -8,9 +8,9 @@ from urllib.parse import quote
 
 import stripe
 
-from ...models import Purchase
-from . import purchases
-from .errors import CheckoutFailed, PaymentsUnavailable
+from webapp.models import Purchase
+from webapp.services.payments import purchases
+from webapp.services.payments.errors import CheckoutFailed, PaymentsUnavailable
 
 log = logging.getLogger("backstop.stripe")
 
@@ -28,7 +28,7 @@ class StripeSettings:
     cancel_url: str = "http://127.0.0.1:5000/checkout/cancelled?purchase_id={purchase_id}"
 
     @classmethod
-    def from_config(cls, config) -> "StripeSettings":
+    def from_config(cls, config) -> StripeSettings:
         """Settings from a Flask config mapping."""
         base = (config.get("PUBLIC_BASE_URL") or "http://127.0.0.1:5000").rstrip("/")
         return cls(
@@ -62,8 +62,9 @@ def checkout_idempotency_key(purchase_id: int) -> str:
     return f"backstop-checkout-purchase-{purchase_id}"
 
 
-def buy_by_card(request: purchases.PurchaseRequest, settings: StripeSettings,
-                request_key: str | None = None) -> Purchase:
+def buy_by_card(
+    request: purchases.PurchaseRequest, settings: StripeSettings, request_key: str | None = None
+) -> Purchase:
     """Create a pending purchase (committed), then its Checkout Session; return the purchase.
 
     A Stripe error marks the purchase failed with the reason and raises CheckoutFailed. With
@@ -81,7 +82,8 @@ def buy_by_card(request: purchases.PurchaseRequest, settings: StripeSettings,
     params = session_params(purchase, request, settings)
     try:
         session = client.v1.checkout.sessions.create(
-            params=params, options={"idempotency_key": checkout_idempotency_key(purchase.id)})
+            params=params, options={"idempotency_key": checkout_idempotency_key(purchase.id)}
+        )
     except stripe.StripeError as exc:
         reason = describe_stripe_error(exc)
         log.warning("checkout session for purchase %s failed: %s", purchase.id, reason)
@@ -105,11 +107,16 @@ def session_params(purchase: Purchase, request: purchases.PurchaseRequest, setti
     purchase_id = quote(str(purchase.id))
     return {
         "mode": "payment",
-        "line_items": [{
-            "quantity": 1,
-            "price_data": {"currency": product.currency, "unit_amount": product.price_cents,
-                           "product_data": {"name": product.name, "metadata": {"sku": product.sku}}},
-        }],
+        "line_items": [
+            {
+                "quantity": 1,
+                "price_data": {
+                    "currency": product.currency,
+                    "unit_amount": product.price_cents,
+                    "product_data": {"name": product.name, "metadata": {"sku": product.sku}},
+                },
+            }
+        ],
         "customer_email": customer.email,
         "client_reference_id": str(purchase.id),
         "metadata": metadata,

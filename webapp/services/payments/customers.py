@@ -8,11 +8,11 @@ from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from ...domain.time import utcnow
-from ...extensions import db
-from ...models import Customer
-from ..email import queue_email
-from .errors import Conflict, ValidationFailed
+from webapp.domain.time import utcnow
+from webapp.extensions import db
+from webapp.models import Customer
+from webapp.services.email import queue_email
+from webapp.services.payments.errors import Conflict, ValidationFailed
 
 MAX_NAME = 200
 
@@ -62,9 +62,13 @@ def create_customer(data: dict, *, now: datetime | None = None) -> Customer:
     try:
         db.session.add(customer)
         db.session.flush()
-        queue_email("welcome", email, {"customer_name": name, "customer_email": email,
-                                       "customer_id": customer.id},
-                    idempotency_key=f"customer:{customer.id}:welcome", subject=f"customer:{customer.id}")
+        queue_email(
+            "welcome",
+            email,
+            {"customer_name": name, "customer_email": email, "customer_id": customer.id},
+            idempotency_key=f"customer:{customer.id}:welcome",
+            subject=f"customer:{customer.id}",
+        )
         db.session.commit()
     except IntegrityError:
         # A concurrent request created the same address first.
@@ -74,8 +78,7 @@ def create_customer(data: dict, *, now: datetime | None = None) -> Customer:
 
 
 def _email_taken(email: str) -> bool:
-    found = db.session.execute(
-        select(Customer.id).where(func.lower(Customer.email) == email.lower()).limit(1)).first()
+    found = db.session.execute(select(Customer.id).where(func.lower(Customer.email) == email.lower()).limit(1)).first()
     return found is not None
 
 

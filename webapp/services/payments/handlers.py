@@ -13,15 +13,15 @@ from datetime import timedelta
 
 from sqlalchemy import select
 
-from ...domain.errors import Deferral, PermanentError
-from ...domain.retry import RetryPolicy
-from ...domain.time import utcnow
-from ...extensions import db
-from ...models import Purchase, StripeEvent
-from ..engine import on_outcome
-from ..registry import HandlerContext, handler, registry
-from ..stripe_events import OPERATION_PREFIX, mark_event
-from . import purchases
+from webapp.domain.errors import Deferral, PermanentError
+from webapp.domain.retry import RetryPolicy
+from webapp.domain.time import utcnow
+from webapp.extensions import db
+from webapp.models import Purchase, StripeEvent
+from webapp.services.engine import on_outcome
+from webapp.services.payments import purchases
+from webapp.services.registry import HandlerContext, handler, registry
+from webapp.services.stripe_events import OPERATION_PREFIX, mark_event
 
 # Stripe webhook processing: 5 retries, exponential backoff with full jitter (seed 000).
 WEBHOOK_POLICY = RetryPolicy.retries(5)
@@ -74,8 +74,9 @@ def load_event(ctx: HandlerContext) -> tuple[StripeEvent, dict]:
 def event_object(row: StripeEvent) -> dict:
     """The ``data.object`` of a stored event, or PermanentError saying why there is none."""
     if not row.payload:
-        raise PermanentError(f"stored Stripe event {row.id} has no body (cleared by retention?): "
-                             "re-send it from the Stripe dashboard")
+        raise PermanentError(
+            f"stored Stripe event {row.id} has no body (cleared by retention?): re-send it from the Stripe dashboard"
+        )
     try:
         event = json.loads(row.payload)
     except (ValueError, RecursionError) as exc:
@@ -83,8 +84,9 @@ def event_object(row: StripeEvent) -> dict:
     data = event.get("data") if isinstance(event, dict) else None
     obj = data.get("object") if isinstance(data, dict) else None
     if not isinstance(obj, dict):
-        raise PermanentError(f"stored Stripe event {row.id} ({row.type}) has no data.object, "
-                             "so there is nothing to apply")
+        raise PermanentError(
+            f"stored Stripe event {row.id} ({row.type}) has no data.object, so there is nothing to apply"
+        )
     return obj
 
 
@@ -101,14 +103,23 @@ def checkout_paid(ctx: HandlerContext) -> str:
     purchase = _purchase_for(session, row)
     if purchase is None:
         return finish(ctx, row, "not_ours", "ignored")
-    if row.type == "checkout.session.completed" and session.get("payment_status") not in ("paid", "no_payment_required"):
+    if row.type == "checkout.session.completed" and session.get("payment_status") not in (
+        "paid",
+        "no_payment_required",
+    ):
         # Delayed payment methods: the money is not there yet; async_payment_succeeded follows.
         return finish(ctx, row, "awaiting_async_payment")
-    result = purchases.complete(purchase.id, now=ctx.now, session_id=_str(session.get("id")),
-                                payment_intent_id=_id_of(session.get("payment_intent")))
+    result = purchases.complete(
+        purchase.id,
+        now=ctx.now,
+        session_id=_str(session.get("id")),
+        payment_intent_id=_id_of(session.get("payment_intent")),
+    )
     if result.outcome.startswith("not_completable"):
-        raise PermanentError(f"payment received for purchase {purchase.id}, but it is {result.purchase.status}: "
-                             "refund or reconcile it by hand")
+        raise PermanentError(
+            f"payment received for purchase {purchase.id}, but it is {result.purchase.status}: "
+            "refund or reconcile it by hand"
+        )
     return finish(ctx, row, result.outcome)
 
 
@@ -120,8 +131,7 @@ def checkout_unpaid(ctx: HandlerContext) -> str:
     if purchase is None:
         return finish(ctx, row, "not_ours", "ignored")
     if row.type == "checkout.session.expired":
-        result = purchases.fail(purchase.id, "expired", "the checkout session expired before payment",
-                                now=ctx.now)
+        result = purchases.fail(purchase.id, "expired", "the checkout session expired before payment", now=ctx.now)
     else:
         result = purchases.fail(purchase.id, "failed", "the delayed payment failed", now=ctx.now)
     return finish(ctx, row, result.outcome)
@@ -148,8 +158,9 @@ def charge_refunded(ctx: HandlerContext) -> str:
     purchase = _purchase_for(charge, row, payment_intent_id=payment_intent_id)
     if purchase is None:
         # The completion that records the payment intent may simply not have been processed yet.
-        _defer_or_give_up(ctx, row, f"no purchase matches charge {charge.get('id')} "
-                                    f"(payment intent {payment_intent_id})")
+        _defer_or_give_up(
+            ctx, row, f"no purchase matches charge {charge.get('id')} (payment intent {payment_intent_id})"
+        )
     amount_refunded = charge.get("amount_refunded")
     if isinstance(amount_refunded, bool) or not isinstance(amount_refunded, int) or amount_refunded < 0:
         raise PermanentError(f"charge {charge.get('id')} has no valid amount_refunded")
@@ -165,8 +176,10 @@ def _defer_or_give_up(ctx: HandlerContext, row: StripeEvent, why: str) -> None:
     """Defer by DEFER_STEP, or dead-letter once the event has waited DEFER_WINDOW since it arrived."""
     waited = ctx.now - row.received_at
     if waited >= DEFER_WINDOW:
-        raise PermanentError(f"{why}; still not applicable {_minutes(waited)} after the event arrived, "
-                             "so it needs a person (check the purchase, then retry or resolve)")
+        raise PermanentError(
+            f"{why}; still not applicable {_minutes(waited)} after the event arrived, "
+            "so it needs a person (check the purchase, then retry or resolve)"
+        )
     raise Deferral(ctx.now + DEFER_STEP, f"{why}; waiting for the purchase to be ready")
 
 

@@ -13,13 +13,13 @@ from datetime import datetime
 
 from sqlalchemy import select, update
 
-from ...domain.errors import TransientError
-from ...domain.time import utcnow
-from ...extensions import db
-from ...models import Customer, Product, Purchase
-from ...models.commerce import PAYMENT_METHODS
-from ..email import queue_email
-from .errors import Conflict, NotFound, ValidationFailed
+from webapp.domain.errors import TransientError
+from webapp.domain.time import utcnow
+from webapp.extensions import db
+from webapp.models import Customer, Product, Purchase
+from webapp.models.commerce import PAYMENT_METHODS
+from webapp.services.email import queue_email
+from webapp.services.payments.errors import Conflict, NotFound, ValidationFailed
 
 log = logging.getLogger("backstop.payments")
 
@@ -100,8 +100,9 @@ def find_by_request_key(request_key: str | None) -> Purchase | None:
     return purchase
 
 
-def buy_with_credits(request: PurchaseRequest, *, request_key: str | None = None,
-                     now: datetime | None = None) -> Purchase:
+def buy_with_credits(
+    request: PurchaseRequest, *, request_key: str | None = None, now: datetime | None = None
+) -> Purchase:
     """Deduct the price from the balance atomically, complete the purchase and queue its
     confirmation, all in one transaction; commits. A short balance is a Conflict.
 
@@ -119,14 +120,25 @@ def buy_with_credits(request: PurchaseRequest, *, request_key: str | None = None
         .execution_options(synchronize_session=False)
     ).rowcount
     if not deducted:
-        balance = db.session.execute(select(Customer.credit_balance_cents)
-                                     .where(Customer.id == customer.id)).scalar_one()
+        balance = db.session.execute(
+            select(Customer.credit_balance_cents).where(Customer.id == customer.id)
+        ).scalar_one()
         db.session.rollback()
-        raise Conflict(f"credit balance {balance} is below the price {product.price_cents}",
-                       code="insufficient_credits")
-    purchase = Purchase(customer_id=customer.id, product_id=product.id, payment_method="credits",
-                        status="completed", amount_cents=product.price_cents, currency=product.currency,
-                        completed_at=now, created_at=now, updated_at=now, request_key=request_key)
+        raise Conflict(
+            f"credit balance {balance} is below the price {product.price_cents}", code="insufficient_credits"
+        )
+    purchase = Purchase(
+        customer_id=customer.id,
+        product_id=product.id,
+        payment_method="credits",
+        status="completed",
+        amount_cents=product.price_cents,
+        currency=product.currency,
+        completed_at=now,
+        created_at=now,
+        updated_at=now,
+        request_key=request_key,
+    )
     db.session.add(purchase)
     db.session.flush()
     queue_confirmation(purchase, customer, product)
@@ -134,14 +146,22 @@ def buy_with_credits(request: PurchaseRequest, *, request_key: str | None = None
     return purchase
 
 
-def start_card_purchase(request: PurchaseRequest, *, request_key: str | None = None,
-                        now: datetime | None = None) -> Purchase:
+def start_card_purchase(
+    request: PurchaseRequest, *, request_key: str | None = None, now: datetime | None = None
+) -> Purchase:
     """Create and commit a pending card purchase (the Checkout Session comes next)."""
     now = now or utcnow()
-    purchase = Purchase(customer_id=request.customer.id, product_id=request.product.id,
-                        payment_method="card", status="pending", amount_cents=request.product.price_cents,
-                        currency=request.product.currency, created_at=now, updated_at=now,
-                        request_key=request_key)
+    purchase = Purchase(
+        customer_id=request.customer.id,
+        product_id=request.product.id,
+        payment_method="card",
+        status="pending",
+        amount_cents=request.product.price_cents,
+        currency=request.product.currency,
+        created_at=now,
+        updated_at=now,
+        request_key=request_key,
+    )
     db.session.add(purchase)
     db.session.commit()
     return purchase
@@ -150,18 +170,22 @@ def start_card_purchase(request: PurchaseRequest, *, request_key: str | None = N
 def attach_checkout(purchase_id: int, session_id: str, url: str | None, *, now: datetime | None = None) -> None:
     """Record the Checkout Session created for a purchase; commits."""
     db.session.execute(
-        update(Purchase).where(Purchase.id == purchase_id)
+        update(Purchase)
+        .where(Purchase.id == purchase_id)
         .values(stripe_checkout_session_id=session_id, checkout_url=url, updated_at=now or utcnow())
-        .execution_options(synchronize_session=False))
+        .execution_options(synchronize_session=False)
+    )
     db.session.commit()
 
 
 def mark_checkout_failed(purchase_id: int, reason: str, *, now: datetime | None = None) -> None:
     """A pending purchase whose Checkout Session could not be created fails with ``reason``; commits."""
     db.session.execute(
-        update(Purchase).where(Purchase.id == purchase_id, Purchase.status == "pending")
+        update(Purchase)
+        .where(Purchase.id == purchase_id, Purchase.status == "pending")
         .values(status="failed", failure_reason=reason[:2000], updated_at=now or utcnow())
-        .execution_options(synchronize_session=False))
+        .execution_options(synchronize_session=False)
+    )
     db.session.commit()
 
 
@@ -185,25 +209,35 @@ def product_sku(product_id: int) -> str | None:
 
 def describe(purchase: Purchase, product_sku: str | None = None) -> dict:
     """The storefront's view of a purchase (JSON-ready)."""
+
     def iso(value):
         return value.isoformat() + "Z" if value else None
 
     return {
-        "id": purchase.id, "customer_id": purchase.customer_id, "product_sku": product_sku,
-        "payment_method": purchase.payment_method, "status": purchase.status,
-        "amount_cents": purchase.amount_cents, "currency": purchase.currency,
-        "refunded_cents": purchase.refunded_cents, "fulfilment_status": purchase.fulfilment_status,
+        "id": purchase.id,
+        "customer_id": purchase.customer_id,
+        "product_sku": product_sku,
+        "payment_method": purchase.payment_method,
+        "status": purchase.status,
+        "amount_cents": purchase.amount_cents,
+        "currency": purchase.currency,
+        "refunded_cents": purchase.refunded_cents,
+        "fulfilment_status": purchase.fulfilment_status,
         "checkout_url": purchase.checkout_url if purchase.status == "pending" else None,
         "failure_reason": purchase.failure_reason,
-        "created_at": iso(purchase.created_at), "completed_at": iso(purchase.completed_at),
-        "fulfilled_at": iso(purchase.fulfilled_at), "refunded_at": iso(purchase.refunded_at),
+        "created_at": iso(purchase.created_at),
+        "completed_at": iso(purchase.completed_at),
+        "fulfilled_at": iso(purchase.fulfilled_at),
+        "refunded_at": iso(purchase.refunded_at),
     }
 
 
 # --- transitions driven by Stripe events (inside the handler's transaction; no commit) ---
 
-def complete(purchase_id: int, *, now: datetime, session_id: str | None = None,
-             payment_intent_id: str | None = None) -> Transition:
+
+def complete(
+    purchase_id: int, *, now: datetime, session_id: str | None = None, payment_intent_id: str | None = None
+) -> Transition:
     """``pending → completed`` once: grant credit-pack credits and queue the confirmation.
 
     Reports ``already_completed`` when another event got there first.
@@ -214,20 +248,25 @@ def complete(purchase_id: int, *, now: datetime, session_id: str | None = None,
     if payment_intent_id:
         values["stripe_payment_intent_id"] = payment_intent_id
     changed = db.session.execute(
-        update(Purchase).where(Purchase.id == purchase_id, Purchase.status.in_(COMPLETABLE))
-        .values(**values).execution_options(synchronize_session=False)
+        update(Purchase)
+        .where(Purchase.id == purchase_id, Purchase.status.in_(COMPLETABLE))
+        .values(**values)
+        .execution_options(synchronize_session=False)
     ).rowcount
     purchase = db.session.get(Purchase, purchase_id, populate_existing=True)
     if not changed:
-        return Transition("already_completed" if purchase.status in PAID else f"not_completable:{purchase.status}",
-                          purchase)
+        return Transition(
+            "already_completed" if purchase.status in PAID else f"not_completable:{purchase.status}", purchase
+        )
     product, customer = purchase.product, purchase.customer
     if product.kind == "credits" and product.credits_granted:
         # Exactly once: only the transaction that won the conditional UPDATE gets here.
         db.session.execute(
-            update(Customer).where(Customer.id == customer.id)
+            update(Customer)
+            .where(Customer.id == customer.id)
             .values(credit_balance_cents=Customer.credit_balance_cents + product.credits_granted)
-            .execution_options(synchronize_session=False))
+            .execution_options(synchronize_session=False)
+        )
     queue_confirmation(purchase, customer, product)
     return Transition("completed", purchase)
 
@@ -236,7 +275,8 @@ def fail(purchase_id: int, status: str, reason: str, *, now: datetime) -> Transi
     """``pending → failed|expired`` (``failed → expired`` too) and queue the payment-failed email."""
     sources = ("pending",) if status == "failed" else ("pending", "failed")
     changed = db.session.execute(
-        update(Purchase).where(Purchase.id == purchase_id, Purchase.status.in_(sources))
+        update(Purchase)
+        .where(Purchase.id == purchase_id, Purchase.status.in_(sources))
         .values(status=status, failure_reason=reason[:2000], updated_at=now)
         .execution_options(synchronize_session=False)
     ).rowcount
@@ -244,9 +284,13 @@ def fail(purchase_id: int, status: str, reason: str, *, now: datetime) -> Transi
     if not changed:
         return Transition(f"already_{purchase.status}", purchase)
     customer, product = purchase.customer, purchase.product
-    queue_email("payment_failed", customer.email,
-                {**_context(purchase, customer, product), "failure_reason": reason[:500]},
-                idempotency_key=f"purchase:{purchase.id}:payment_failed", purchase_id=purchase.id)
+    queue_email(
+        "payment_failed",
+        customer.email,
+        {**_context(purchase, customer, product), "failure_reason": reason[:500]},
+        idempotency_key=f"purchase:{purchase.id}:payment_failed",
+        purchase_id=purchase.id,
+    )
     return Transition(status, purchase)
 
 
@@ -262,30 +306,45 @@ def refund(purchase_id: int, refunded_cents: int, *, now: datetime, event_id: st
     status = "refunded" if target >= purchase.amount_cents else "partially_refunded"
     changed = db.session.execute(
         update(Purchase)
-        .where(Purchase.id == purchase_id, Purchase.status.in_(("completed", "partially_refunded")),
-               Purchase.refunded_cents < target)
+        .where(
+            Purchase.id == purchase_id,
+            Purchase.status.in_(("completed", "partially_refunded")),
+            Purchase.refunded_cents < target,
+        )
         .values(status=status, refunded_cents=target, refunded_at=now, updated_at=now)
         .execution_options(synchronize_session=False)
     ).rowcount
     db.session.refresh(purchase)
     if not changed:
-        return Transition("already_refunded" if purchase.status in ("refunded", "partially_refunded")
-                          and purchase.refunded_cents >= target else f"not_refundable:{purchase.status}",
-                          purchase)
+        return Transition(
+            "already_refunded"
+            if purchase.status in ("refunded", "partially_refunded") and purchase.refunded_cents >= target
+            else f"not_refundable:{purchase.status}",
+            purchase,
+        )
     customer, product = purchase.customer, purchase.product
     removed, spent = claw_back_credits(customer.id, product, purchase.amount_cents, previous, target)
-    queue_email("refund_notification", customer.email,
-                {**_context(purchase, customer, product),
-                 "refunded_amount": money(target, purchase.currency), "refunded_cents": target,
-                 "fully_refunded": "yes" if status == "refunded" else "no",
-                 "credits_removed": removed, "credits_removed_display": money(removed, purchase.currency),
-                 "credits_already_spent": spent},
-                idempotency_key=f"stripe-event:{event_id}:refund_notification", purchase_id=purchase.id)
+    queue_email(
+        "refund_notification",
+        customer.email,
+        {
+            **_context(purchase, customer, product),
+            "refunded_amount": money(target, purchase.currency),
+            "refunded_cents": target,
+            "fully_refunded": "yes" if status == "refunded" else "no",
+            "credits_removed": removed,
+            "credits_removed_display": money(removed, purchase.currency),
+            "credits_already_spent": spent,
+        },
+        idempotency_key=f"stripe-event:{event_id}:refund_notification",
+        purchase_id=purchase.id,
+    )
     return Transition(status, purchase)
 
 
-def claw_back_credits(customer_id: int, product: Product, amount_cents: int, previous_cents: int,
-                      target_cents: int) -> tuple[int, int]:
+def claw_back_credits(
+    customer_id: int, product: Product, amount_cents: int, previous_cents: int, target_cents: int
+) -> tuple[int, int]:
     """Take back the refunded share of a credit pack's credits, as far as they are unspent.
 
     A refund of ``target - previous`` cents of ``amount_cents`` owes back the same share of
@@ -304,15 +363,19 @@ def claw_back_credits(customer_id: int, product: Product, amount_cents: int, pre
     removed = min(owed, max(balance, 0))
     if removed:
         changed = db.session.execute(
-            update(Customer).where(Customer.id == customer_id, Customer.credit_balance_cents >= removed)
+            update(Customer)
+            .where(Customer.id == customer_id, Customer.credit_balance_cents >= removed)
             .values(credit_balance_cents=Customer.credit_balance_cents - removed)
-            .execution_options(synchronize_session=False)).rowcount
+            .execution_options(synchronize_session=False)
+        ).rowcount
         if not changed:
-            raise TransientError(f"customer {customer_id}'s credit balance changed while refunded credits "
-                                 "were being removed; retrying")
+            raise TransientError(
+                f"customer {customer_id}'s credit balance changed while refunded credits were being removed; retrying"
+            )
     if owed > removed:
-        log.warning("refund of credit pack for customer %s: %s refunded credits were already spent",
-                    customer_id, owed - removed)
+        log.warning(
+            "refund of credit pack for customer %s: %s refunded credits were already spent", customer_id, owed - removed
+        )
     return removed, owed - removed
 
 
@@ -321,16 +384,28 @@ def queue_confirmation(purchase: Purchase, customer: Customer, product: Product)
     template = "credit_purchase_confirmation" if product.kind == "credits" else "lead_purchase_confirmation"
     context = _context(purchase, customer, product)
     if product.kind == "credits":
-        context.update(credits_granted=product.credits_granted,
-                       credits_display=money(product.credits_granted, product.currency))
-    return queue_email(template, customer.email, context,
-                       idempotency_key=f"purchase:{purchase.id}:confirmation", purchase_id=purchase.id)
+        context.update(
+            credits_granted=product.credits_granted, credits_display=money(product.credits_granted, product.currency)
+        )
+    return queue_email(
+        template,
+        customer.email,
+        context,
+        idempotency_key=f"purchase:{purchase.id}:confirmation",
+        purchase_id=purchase.id,
+    )
 
 
 def _context(purchase: Purchase, customer: Customer, product: Product) -> dict:
     return {
-        "purchase_id": purchase.id, "customer_name": customer.name, "customer_email": customer.email,
-        "product_name": product.name, "product_sku": product.sku, "product_kind": product.kind,
-        "payment_method": purchase.payment_method, "amount_cents": purchase.amount_cents,
-        "currency": purchase.currency, "amount": money(purchase.amount_cents, purchase.currency),
+        "purchase_id": purchase.id,
+        "customer_name": customer.name,
+        "customer_email": customer.email,
+        "product_name": product.name,
+        "product_sku": product.sku,
+        "product_kind": product.kind,
+        "payment_method": purchase.payment_method,
+        "amount_cents": purchase.amount_cents,
+        "currency": purchase.currency,
+        "amount": money(purchase.amount_cents, purchase.currency),
     }

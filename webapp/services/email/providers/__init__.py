@@ -2,17 +2,34 @@
 
 from __future__ import annotations
 
-from ....config import comma_list
-from .base import (NotConfigured, OutgoingEmail, ProviderError, ProviderMisconfigured, RejectedError,
-                   SendResult, TransientProviderError)
-from .postmark import PostmarkProvider
-from .resend import ResendProvider
-from .smtp import SmtpProvider
+from webapp.config import comma_list
+from webapp.services.email.providers.base import (
+    NotConfigured,
+    OutgoingEmail,
+    ProviderError,
+    ProviderMisconfigured,
+    RejectedError,
+    SendResult,
+    TransientProviderError,
+)
+from webapp.services.email.providers.postmark import PostmarkProvider
+from webapp.services.email.providers.resend import ResendProvider
+from webapp.services.email.providers.smtp import SmtpProvider
 
 PROVIDER_NAMES = ("smtp", "resend", "postmark")
 
-__all__ = ["NotConfigured", "OutgoingEmail", "ProviderError", "ProviderMisconfigured", "RejectedError",
-           "SendResult", "TransientProviderError", "PROVIDER_NAMES", "provider_names", "build_provider"]
+__all__ = [
+    "NotConfigured",
+    "OutgoingEmail",
+    "ProviderError",
+    "ProviderMisconfigured",
+    "RejectedError",
+    "SendResult",
+    "TransientProviderError",
+    "PROVIDER_NAMES",
+    "provider_names",
+    "build_provider",
+]
 
 
 def provider_names(config) -> list[str]:
@@ -32,9 +49,13 @@ def build_provider(name: str, config):
     if name == "smtp":
         return SmtpProvider.from_config(config)
     if name == "resend":
-        return ResendProvider(config.get("RESEND_API_KEY"), config.get("RESEND_API_BASE") or "https://api.resend.com",
-                              timeout)
+        return ResendProvider(
+            config.get("RESEND_API_KEY"), config.get("RESEND_API_BASE") or "https://api.resend.com", timeout
+        )
     if name == "postmark":
-        return PostmarkProvider(config.get("POSTMARK_SERVER_TOKEN"),
-                                config.get("POSTMARK_API_BASE") or "https://api.postmarkapp.com", timeout)
+        return PostmarkProvider(
+            config.get("POSTMARK_SERVER_TOKEN"),
+            config.get("POSTMARK_API_BASE") or "https://api.postmarkapp.com",
+            timeout,
+        )
     raise ValueError(f"unknown email provider {name!r}")

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
 
-from ....domain.time import as_naive_utc
+from webapp.domain.time import as_naive_utc
 
 # A provider asking us to wait longer than this is treated as down, not as "wait".
 MAX_RETRY_AFTER = timedelta(hours=1)
@@ -50,8 +50,7 @@ class SendResult:
 class ProviderError(Exception):
     """A provider did not accept the message."""
 
-    def __init__(self, provider: str, detail: str, *, retry_after: datetime | None = None,
-                 status: int | None = None):
+    def __init__(self, provider: str, detail: str, *, retry_after: datetime | None = None, status: int | None = None):
         super().__init__(f"{provider}: {detail}")
         self.provider = provider
         self.detail = detail

@@ -6,17 +6,15 @@ from datetime import datetime
 
 import requests
 
-from .base import TransientProviderError, classify_http, parse_retry_after
+from webapp.services.email.providers.base import TransientProviderError, classify_http, parse_retry_after
 
 MAX_DETAIL = 300
 
 
-def post_json(provider: str, url: str, body: dict, headers: dict, timeout: float,
-              now: datetime) -> requests.Response:
+def post_json(provider: str, url: str, body: dict, headers: dict, timeout: float, now: datetime) -> requests.Response:
     """POST ``body``; return a 2xx response or raise the provider error it amounts to."""
     try:
-        response = requests.post(url, json=body, headers=headers, timeout=(timeout, timeout),
-                                 allow_redirects=False)
+        response = requests.post(url, json=body, headers=headers, timeout=(timeout, timeout), allow_redirects=False)
     except requests.Timeout as exc:
         raise TransientProviderError(provider, f"timed out after {timeout:g}s") from exc
     except requests.RequestException as exc:

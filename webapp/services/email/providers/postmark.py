@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from .base import NotConfigured, OutgoingEmail, RejectedError, SendResult
-from .http import json_field, post_json
+from webapp.services.email.providers.base import NotConfigured, OutgoingEmail, RejectedError, SendResult
+from webapp.services.email.providers.http import json_field, post_json
 
 # Postmark ErrorCodes (returned with HTTP 422) that mean "this message, never": 300 invalid
 # request, 406 inactive recipient. Other codes fall back to the HTTP status classification.
@@ -40,8 +40,10 @@ class PostmarkProvider:
             "HtmlBody": email.html,
             "MessageStream": "outbound",
             "Headers": [{"Name": "Message-ID", "Value": email.message_id}],
-            "Metadata": {"idempotency_key": email.idempotency_key,
-                         **{key: str(value) for key, value in email.metadata.items()}},
+            "Metadata": {
+                "idempotency_key": email.idempotency_key,
+                **{key: str(value) for key, value in email.metadata.items()},
+            },
         }
         headers = {"Accept": "application/json", "X-Postmark-Server-Token": self.server_token}
         response = post_json(self.name, self.url, body, headers, self.timeout, now)

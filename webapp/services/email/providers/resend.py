@@ -8,8 +8,14 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from .base import NotConfigured, OutgoingEmail, RejectedError, SendResult, TransientProviderError
-from .http import json_field, post_json
+from webapp.services.email.providers.base import (
+    NotConfigured,
+    OutgoingEmail,
+    RejectedError,
+    SendResult,
+    TransientProviderError,
+)
+from webapp.services.email.providers.http import json_field, post_json
 
 
 class ResendProvider:

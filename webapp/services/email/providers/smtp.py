@@ -15,7 +15,6 @@ message, 5xx on AUTH/MAIL FROM means our configuration is wrong (fail over). The
 from __future__ import annotations
 
 import smtplib
-import socket
 import ssl
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,8 +23,14 @@ from email.policy import SMTP as SMTP_POLICY
 from email.utils import formatdate
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from .base import (NotConfigured, OutgoingEmail, ProviderMisconfigured, RejectedError, SendResult,
-                   TransientProviderError)
+from webapp.services.email.providers.base import (
+    NotConfigured,
+    OutgoingEmail,
+    ProviderMisconfigured,
+    RejectedError,
+    SendResult,
+    TransientProviderError,
+)
 
 TRUE = {"1", "true", "yes", "on"}
 
@@ -42,7 +47,7 @@ class SmtpSettings:
     password: str | None
 
     @classmethod
-    def from_url(cls, url: str | None) -> "SmtpSettings":
+    def from_url(cls, url: str | None) -> SmtpSettings:
         """Parse SMTP_URL; raises NotConfigured when it is missing or malformed."""
         if not url:
             raise NotConfigured("SMTP_URL is not set")
@@ -90,7 +95,7 @@ class SmtpProvider:
         self.ssl_context = ssl_context
 
     @classmethod
-    def from_config(cls, config) -> "SmtpProvider":
+    def from_config(cls, config) -> SmtpProvider:
         """The provider for ``SMTP_URL``, trusting ``SMTP_CA_FILE``'s CAs when it is set."""
         provider = cls(config.get("SMTP_URL"), float(config.get("EMAIL_TIMEOUT_SECONDS") or 10.0))
         if provider.settings.ssl or provider.settings.starttls:
@@ -101,24 +106,30 @@ class SmtpProvider:
         """Send one email; raises a ProviderError subclass on failure."""
         try:
             return self._send(email)
-        except (socket.timeout, TimeoutError) as exc:
+        except TimeoutError as exc:
             raise TransientProviderError(self.name, f"timed out after {self.timeout:g}s") from exc
         except ssl.SSLCertVerificationError as exc:
             raise ProviderMisconfigured(
-                self.name, f"TLS certificate of {self.settings.host} not trusted: "
-                f"{exc.verify_message or exc.reason or exc} (for a private CA, set SMTP_CA_FILE)") from exc
+                self.name,
+                f"TLS certificate of {self.settings.host} not trusted: "
+                f"{exc.verify_message or exc.reason or exc} (for a private CA, set SMTP_CA_FILE)",
+            ) from exc
         except smtplib.SMTPServerDisconnected as exc:
             if isinstance(exc.__context__, TimeoutError):  # smtplib reports a read timeout this way
                 raise TransientProviderError(self.name, f"timed out after {self.timeout:g}s") from exc
             raise TransientProviderError(self.name, f"server disconnected: {exc}") from exc
         except smtplib.SMTPConnectError as exc:
-            raise TransientProviderError(self.name, f"connect refused: {exc.smtp_code} {_text(exc.smtp_error)}") from exc
+            raise TransientProviderError(
+                self.name, f"connect refused: {exc.smtp_code} {_text(exc.smtp_error)}"
+            ) from exc
         except ssl.SSLError as exc:
             raise TransientProviderError(self.name, f"TLS error: {exc.reason or exc}") from exc
         except OSError as exc:
             if isinstance(exc, smtplib.SMTPException):
                 raise TransientProviderError(self.name, f"SMTP error: {exc}") from exc
-            raise TransientProviderError(self.name, f"network error: {type(exc).__name__}: {exc.strerror or exc}") from exc
+            raise TransientProviderError(
+                self.name, f"network error: {type(exc).__name__}: {exc.strerror or exc}"
+            ) from exc
 
     def _send(self, email: OutgoingEmail) -> SendResult:
         settings = self.settings
@@ -157,8 +168,13 @@ class SmtpProvider:
             # Never echo the credentials; the server's reply is enough.
             raise self._reply_error("AUTH", exc.smtp_code, exc.smtp_error, ours=True) from exc
         except smtplib.SMTPNotSupportedError as exc:
-            hint = "" if self.settings.ssl or self.settings.starttls else (
-                " on an unencrypted connection (servers offer AUTH only after TLS: add ?starttls=1 or use smtps://)")
+            hint = (
+                ""
+                if self.settings.ssl or self.settings.starttls
+                else (
+                    " on an unencrypted connection (servers offer AUTH only after TLS: add ?starttls=1 or use smtps://)"
+                )
+            )
             raise ProviderMisconfigured(self.name, f"server does not offer AUTH{hint}") from exc
 
     def _transaction(self, client: smtplib.SMTP, email: OutgoingEmail) -> bytes:
@@ -219,7 +235,7 @@ def _queue_id(reply: bytes) -> str | None:
     text = _text(reply)
     marker = "queued as "
     index = text.lower().find(marker)
-    return text[index + len(marker):].split()[0][:255] if index >= 0 else None
+    return text[index + len(marker) :].split()[0][:255] if index >= 0 else None
 
 
 def _reset(client: smtplib.SMTP) -> None:
