@@ -28,8 +28,9 @@ from webapp.domain.fingerprints import fingerprint_of
 from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.models import Operation
-from webapp.services import admin_metrics, admin_queries
-from webapp.services.admin_queries import Filters
+from webapp.services.console import queries
+from webapp.services.console.queries import Filters
+from webapp.services.monitoring import health_page
 
 NAMES = {
     "email": ["email.welcome", "email.lead_purchase_confirmation", "email.refund_notification", "email.payment_failed"],
@@ -131,7 +132,7 @@ def deep_cursor(filters: Filters, pages: int = 20) -> str | None:
     """The cursor of page ``pages`` (walked, so the timing below is a real deep page)."""
     cursor = None
     for _ in range(pages):
-        page = admin_queries.list_operations(filters, cursor=cursor, limit=50)
+        page = queries.list_operations(filters, cursor=cursor, limit=50)
         cursor = page.next_cursor or cursor
     return cursor
 
@@ -173,27 +174,27 @@ def main() -> None:
                 ("name=email.welcome", Filters(name="email.welcome")),
                 ("retrying", Filters(status="retrying")),
             ):
-                timed(f"list page 1: {label}", lambda f=filters: admin_queries.list_operations(f, limit=50))
+                timed(f"list page 1: {label}", lambda f=filters: queries.list_operations(f, limit=50))
                 cursor = deep_cursor(filters)
                 timed(
                     f"list page 21: {label}",
-                    lambda f=filters, c=cursor: admin_queries.list_operations(f, cursor=c, limit=50),
+                    lambda f=filters, c=cursor: queries.list_operations(f, cursor=c, limit=50),
                 )
-            top = admin_queries.issues(Filters(status="all")).issues[0].fingerprint
+            top = queries.issues(Filters(status="all")).issues[0].fingerprint
             timed(
                 "list page 1: one fingerprint",
-                lambda: admin_queries.list_operations(Filters(status="all", fingerprint=top), limit=50),
+                lambda: queries.list_operations(Filters(status="all", fingerprint=top), limit=50),
             )
-            timed("search q=user4242@", lambda: admin_queries.list_operations(Filters(q="user4242@"), limit=50))
-            timed("issues: unresolved", lambda: admin_queries.issues(Filters()))
-            timed("issues: all", lambda: admin_queries.issues(Filters(status="all")))
-            timed("issues: kind=webhook, 7d", lambda: admin_queries.issues(Filters(kind="webhook", range="7d")))
-            timed("count matching (bulk preview): unresolved", lambda: admin_queries.count_matching(Filters()))
-            timed("stat cards", admin_queries.dead_letter_stats)
+            timed("search q=user4242@", lambda: queries.list_operations(Filters(q="user4242@"), limit=50))
+            timed("issues: unresolved", lambda: queries.issues(Filters()))
+            timed("issues: all", lambda: queries.issues(Filters(status="all")))
+            timed("issues: kind=webhook, 7d", lambda: queries.issues(Filters(kind="webhook", range="7d")))
+            timed("count matching (bulk preview): unresolved", lambda: queries.count_matching(Filters()))
+            timed("stat cards", queries.dead_letter_stats)
             thresholds = app.config["HEALTH_THRESHOLDS"]
             for window in ("1h", "24h", "7d"):
-                timed(f"health cards {window}", lambda w=window: admin_metrics.health_metrics(w, thresholds))
-                timed(f"breakdown {window}", lambda w=window: admin_metrics.breakdown(w))
+                timed(f"health cards {window}", lambda w=window: health_page.health_metrics(w, thresholds))
+                timed(f"breakdown {window}", lambda w=window: health_page.breakdown(w))
             db.session.remove()
             db.engine.dispose()
     finally:

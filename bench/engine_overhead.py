@@ -22,8 +22,8 @@ from sqlalchemy import text
 
 from webapp import create_app
 from webapp.extensions import db
-from webapp.services import engine, operations
-from webapp.services.registry import handler
+from webapp.services.engine import operations, runner
+from webapp.services.engine.registry import handler
 
 
 @handler("bench.noop", kind="job")
@@ -50,7 +50,7 @@ def with_engine(count: int) -> float:
     for number in range(count):
         operation = operations.create_operation("bench.noop", {}, idempotency_key=f"bench-{number}")
         db.session.commit()
-        result = engine.execute(operation.id)
+        result = runner.execute(operation.id)
         assert result.outcome == "succeeded", result
     return time.perf_counter() - started
 

@@ -12,7 +12,7 @@ from huey import Huey
 from tasks.cli import register_cli
 from tasks.queue import HueyDoorbell, huey_from_url
 from tasks.runtime import register_tasks
-from webapp.services.doorbell import set_doorbell
+from webapp.services.engine.doorbell import set_doorbell
 
 
 def bind(app: Flask) -> Huey:

@@ -1,4 +1,4 @@
-"""The tasks themselves: run one operation, put back an interrupted one, tick periodic jobs."""
+"""The tasks themselves: run one operation, put back an interrupted one, tick periodic periodic."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from sqlalchemy import select
 from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.models import Operation, OperationAttempt
-from webapp.services import engine, jobs, schedule
-from webapp.services.doorbell import ring_now
+from webapp.services import schedule
+from webapp.services.engine import periodic, runner
+from webapp.services.engine.doorbell import ring_now
 
 log = logging.getLogger("backstop.tasks")
 
@@ -56,10 +57,10 @@ def register_tasks(huey: Huey, app: Flask):
     return run_operation
 
 
-def run_and_reschedule(operation_id: int, *, lease: float, clock=utcnow) -> engine.RunResult:
+def run_and_reschedule(operation_id: int, *, lease: float, clock=utcnow) -> runner.RunResult:
     """Run an operation; if this delivery came before it was due, ring again for its time."""
     now = clock()
-    result = engine.execute(operation_id, now=now, default_lease=lease)
+    result = runner.execute(operation_id, now=now, default_lease=lease)
     # Compare with the claim's time, not a later clock: if the due time passed while we
     # looked, ring at once rather than drop the ring (the reconciler would take minutes).
     if result.outcome == "not_claimed" and result.due_at and result.due_at > now:
@@ -87,10 +88,10 @@ def put_back_running(operation_id: int) -> bool:
     db.session.rollback()
     # The interrupted task may be a duplicate delivery that never claimed the operation while
     # another worker runs it: only an attempt claimed by this process is ours to give back.
-    if not (holder or "").startswith(engine.worker_identity().rsplit(":", 1)[0] + ":"):
+    if not (holder or "").startswith(runner.worker_identity().rsplit(":", 1)[0] + ":"):
         log.info("operation %s is running in %s, not here; left alone", operation_id, holder)
         return False
-    restored = engine.put_back(operation_id, number, now=utcnow(), reason="worker interrupted")
+    restored = runner.put_back(operation_id, number, now=utcnow(), reason="worker interrupted")
     log.warning("operation %s interrupted at attempt %s; put back: %s", operation_id, number, restored)
     return restored
 
@@ -104,7 +105,7 @@ def run_periodic_jobs(app: Flask) -> None:
     config = app.config
     for job in schedule.PERIODIC_JOBS:
         try:
-            jobs.run_exclusive(
+            periodic.run_exclusive(
                 job.name,
                 partial(job.run, config),
                 interval_seconds=job.interval(config),

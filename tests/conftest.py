@@ -20,6 +20,8 @@ from tests.support import servers
 from webapp import create_app
 from webapp.extensions import db
 
+pytest_plugins = ["tests.support.smtp"]  # the real SMTP server fixture, for every test module
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # Fast engine timings so the end-to-end tests finish in seconds.

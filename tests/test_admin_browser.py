@@ -16,10 +16,12 @@ import pytest
 from tests.conftest import _sqlite_backend, make_app
 from tests.support import servers
 from tests.support.polling import wait_for
+from webapp.devdata import demo
 from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.models import Operation
-from webapp.services import admin_auth, demo_data, operations
+from webapp.services.console import admins
+from webapp.services.engine import operations
 
 pytestmark = pytest.mark.browser
 
@@ -60,8 +62,8 @@ class Site:
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
         with self.app.app_context():
-            admin_auth.create_admin(EMAIL, PASSWORD)
-            demo_data.fill()  # a lived-in week behind the flows (and in the screenshots)
+            admins.create_admin(EMAIL, PASSWORD)
+            demo.fill()  # a lived-in week behind the flows (and in the screenshots)
 
     def dead(self, name="test.succeed", kind="job", error="SMTP timeout after 30s", **fields) -> int:
         """Insert a dead-lettered operation directly; return its id."""
@@ -215,9 +217,9 @@ def test_filter_details_and_script_shown_as_text(page, site):
     page.select_option("select[name=status]", "all")
     expect(row(page, email)).to_be_visible()
     # A demo purchase email: its attempts, purchase, customer and email log, in place.
-    demo = page.locator("tbody.op", has_text="email.credit_purchase_confirmation").first
-    demo.get_by_role("button", name="Details").click()
-    details = demo.locator(".details")
+    demo_row = page.locator("tbody.op", has_text="email.credit_purchase_confirmation").first
+    demo_row.get_by_role("button", name="Details").click()
+    details = demo_row.locator(".details")
     expect(details.locator("table.compact").first).to_contain_text("dead")
     expect(details).to_contain_text("USD")
     expect(details).to_contain_text("@example.com>")

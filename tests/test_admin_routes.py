@@ -19,8 +19,10 @@ from webapp.extensions import db
 from webapp.models import AdminUser, BulkJob, FailedLogin, Operation, OperationAttempt
 from webapp.models.commerce import Customer, Product, Purchase
 from webapp.models.email import EmailLog
-from webapp.services import admin_auth, admin_queries, bulk, engine, tokens
-from webapp.services.admin_queries import Filters, fingerprint_of, normalise_error
+from webapp.services.access import tokens
+from webapp.services.console import admins, bulk, queries
+from webapp.services.console.queries import Filters, fingerprint_of, normalise_error
+from webapp.services.engine import runner
 
 PASSWORD = "correct horse battery"
 PAGES = [
@@ -134,7 +136,7 @@ def login(client, email="admin@example.com", password=PASSWORD, **kwargs):
 @pytest.fixture
 def admin(sqlite_app):
     """An admin user on the SQLite app."""
-    return admin_auth.create_admin("admin@example.com", PASSWORD)
+    return admins.create_admin("admin@example.com", PASSWORD)
 
 
 @pytest.fixture
@@ -218,23 +220,23 @@ def test_login_throttled_after_five_failures_per_email_and_ip(sqlite_app, admin)
     assert login(other, environ_base={"REMOTE_ADDR": "10.9.8.7"}).status_code == 302
     # After 15 minutes the lock lifts, and a success clears the count.
     later = utcnow() + timedelta(minutes=16)
-    assert admin_auth.log_in("admin@example.com", PASSWORD, "127.0.0.1", now=later).user is not None
+    assert admins.log_in("admin@example.com", PASSWORD, "127.0.0.1", now=later).user is not None
     assert db.session.execute(select(FailedLogin)).scalars().all() == []
 
 
 def test_create_admin_cli_and_duplicates(sqlite_app):
-    runner = sqlite_app.test_cli_runner()
-    result = runner.invoke(args=["create-admin", "Ops@Example.com", "--password", PASSWORD])
+    cli = sqlite_app.test_cli_runner()
+    result = cli.invoke(args=["create-admin", "Ops@Example.com", "--password", PASSWORD])
     assert result.exit_code == 0, result.output
     assert "created admin ops@example.com" in result.output
     user = db.session.execute(select(AdminUser)).scalar_one()
     assert user.password_hash != PASSWORD and user.password_hash.startswith(("scrypt:", "pbkdf2:"))
     db.session.rollback()
-    again = runner.invoke(args=["create-admin", "ops@example.com", "--password", PASSWORD])
+    again = cli.invoke(args=["create-admin", "ops@example.com", "--password", PASSWORD])
     assert again.exit_code != 0 and "already exists" in again.output
-    short = runner.invoke(args=["create-admin", "x@example.com", "--password", "short"])
+    short = cli.invoke(args=["create-admin", "x@example.com", "--password", "short"])
     assert short.exit_code != 0 and "at least" in short.output
-    prompted = runner.invoke(args=["create-admin", "y@example.com"], input=f"{PASSWORD}\n{PASSWORD}\n")
+    prompted = cli.invoke(args=["create-admin", "y@example.com"], input=f"{PASSWORD}\n{PASSWORD}\n")
     assert prompted.exit_code == 0, prompted.output
 
 
@@ -326,9 +328,9 @@ def test_search_finds_operations_by_customer_email(app):
     make_op(kind="webhook", payload={}, subject=f"purchase:{purchase.id + 1000}")
     make_op(payload={"purchase_id": "not-a-number"})  # junk in a payload never breaks the search
     make_op(payload={"purchase_id": None, "to": "someone@else.org"})
-    found = admin_queries.list_operations(Filters(q="grace.hopper")).rows
+    found = queries.list_operations(Filters(q="grace.hopper")).rows
     assert sorted(op.id for op in found) == sorted([related.id, webhook.id, welcome.id])
-    assert [op.payload["to"] for op in admin_queries.list_operations(Filters(q="ELSE.ORG")).rows] == [
+    assert [op.payload["to"] for op in queries.list_operations(Filters(q="ELSE.ORG")).rows] == [
         "someone@else.org"
     ]
 
@@ -350,12 +352,12 @@ def test_keyset_pagination_on_each_backend(app):
     now = utcnow()
     for n in range(5):
         make_op(dead_ago=timedelta(minutes=n % 2))
-    page1 = admin_queries.list_operations(Filters(), limit=2, now=now)
-    page2 = admin_queries.list_operations(Filters(), cursor=page1.next_cursor, limit=2, now=now)
-    page3 = admin_queries.list_operations(Filters(), cursor=page2.next_cursor, limit=2, now=now)
+    page1 = queries.list_operations(Filters(), limit=2, now=now)
+    page2 = queries.list_operations(Filters(), cursor=page1.next_cursor, limit=2, now=now)
+    page3 = queries.list_operations(Filters(), cursor=page2.next_cursor, limit=2, now=now)
     ids = [op.id for page in (page1, page2, page3) for op in page.rows]
     assert len(ids) == len(set(ids)) == 5 and page3.next_cursor is None
-    assert admin_queries.count_matching(Filters(q="SMTP")) == 5
+    assert queries.count_matching(Filters(q="SMTP")) == 5
 
 
 def test_details_show_payload_attempts_purchase_customer_and_email_log(client):
@@ -471,7 +473,7 @@ def test_bulk_selected_retry_and_resolve(client):
     assert "opsChanged" in response.headers["HX-Trigger"]
     response = post(client, "/admin/operations/bulk", {"action": "resolve", "ids": [second.id], "note": "dup"})
     assert "Resolved 1 operation" in response.text
-    states = {op.id: (op.state, op.resolution_note) for op in admin_queries.get_operations([first.id, second.id])}
+    states = {op.id: (op.state, op.resolution_note) for op in queries.get_operations([first.id, second.id])}
     assert states == {first.id: ("pending", "retried by admin@example.com"), second.id: ("dead", "dup")}
     assert post(client, "/admin/operations/bulk", {"action": "retry"}).status_code == 400
     assert post(client, "/admin/operations/bulk", {"action": "explode", "ids": [1]}).status_code == 400
@@ -493,10 +495,10 @@ def test_bulk_job_acts_on_the_snapshot_shown_not_later_arrivals(client):
     job = bulk.get_job(job_id)
     assert job.state == "queued" and job.total == 3 and job.operation_id
     # The worker's half: run the admin.bulk_retry operation the way a worker would.
-    assert engine.execute(job.operation_id).outcome == "succeeded"
+    assert runner.execute(job.operation_id).outcome == "succeeded"
     job = bulk.get_job(job_id)
     assert (job.state, job.processed, job.succeeded, job.skipped) == ("done", 3, 3, 0)
-    states = {op.id: op.state for op in admin_queries.get_operations([*(op.id for op in shown), late.id])}
+    states = {op.id: op.state for op in queries.get_operations([*(op.id for op in shown), late.id])}
     assert [states[op.id] for op in shown] == ["pending"] * 3 and states[late.id] == "dead"
     progress = client.get(f"/admin/partials/bulk-jobs/{job_id}")
     assert "3 of 3 processed" in progress.text and "opsChanged" in progress.headers["HX-Trigger"]
@@ -509,7 +511,7 @@ def test_bulk_job_cancel_stops_between_batches(sqlite_app):
     bulk.cancel(job.id)
     result = bulk.run_job(job.id, "admin@example.com", batch_size=2)
     assert result.state == "cancelled" and result.processed == 0
-    assert {op.state for op in admin_queries.get_operations([op.id for op in ops])} == {"dead"}
+    assert {op.state for op in queries.get_operations([op.id for op in ops])} == {"dead"}
     draft = bulk.create_draft(Filters(), by="admin@example.com")
     assert bulk.cancel(draft.id).state == "cancelled"
     with pytest.raises(bulk.BulkError):
@@ -559,7 +561,7 @@ def test_issues_group_by_fingerprint_and_act_on_groups(client):
     assert "Resolved 3 operations" in response.text
     states = {
         op.id: op.resolved_at is not None
-        for op in admin_queries.get_operations([*(op.id for op in timeouts), refused.id])
+        for op in queries.get_operations([*(op.id for op in timeouts), refused.id])
     }
     assert states == {**{op.id: True for op in timeouts}, refused.id: False}
 
@@ -589,7 +591,7 @@ def test_exports_stream_the_filtered_set(client):
 
 def test_health_metrics_grading_and_banner(app):
     client = app.test_client()
-    admin_auth.create_admin("admin@example.com", PASSWORD)
+    admins.create_admin("admin@example.com", PASSWORD)
     login(client)
     for _ in range(3):
         make_op(state="succeeded", kind="email")
@@ -617,7 +619,7 @@ def test_health_metrics_grading_and_banner(app):
 
 
 def test_health_page_judges_job_heartbeats_as_healthz_does(client, sqlite_app):
-    from webapp.services import jobs
+    from webapp.services.engine import periodic
 
     def states(html: str) -> dict:
         heartbeats = html.split("Email provider circuits")[0]
@@ -627,7 +629,7 @@ def test_health_page_judges_job_heartbeats_as_healthz_does(client, sqlite_app):
     before = states(client.get("/admin/partials/health/status").text)
     assert before == {name: "stale" for name in client.get("/healthz").json["jobs"]}
     assert set(before) == {"reconciler", "auto_requeue", "cleanup", "daily_report", "checks"}
-    jobs.run_exclusive("daily_report", lambda now: "ok", interval_seconds=86_400, lease_seconds=60, clock=utcnow)
+    periodic.run_exclusive("daily_report", lambda now: "ok", interval_seconds=86_400, lease_seconds=60, clock=utcnow)
     after = states(client.get("/admin/partials/health/status").text)
     assert after["daily_report"] == "fresh" and after["reconciler"] == "stale"
 
@@ -647,13 +649,13 @@ def test_health_trend_counts_attempts_per_hour(app):
         ]
     )
     db.session.commit()
-    from webapp.services import admin_metrics
+    from webapp.services.monitoring import health_page
 
-    trend = admin_metrics.trend("24h", now=now)
+    trend = health_page.trend("24h", now=now)
     assert sum(trend["successes"]) == 1 and sum(trend["failures"]) == 2
     recent = trend["labels"].index((now - timedelta(minutes=1)).strftime("%Y-%m-%d %H:00"))
     assert trend["successes"][recent] == 1 and trend["failures"][recent] == 1
-    metrics = {m.key: m for m in admin_metrics.health_metrics("24h", app.config["HEALTH_THRESHOLDS"], now=now)}
+    metrics = {m.key: m for m in health_page.health_metrics("24h", app.config["HEALTH_THRESHOLDS"], now=now)}
     assert metrics["email_delivery_rate"].value == 100.0 and metrics["avg_time_to_success"].value is None
 
 
@@ -740,15 +742,15 @@ def test_admin_api_shapes(sqlite_app):
 
 
 def test_demo_data_fills_an_empty_database_only(sqlite_app):
-    runner = sqlite_app.test_cli_runner()
-    result = runner.invoke(args=["demo-data"])
+    cli = sqlite_app.test_cli_runner()
+    result = cli.invoke(args=["demo-data"])
     assert result.exit_code == 0, result.output
     kinds = set(db.session.execute(select(Operation.kind).where(Operation.state == "dead")).scalars())
     states = set(db.session.execute(select(Operation.state)).scalars())
     db.session.rollback()
     assert {"email", "webhook"} <= kinds and {"succeeded", "dead", "scheduled"} <= states
-    assert admin_queries.dead_letter_stats()["total"] > 5
-    assert len(admin_queries.issues(Filters(status="all")).issues) >= 4
+    assert queries.dead_letter_stats()["total"] > 5
+    assert len(queries.issues(Filters(status="all")).issues) >= 4
     assert (
         db.session.execute(
             select(func.count())
@@ -757,7 +759,7 @@ def test_demo_data_fills_an_empty_database_only(sqlite_app):
         ).scalar_one()
         == 0
     )
-    again = runner.invoke(args=["demo-data"])
+    again = cli.invoke(args=["demo-data"])
     assert again.exit_code != 0 and "EMPTY" in again.output.upper()
 
 
@@ -795,7 +797,7 @@ def test_bulk_job_whose_operation_dies_shows_as_failed(sqlite_app, monkeypatch):
         raise PermanentError("snapshot table is unreadable")
 
     monkeypatch.setattr(bulk, "run_job", broken)
-    assert engine.execute(job.operation_id).outcome == "dead"
+    assert runner.execute(job.operation_id).outcome == "dead"
     failed = bulk.get_job(job.id)
     assert failed.state == "failed" and failed.error == "snapshot table is unreadable" and failed.finished
 
@@ -804,19 +806,19 @@ def test_bulk_job_whose_operation_dies_shows_as_failed(sqlite_app, monkeypatch):
 
 
 def test_the_engine_stores_the_fingerprint_when_an_operation_dies(app):
-    from webapp.services import operations
+    from webapp.services.engine import operations
 
     operation = operations.create_operation("test.permanent", {}, idempotency_key="fp-1")
     db.session.commit()
-    assert engine.execute(operation.id).outcome == "dead"
+    assert runner.execute(operation.id).outcome == "dead"
     stored = db.session.get(Operation, operation.id, populate_existing=True)
     assert stored.error_message and stored.error_fingerprint == fingerprint_of(stored.error_class, stored.error_message)
     db.session.rollback()
     # The Issues view and the fingerprint filter find it by the stored value.
-    found = admin_queries.issues(Filters(status="all"))
+    found = queries.issues(Filters(status="all"))
     assert [(issue.fingerprint, issue.count) for issue in found.issues] == [(stored.error_fingerprint, 1)]
     assert [
-        op.id for op in admin_queries.list_operations(Filters(status="all", fingerprint=stored.error_fingerprint)).rows
+        op.id for op in queries.list_operations(Filters(status="all", fingerprint=stored.error_fingerprint)).rows
     ] == [operation.id]
 
 
@@ -827,13 +829,13 @@ def test_issues_count_every_failure_and_say_how_many_groups_are_shown(app):
         make_op(error=f"Connection refused by 10.0.0.{n}")
     make_op(error="Mailbox full")
     make_op(error="Mailbox full", resolved_at=utcnow(), resolved_by="x")  # not in "unresolved"
-    found = admin_queries.issues(Filters(), shown=2)
+    found = queries.issues(Filters(), shown=2)
     assert (found.total_groups, found.total_failures) == (3, 9)
     top = found.issues
     assert [issue.count for issue in top] == [5, 3]
     assert top[0].names == {"email.welcome", "email.refund"} and top[0].sample == "SMTP timeout after <n>s"
     assert top[0].first_seen <= top[0].last_seen
-    everything = admin_queries.issues(Filters(status="all"))
+    everything = queries.issues(Filters(status="all"))
     assert {issue.sample: (issue.count, issue.unresolved) for issue in everything.issues}["Mailbox full"] == (2, 1)
 
 
@@ -855,7 +857,7 @@ def test_resolving_a_group_leaves_failures_that_arrived_after_the_page_was_shown
     response = post(client, f"/admin/issues/{key}/resolve", {"note": "provider outage", "until": as_of})
     assert "Resolved 2 operations" in response.text
     resolved = {
-        op.id: op.resolved_at is not None for op in admin_queries.get_operations([*(op.id for op in shown), late.id])
+        op.id: op.resolved_at is not None for op in queries.get_operations([*(op.id for op in shown), late.id])
     }
     assert resolved == {shown[0].id: True, shown[1].id: True, late.id: False}
     too_long = post(client, f"/admin/issues/{key}/resolve", {"note": "x" * 2001, "until": as_of})
@@ -953,10 +955,10 @@ FILTER_COMBINATIONS = [
 )
 def test_every_filter_pages_through_an_index(app, combination):
     make_op()
-    filters = admin_queries.parse_filters(combination)
-    column = admin_queries._sort_column(filters)
+    filters = queries.parse_filters(combination)
+    column = queries._sort_column(filters)
     later = utcnow()
-    query = select(Operation).where(*admin_queries.filter_conditions(filters))
+    query = select(Operation).where(*queries.filter_conditions(filters))
     if filters.dead_only:  # page 2 of a keyset walk, exactly as list_operations builds it
         query = query.where(or_(column < later, and_(column == later, Operation.id < 10**9)))
         query = query.order_by(column.desc(), Operation.id.desc())
@@ -973,12 +975,12 @@ def test_issues_group_without_scanning_the_table(app, status):
     fingerprint = func.coalesce(Operation.error_fingerprint, "none")
     query = (
         select(fingerprint, Operation.name, func.count(), func.min(Operation.dead_at))
-        .where(*admin_queries.filter_conditions(filters))
+        .where(*queries.filter_conditions(filters))
         .group_by(fingerprint, Operation.name)
     )
     assert_indexed(explain(query), grouping=True)
     # And the function builds that same shape: its result agrees with a plain count.
-    assert admin_queries.issues(filters).total_failures == admin_queries.count_matching(filters)
+    assert queries.issues(filters).total_failures == queries.count_matching(filters)
 
 
 # --- every console URL needs a login; proxies; a long-open page ------------------------------
@@ -1014,7 +1016,7 @@ def test_behind_a_trusted_proxy_https_and_client_address_come_from_its_headers(s
     app = make_app(sqlite_backend, TRUSTED_PROXY_COUNT=1)
     app.test_client_class = IsolatedClient
     with app.app_context():
-        admin_auth.create_admin("admin@example.com", PASSWORD)
+        admins.create_admin("admin@example.com", PASSWORD)
         proxied = {
             "X-Forwarded-Proto": "https",
             "X-Forwarded-Host": "ops.example.com",
@@ -1037,7 +1039,7 @@ def test_behind_a_trusted_proxy_https_and_client_address_come_from_its_headers(s
         assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Lax" in cookie
         # The throttle counts per real client address, not per proxy.
         for _ in range(5):
-            admin_auth.log_in("admin@example.com", "wrong", "203.0.113.9")
+            admins.log_in("admin@example.com", "wrong", "203.0.113.9")
         assert login(app.test_client(), headers=proxied).status_code == 429
         other = {**proxied, "X-Forwarded-For": "198.51.100.7"}
         assert login(app.test_client(), headers=other).status_code == 302
@@ -1061,7 +1063,7 @@ def test_session_cookie_secure_can_be_forced(sqlite_backend):
     app = make_app(sqlite_backend, SESSION_COOKIE_SECURE=True)
     app.test_client_class = IsolatedClient
     with app.app_context():
-        admin_auth.create_admin("admin@example.com", PASSWORD)
+        admins.create_admin("admin@example.com", PASSWORD)
         response = login(app.test_client())
         assert response.status_code == 302 and "Secure" in response.headers["Set-Cookie"]
         db.session.remove()
@@ -1137,7 +1139,7 @@ BAD_API = [
 
 
 def test_bad_input_answers_4xx_never_500(app):
-    admin_auth.create_admin("admin@example.com", PASSWORD)
+    admins.create_admin("admin@example.com", PASSWORD)
     client = app.test_client()
     login(client)
     csrf = csrf_from(client.get("/admin/failed-operations").text)
@@ -1160,8 +1162,8 @@ def test_bad_input_answers_4xx_never_500(app):
 def test_admin_tokens_made_and_revoked_by_the_cli_are_stored_hashed(sqlite_app):
     from webapp.models import ApiToken
 
-    runner = sqlite_app.test_cli_runner()
-    created = runner.invoke(args=["tokens", "create", "--scope", "admin", "--name", "oncall"])
+    cli = sqlite_app.test_cli_runner()
+    created = cli.invoke(args=["tokens", "create", "--scope", "admin", "--name", "oncall"])
     assert created.exit_code == 0, created.output
     raw = created.output.strip().splitlines()[-1]
     assert raw.startswith("bst_ad_")
@@ -1171,9 +1173,9 @@ def test_admin_tokens_made_and_revoked_by_the_cli_are_stored_hashed(sqlite_app):
     client = sqlite_app.test_client()
     auth = {"Authorization": f"Bearer {raw}"}
     assert client.get("/api/admin/queue-health", headers=auth).status_code == 200
-    listed = runner.invoke(args=["tokens", "list"])
+    listed = cli.invoke(args=["tokens", "list"])
     assert "oncall" in listed.output and raw not in listed.output
-    revoked = runner.invoke(args=["tokens", "revoke", str(stored.id)])
+    revoked = cli.invoke(args=["tokens", "revoke", str(stored.id)])
     assert revoked.exit_code == 0, revoked.output
     response = client.get("/api/admin/queue-health", headers=auth)
     assert response.status_code == 401 and response.json["error"] == "unauthorized"

@@ -23,8 +23,8 @@ from tests.support.monitoring import (
 )
 from webapp.extensions import db
 from webapp.models import Alert, Operation
-from webapp.services import alerts as alert_service
-from webapp.services import checks
+from webapp.services.monitoring import alerts as alert_service
+from webapp.services.monitoring import checks
 
 SLACK_PATH = "/services/T000/B000/not-a-real-secret"
 
@@ -297,17 +297,17 @@ def test_system_health_fires_when_the_queue_is_unreachable_and_recovers(sqlite_b
 
 
 def test_system_health_fires_when_a_periodic_job_fails(slack_app):
-    from webapp.services import jobs
+    from webapp.services.engine import periodic
 
     def broken(now):
         raise RuntimeError("cleanup could not reach the database")
 
-    jobs.run_exclusive("cleanup", broken, interval_seconds=3600, lease_seconds=60, clock=lambda: T0)
+    periodic.run_exclusive("cleanup", broken, interval_seconds=3600, lease_seconds=60, clock=lambda: T0)
     checks.run_checks(later(5), slack_app.config)
 
     [alert] = [a for a in alerts("system_health") if a.key == "job_failed:cleanup"]
     assert alert.level == "error" and "RuntimeError: cleanup could not reach the database" in alert.context["error"]
-    jobs.run_exclusive("cleanup", lambda now: "ok", interval_seconds=3600, lease_seconds=60, clock=lambda: later(3600))
+    periodic.run_exclusive("cleanup", lambda now: "ok", interval_seconds=3600, lease_seconds=60, clock=lambda: later(3600))
     checks.run_checks(later(3605), slack_app.config)
     assert [a.state for a in alerts("system_health") if a.key == "job_failed:cleanup"] == ["firing", "recovered"]
 

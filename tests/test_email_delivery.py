@@ -11,12 +11,12 @@ import pytest
 
 from tests.conftest import make_app
 from tests.support.email import Clock, attempts_of, drain, email_log, load, make_purchase, purchase_state, queue, run
-from tests.support.smtp import PERMANENT, TEMPORARY, smtp_server  # noqa: F401  (fixture)
+from tests.support.smtp import PERMANENT, TEMPORARY
 from webapp.domain.errors import Deferral
 from webapp.extensions import db
-from webapp.services import operations
 from webapp.services.email import UnknownTemplate, circuits, queue_email, ratelimit
 from webapp.services.email.render import message_id
+from webapp.services.engine import operations
 
 SENDER = "Shop <noreply@shop.example>"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from tests.support.email import email_log, load, make_purchase, purchase_state, queue
 from tests.support.polling import wait_for
-from tests.support.smtp import TEMPORARY, smtp_server  # noqa: F401  (fixture)
-from webapp.services import operations
+from tests.support.smtp import TEMPORARY
+from webapp.services.engine import operations
 
 
 def test_email_dead_letters_then_admin_retry_sends_it_once(app, backend, start_worker, smtp_server):

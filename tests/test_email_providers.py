@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 from werkzeug import Response
 
-from tests.support.smtp import HANG, PERMANENT, TEMPORARY, smtp_server  # noqa: F401  (fixture)
+from tests.support.smtp import HANG, PERMANENT, TEMPORARY
 from webapp.domain.time import utcnow
 from webapp.services.email.providers import (
     NotConfigured,

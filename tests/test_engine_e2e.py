@@ -14,7 +14,7 @@ from tests.support.reads import attempts_of, detached, load
 from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.models import JobRun, Operation
-from webapp.services import doorbell, operations
+from webapp.services.engine import doorbell, operations
 
 TERMINAL = {"succeeded", "dead", "cancelled"}
 

@@ -14,7 +14,7 @@ from webapp import create_app
 from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.models import PeriodicJob
-from webapp.services import operations
+from webapp.services.engine import operations
 
 INTERVAL = 60.0
 

@@ -13,8 +13,10 @@ from tests.support.monitoring import T0, alerts, create, create_and_run, insert_
 from webapp.domain.errors import PermanentError
 from webapp.extensions import db
 from webapp.models import AutoRequeue, EmailLog, Operation, OperationAttempt, StripeEvent
-from webapp.services import checks, health, jobs, maintenance, operations
-from webapp.services.metrics import duration_histogram, operation_counters
+from webapp.services.engine import operations, periodic
+from webapp.services.maintenance import cleanup
+from webapp.services.monitoring import checks, liveness
+from webapp.services.monitoring.prometheus import duration_histogram, operation_counters
 from webapp.services.payments.handlers import event_object
 
 DAY = 86400
@@ -42,8 +44,8 @@ def test_auto_requeue_retries_transient_dead_letters_once_after_24_hours(sqlite_
     operations.resolve(resolved, by="ops", note="customer asked us not to", now=later(10))
     assert {state_of(i) for i in (transient, permanent, resolved)} == {"dead"}
 
-    assert maintenance.auto_requeue(later(DAY - 1), config) == "requeued=0 skipped=0"
-    assert maintenance.auto_requeue(later(DAY), config) == "requeued=1 skipped=0"
+    assert cleanup.auto_requeue(later(DAY - 1), config) == "requeued=0 skipped=0"
+    assert cleanup.auto_requeue(later(DAY), config) == "requeued=1 skipped=0"
 
     operation = db.session.get(Operation, transient)
     assert operation.state == "pending" and operation.resolution_note == "retried by auto-requeue"
@@ -52,7 +54,7 @@ def test_auto_requeue_retries_transient_dead_letters_once_after_24_hours(sqlite_
     assert count(AutoRequeue, AutoRequeue.operation_id == transient) == 1
     # It fails again: never auto-requeued a second time, however long it waits.
     assert run_at(transient, later(DAY + 1)).outcome == "dead"
-    assert maintenance.auto_requeue(later(5 * DAY), config) == "requeued=0 skipped=0"
+    assert cleanup.auto_requeue(later(5 * DAY), config) == "requeued=0 skipped=0"
     assert state_of(permanent) == "dead" and state_of(resolved) == "dead"
 
 
@@ -64,7 +66,7 @@ def test_auto_requeue_respects_the_attempt_cap(sqlite_app):
         ]
     )
 
-    assert maintenance.auto_requeue(later(2 * DAY), sqlite_app.config) == "requeued=1 skipped=0"
+    assert cleanup.auto_requeue(later(2 * DAY), sqlite_app.config) == "requeued=1 skipped=0"
     assert count(Operation, Operation.state == "dead", Operation.attempts == 10) == 1
 
 
@@ -106,7 +108,7 @@ def test_cleanup_honours_30_and_90_day_retention_and_keeps_metric_counters(sqlit
     counters_before, histogram_before = operation_counters(), duration_histogram()
     db.session.rollback()
 
-    report = maintenance.cleanup(now, sqlite_app.config)
+    report = cleanup.cleanup(now, sqlite_app.config)
 
     remaining = set(db.session.execute(select(Operation.id).where(Operation.kind == "email")).scalars())
     assert remaining == {young_ok, young_resolved, unresolved}
@@ -125,7 +127,7 @@ def test_cleanup_honours_30_and_90_day_retention_and_keeps_metric_counters(sqlit
         event_object(db.session.get(StripeEvent, "evt_old_done"))
     db.session.rollback()
     # Counters are live rows plus roll-ups, so deleting rows never makes /metrics go backwards.
-    from webapp.services.metrics import _rollups
+    from webapp.services.monitoring.prometheus import _rollups
 
     rollups = _rollups()
     for (metric, kind, name), value in counters_before.items():
@@ -137,7 +139,7 @@ def test_cleanup_honours_30_and_90_day_retention_and_keeps_metric_counters(sqlit
         )
     db.session.rollback()
     # A second run finds nothing more to do.
-    again = maintenance.cleanup(now, sqlite_app.config)
+    again = cleanup.cleanup(now, sqlite_app.config)
     assert (again.succeeded, again.resolved_dead) == (0, 0)
 
 
@@ -164,7 +166,7 @@ def test_a_stripe_event_settled_after_the_walk_passed_it_loses_its_body_too(app)
     late = _webhook_event(2, "evt_late", now - timedelta(days=40), "failed", "dead")
     young = _webhook_event(3, "evt_young", now - timedelta(days=10), "failed", "dead")
 
-    maintenance.cleanup(now, app.config)
+    cleanup.cleanup(now, app.config)
     assert bodies() == {"evt_done": "", "evt_late": '{"id": "evt_late"}', "evt_young": '{"id": "evt_young"}'}
 
     # A week later an admin replays both failed events and they are processed.
@@ -181,14 +183,14 @@ def test_a_stripe_event_settled_after_the_walk_passed_it_loses_its_body_too(app)
             .values(processing_state="processed", processed_at=replayed)
         )
     db.session.commit()
-    maintenance.cleanup(replayed + timedelta(seconds=60), app.config)  # within a lease: not yet looked at
+    cleanup.cleanup(replayed + timedelta(seconds=60), app.config)  # within a lease: not yet looked at
     assert bodies()["evt_late"] != ""
 
-    maintenance.cleanup(replayed + timedelta(hours=1), app.config)
+    cleanup.cleanup(replayed + timedelta(hours=1), app.config)
 
     # Past retention and settled: trimmed. The young one waits for its own 30 days.
     assert bodies() == {"evt_done": "", "evt_late": "", "evt_young": '{"id": "evt_young"}'}
-    maintenance.cleanup(now + timedelta(days=21), app.config)
+    cleanup.cleanup(now + timedelta(days=21), app.config)
     assert bodies()["evt_young"] == ""
 
 
@@ -208,12 +210,12 @@ def test_stale_heartbeats_raise_job_stale_and_turn_healthz_red(sqlite_app):
         CLEANUP_INTERVAL_SECONDS=60,
         CHECKS_INTERVAL_SECONDS=60,
     )
-    jobs.run_exclusive("reconciler", lambda now: "ok", interval_seconds=60, lease_seconds=30, clock=lambda: T0)
-    jobs.run_exclusive("daily_report", lambda now: "ok", interval_seconds=DAY, lease_seconds=30, clock=lambda: T0)
+    periodic.run_exclusive("reconciler", lambda now: "ok", interval_seconds=60, lease_seconds=30, clock=lambda: T0)
+    periodic.run_exclusive("daily_report", lambda now: "ok", interval_seconds=DAY, lease_seconds=30, clock=lambda: T0)
     for name in ("auto_requeue", "cleanup", "checks"):
-        jobs.run_exclusive(name, lambda now: "ok", interval_seconds=60, lease_seconds=30, clock=lambda: T0)
+        periodic.run_exclusive(name, lambda now: "ok", interval_seconds=60, lease_seconds=30, clock=lambda: T0)
 
-    healthy, report = health.check(config, later(170))
+    healthy, report = liveness.check(config, later(170))
     assert healthy, report
     checks.check_jobs(later(181), config)
     db.session.commit()
@@ -221,7 +223,7 @@ def test_stale_heartbeats_raise_job_stale_and_turn_healthz_red(sqlite_app):
     assert {a.key for a in stale} == {"reconciler", "auto_requeue", "cleanup"}  # checks itself is running
     assert all(a.level == "critical" for a in stale)
     # A daily job is judged in days: two days late is fine, beyond three is stale.
-    healthy, report = health.check(config, later(2 * DAY))
+    healthy, report = liveness.check(config, later(2 * DAY))
     assert report["jobs"]["daily_report"]["fresh"]
     assert "daily_report" not in report["stale_jobs"] and "reconciler" in report["stale_jobs"]
     assert not healthy and report["status"] == "unhealthy"
@@ -229,24 +231,24 @@ def test_stale_heartbeats_raise_job_stale_and_turn_healthz_red(sqlite_app):
     db.session.commit()
     assert "daily_report" in {a.key for a in alerts("job_stale")}
     # The reconciler beats again: one recovery alert, and /healthz reports it fresh.
-    jobs.run_exclusive(
+    periodic.run_exclusive(
         "reconciler", lambda now: "ok", interval_seconds=60, lease_seconds=30, clock=lambda: later(3 * DAY + 2)
     )
     checks.check_jobs(later(3 * DAY + 3), config)
     db.session.commit()
     recovered = [a for a in alerts("job_stale") if a.state == "recovered"]
     assert [a.key for a in recovered] == ["reconciler"]
-    assert health.check(config, later(3 * DAY + 3))[1]["jobs"]["reconciler"]["fresh"]
+    assert liveness.check(config, later(3 * DAY + 3))[1]["jobs"]["reconciler"]["fresh"]
 
 
 def test_a_job_that_never_ran_is_stale_for_alerts_as_for_healthz(sqlite_app):
     config = dict(sqlite_app.config, RECONCILE_INTERVAL_SECONDS=60)
-    jobs.run_exclusive("reconciler", lambda now: "ok", interval_seconds=60, lease_seconds=30, clock=lambda: T0)
+    periodic.run_exclusive("reconciler", lambda now: "ok", interval_seconds=60, lease_seconds=30, clock=lambda: T0)
 
     checks.check_jobs(later(10), config)
     db.session.commit()
 
-    healthy, report = health.check(config, later(10))
+    healthy, report = liveness.check(config, later(10))
     never = {"auto_requeue", "cleanup", "daily_report"}  # no row in periodic_jobs at all
     assert not healthy and set(report["stale_jobs"]) == never | {"checks"}
     stale = alerts("job_stale")
@@ -256,9 +258,9 @@ def test_a_job_that_never_ran_is_stale_for_alerts_as_for_healthz(sqlite_app):
 
 def test_stale_after_intervals_is_one_setting_for_healthz_and_alerts(sqlite_app):
     config = dict(sqlite_app.config, RECONCILE_INTERVAL_SECONDS=60, JOB_STALE_AFTER_INTERVALS=10)
-    jobs.run_exclusive("reconciler", lambda now: "ok", interval_seconds=60, lease_seconds=30, clock=lambda: T0)
+    periodic.run_exclusive("reconciler", lambda now: "ok", interval_seconds=60, lease_seconds=30, clock=lambda: T0)
 
-    report = health.check(config, later(500))[1]
+    report = liveness.check(config, later(500))[1]
     checks.check_jobs(later(500), config)
     db.session.commit()
 
@@ -267,7 +269,7 @@ def test_stale_after_intervals_is_one_setting_for_healthz_and_alerts(sqlite_app)
     checks.check_jobs(later(601), config)
     db.session.commit()
     assert "reconciler" in {a.key for a in alerts("job_stale")}
-    assert not health.check(config, later(601))[1]["reconciler"]["fresh"]
+    assert not liveness.check(config, later(601))[1]["reconciler"]["fresh"]
 
 
 def test_healthz_lists_every_periodic_job(sqlite_app):
@@ -340,7 +342,7 @@ def test_cleanup_of_200k_rows_in_short_batches_while_writes_continue(sqlite_back
         thread = threading.Thread(target=writer)
         thread.start()
         try:
-            report = maintenance.cleanup(T0, app.config)
+            report = cleanup.cleanup(T0, app.config)
         finally:
             done.set()
             thread.join(30)

@@ -12,7 +12,9 @@ from tests.support.monitoring import T0, create, create_and_run, later, run_at
 from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.models import Operation, OperationAttempt, StripeEvent
-from webapp.services import maintenance, pauses, stripe_events
+from webapp.services.engine import pauses
+from webapp.services.maintenance import cleanup
+from webapp.services.payments import intake
 
 
 def scrape(client, **headers) -> dict:
@@ -46,8 +48,8 @@ def test_metrics_match_the_database(app):
     create("test.succeed", "waiting-1", utcnow() - timedelta(seconds=30))
     db.session.add(StripeEvent(id="evt_1", type="checkout.session.completed", payload="{}", received_at=T0))
     db.session.commit()
-    stripe_events.count_rejection("invalid_signature")
-    stripe_events.count_rejection("invalid_signature")
+    intake.count_rejection("invalid_signature")
+    intake.count_rejection("invalid_signature")
     pauses.pause("test.succeed", "ops")
 
     samples = scrape(app.test_client())
@@ -85,14 +87,14 @@ def test_metrics_match_the_database(app):
 
 
 def test_counters_survive_cleanup_and_heartbeats_are_reported(sqlite_app):
-    from webapp.services import jobs
+    from webapp.services.engine import periodic
 
     for i in range(3):
         create_and_run("test.email_ok", f"ok-{i}", T0)
-    jobs.run_exclusive("cleanup", lambda now: "ok", interval_seconds=3600, lease_seconds=60, clock=lambda: T0)
+    periodic.run_exclusive("cleanup", lambda now: "ok", interval_seconds=3600, lease_seconds=60, clock=lambda: T0)
     before = scrape(sqlite_app.test_client())
 
-    report = maintenance.cleanup(T0 + timedelta(days=31), sqlite_app.config)
+    report = cleanup.cleanup(T0 + timedelta(days=31), sqlite_app.config)
 
     after = scrape(sqlite_app.test_client())
     assert report.succeeded == 3 and db_count(Operation.kind == "email") == 0

@@ -22,10 +22,10 @@ from tests.conftest import ROOT
 from tests.support import stripe_signing
 from tests.support.monitoring import T0, create, create_and_run, later, run_at
 from tests.support.polling import wait_for
+from webapp.devdata import stripe_samples
 from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.models import Operation, OperationAttempt, StripeEvent, WebhookRejection
-from webapp.services import stripe_samples
 
 WORKERS = 2  # each worker imports the app (~5 s of CPU here), so two: enough to disagree
 COUNTERS = ("created", "succeeded", "failed", "dead_lettered")

@@ -13,7 +13,8 @@ from tests.test_engine_e2e import calls, load, wait_state
 from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.models import Operation
-from webapp.services import engine, pauses, reconciler, tokens
+from webapp.services.access import tokens
+from webapp.services.engine import pauses, reconciler, runner
 
 
 def drain_queue(huey) -> list[int]:
@@ -34,7 +35,7 @@ def test_paused_operations_wait_and_resume_runs_them_in_creation_order(sqlite_ap
     # Every delivery of the paused operations is refused, and the reconciler does not re-ring them.
     assert drain_queue(huey) == ids
     assert calls(log) == [] and {load(i).state for i in ids} == {"pending"}
-    assert engine.execute(ids[0]).outcome == "not_claimed"
+    assert runner.execute(ids[0]).outcome == "not_claimed"
     assert reconciler.ring_overdue(utcnow() + timedelta(minutes=5), 100, 1.0) == 0
     [item] = [p for p in pauses.list_pauses() if p["name"] == "test.succeed"]
     assert item["paused"] and item["paused_by"] == "ops@example.com" and item["waiting"] == 5
@@ -100,11 +101,11 @@ def test_admin_api_pauses_and_resumes(sqlite_app):
 
 def test_health_page_shows_pauses_and_its_buttons_pause_and_resume(sqlite_app, tmp_path):
     from tests.test_admin_routes import PASSWORD, IsolatedClient, csrf_from, login
-    from webapp.services import admin_auth
+    from webapp.services.console import admins
 
     sqlite_app.test_client_class = IsolatedClient  # one app context is shared: forget g per request
     log = tmp_path / "calls.log"
-    admin_auth.create_admin("admin@example.com", PASSWORD)
+    admins.create_admin("admin@example.com", PASSWORD)
     client = sqlite_app.test_client()
     assert login(client).status_code == 302
     headers = {"X-CSRFToken": csrf_from(client.get("/admin/operations-health").text), "HX-Request": "true"}

@@ -12,10 +12,9 @@ from tests.support import shop
 from tests.support import stripe_signing as signing
 from tests.support.http_server import serve
 from tests.support.polling import wait_for
-from tests.support.smtp import smtp_server  # noqa: F401  (fixture)
 from webapp.extensions import db
 from webapp.models import Operation, StripeEvent
-from webapp.services import operations
+from webapp.services.engine import operations
 
 SECRET = "whsec_e2e_3c9d41f07a"
 

@@ -1,6 +1,6 @@
 """The engine's services in-process, on both backends, with an injected clock and no worker.
 
-``engine.execute`` is driven directly; time is a fixed ``T0`` plus offsets, so retry times,
+``runner.execute`` is driven directly; time is a fixed ``T0`` plus offsets, so retry times,
 leases and reconciler windows are checked exactly instead of waited for.
 """
 
@@ -19,9 +19,9 @@ from webapp.domain.retry import RetryPolicy
 from webapp.domain.states import can_transition
 from webapp.extensions import db
 from webapp.models import JobRun, Operation, OperationAttempt, PeriodicJob
-from webapp.services import doorbell, engine, jobs, operations, reconciler
-from webapp.services.engine import RunResult
-from webapp.services.registry import handler
+from webapp.services.engine import doorbell, operations, periodic, reconciler, runner
+from webapp.services.engine.registry import handler
+from webapp.services.engine.runner import RunResult
 
 T0 = datetime(2030, 1, 1, 12, 0, 0)
 LEASE = 30
@@ -139,9 +139,9 @@ def outcomes():
         # Listener writes commit with the outcome they observe.
         db.session.add(PeriodicJob(name=f"listener-{operation.id}-{outcome}-{len(seen)}"))
 
-    engine.on_outcome(listener)
+    runner.on_outcome(listener)
     yield seen
-    engine.outcome_listeners.remove(listener)
+    runner.outcome_listeners.remove(listener)
 
 
 # --- create_operation and the doorbell ------------------------------------------------------
@@ -288,7 +288,7 @@ def test_two_concurrent_claims_of_one_due_operation_one_wins(app):
 
     def claim_once():
         barrier.wait(timeout=20)
-        return engine.claim(operation_id, now=T0 + timedelta(seconds=1))
+        return runner.claim(operation_id, now=T0 + timedelta(seconds=1))
 
     runs = [run_in_thread(app, claim_once) for _ in range(2)]
     results = [result_of(*run) for run in runs]
@@ -305,26 +305,26 @@ def test_two_concurrent_claims_of_one_due_operation_one_wins(app):
 def test_not_yet_due_operation_is_not_claimed(app):
     operation_id = new_op("not-due", run_at=T0 + timedelta(minutes=5))
 
-    result = engine.execute(operation_id, now=T0 + timedelta(minutes=4), clock=lambda: T0)
+    result = runner.execute(operation_id, now=T0 + timedelta(minutes=4), clock=lambda: T0)
 
     assert (result.outcome, result.due_at) == ("not_claimed", T0 + timedelta(minutes=5))
     assert load(operation_id).state == "scheduled" and attempts_of(operation_id) == []
     # At its time, a claim takes the scheduled operation straight to running.
-    assert engine.execute(operation_id, now=T0 + timedelta(minutes=5)).outcome == "succeeded"
+    assert runner.execute(operation_id, now=T0 + timedelta(minutes=5)).outcome == "succeeded"
 
 
 def test_cancelled_operation_is_never_claimed(app):
     operation_id = new_op("cancel-me", run_at=T0 + timedelta(minutes=5))
     operations.cancel(operation_id, by="admin@example.com", now=T0)
 
-    result = engine.execute(operation_id, now=T0 + timedelta(days=1))
+    result = runner.execute(operation_id, now=T0 + timedelta(days=1))
 
     assert (result.outcome, result.due_at) == ("not_claimed", None)
     assert attempts_of(operation_id) == []
 
 
 def test_missing_operation(app):
-    assert engine.execute(987654, now=T0).outcome == "missing"
+    assert runner.execute(987654, now=T0).outcome == "missing"
 
 
 # --- outcomes ------------------------------------------------------------------------------
@@ -334,7 +334,7 @@ def test_success_writes_state_attempt_and_handler_writes_together(app, outcomes)
     operation_id = new_op("ok", write="written-on-success")
     finished = T0 + timedelta(seconds=3)
 
-    result = engine.execute(operation_id, now=T0, clock=lambda: finished)
+    result = runner.execute(operation_id, now=T0, clock=lambda: finished)
 
     assert (result.outcome, result.attempt) == ("succeeded", 1)
     operation = load(operation_id)
@@ -352,7 +352,7 @@ def test_success_writes_state_attempt_and_handler_writes_together(app, outcomes)
 def test_transient_failure_retries_within_policy_and_rolls_back_handler_writes(app, outcomes):
     operation_id = new_op("flaky", ("transient",), write="written-then-rolled-back")
 
-    result = engine.execute(operation_id, now=T0, clock=lambda: T0)
+    result = runner.execute(operation_id, now=T0, clock=lambda: T0)
 
     operation = load(operation_id)
     assert result.outcome == "retrying" and result.due_at == operation.next_attempt_at
@@ -373,9 +373,9 @@ def test_transient_failure_retries_within_policy_and_rolls_back_handler_writes(a
 
     # Not before its time; at its time, the next attempt runs and its writes commit.
     assert (
-        engine.execute(operation_id, now=operation.next_attempt_at - timedelta(milliseconds=1)).outcome == "not_claimed"
+        runner.execute(operation_id, now=operation.next_attempt_at - timedelta(milliseconds=1)).outcome == "not_claimed"
     )
-    assert engine.execute(operation_id, now=operation.next_attempt_at).outcome == "succeeded"
+    assert runner.execute(operation_id, now=operation.next_attempt_at).outcome == "succeeded"
     assert job_row("written-then-rolled-back") is not None
     assert [a.outcome for a in attempts_of(operation_id)] == ["failed", "succeeded"]
 
@@ -384,26 +384,26 @@ def test_exhausted_attempts_dead_letter(app, outcomes):
     operation_id = new_op("exhaust", ("transient",), ("transient",), ("transient",), ("ok",))
     now = T0
     for number in (1, 2):
-        result = engine.execute(operation_id, now=now, clock=lambda: now)
+        result = runner.execute(operation_id, now=now, clock=lambda: now)
         assert result.outcome == "retrying"
         operation = load(operation_id)
         assert now <= operation.next_attempt_at <= now + POLICY.ceiling(number)
         now = operation.next_attempt_at
 
-    result = engine.execute(operation_id, now=now, clock=lambda: now)
+    result = runner.execute(operation_id, now=now, clock=lambda: now)
 
     operation = load(operation_id)
     assert (result.outcome, operation.state, operation.attempts, operation.dead_at) == ("dead", "dead", 3, now)
     assert operation.lease_expires_at is None
     assert [a.outcome for a in attempts_of(operation_id)] == ["failed", "failed", "dead"]
     assert [o[3] for o in outcomes] == ["retrying", "retrying", "dead"]
-    assert engine.execute(operation_id, now=now + timedelta(days=1)).outcome == "not_claimed"
+    assert runner.execute(operation_id, now=now + timedelta(days=1)).outcome == "not_claimed"
 
 
 def test_permanent_error_is_dead_at_once(app, outcomes):
     operation_id = new_op("perm", ("permanent",))
 
-    result = engine.execute(operation_id, now=T0, clock=lambda: T0)
+    result = runner.execute(operation_id, now=T0, clock=lambda: T0)
 
     operation = load(operation_id)
     assert (result.outcome, operation.state, operation.attempts) == ("dead", "dead", 1)
@@ -419,10 +419,10 @@ def test_deferral_does_not_consume_an_attempt(app, outcomes):
     operation_id = new_op("defer", ("transient",), ("transient",), ("defer", later.replace(tzinfo=UTC)), ("transient",))
     now = T0
     for _ in range(2):
-        engine.execute(operation_id, now=now, clock=lambda: now)
+        runner.execute(operation_id, now=now, clock=lambda: now)
         now = load(operation_id).next_attempt_at
 
-    result = engine.execute(operation_id, now=now, clock=lambda: now)
+    result = runner.execute(operation_id, now=now, clock=lambda: now)
 
     operation = load(operation_id)
     assert (result.outcome, result.due_at) == ("deferred", later)
@@ -433,7 +433,7 @@ def test_deferral_does_not_consume_an_attempt(app, outcomes):
     assert outcomes[-1] == (operation_id, "retrying", 2, "deferred")
 
     # The third attempt is still available: it runs (and, failing, dead-letters).
-    assert engine.execute(operation_id, now=later, clock=lambda: later).outcome == "dead"
+    assert runner.execute(operation_id, now=later, clock=lambda: later).outcome == "dead"
     assert [(a.number, a.outcome) for a in attempts_of(operation_id)] == [
         (1, "failed"),
         (2, "failed"),
@@ -445,7 +445,7 @@ def test_deferral_does_not_consume_an_attempt(app, outcomes):
 def test_deferral_into_the_past_is_due_now(app):
     operation_id = new_op("defer-past", ("defer", T0 - timedelta(hours=1)))
 
-    result = engine.execute(operation_id, now=T0, clock=lambda: T0)
+    result = runner.execute(operation_id, now=T0, clock=lambda: T0)
 
     assert result.outcome == "deferred" and load(operation_id).next_attempt_at == T0
 
@@ -455,7 +455,7 @@ def test_unknown_handler_is_a_permanent_failure(app):
     db.session.execute(update(Operation).where(Operation.id == operation_id).values(name="no.such.handler"))
     db.session.commit()
 
-    assert engine.execute(operation_id, now=T0, clock=lambda: T0).outcome == "dead"
+    assert runner.execute(operation_id, now=T0, clock=lambda: T0).outcome == "dead"
     assert "no handler registered" in load(operation_id).error_message
 
 
@@ -463,7 +463,7 @@ def test_a_worker_that_lost_its_lease_cannot_overwrite_the_outcome(app, outcomes
     stolen_at = T0 + timedelta(seconds=LEASE + 1)
     operation_id = new_op("stolen", ("steal", stolen_at), write="written-by-late-worker")
 
-    result = engine.execute(operation_id, now=T0, clock=lambda: stolen_at)
+    result = runner.execute(operation_id, now=T0, clock=lambda: stolen_at)
 
     assert result.outcome == "lost_lease"
     operation = load(operation_id)
@@ -478,7 +478,7 @@ def test_a_worker_that_lost_its_lease_cannot_overwrite_the_outcome(app, outcomes
 
 def _dead_op(key: str) -> int:
     operation_id = new_op(key, ("permanent",))
-    engine.execute(operation_id, now=T0, clock=lambda: T0)
+    runner.execute(operation_id, now=T0, clock=lambda: T0)
     return operation_id
 
 
@@ -493,7 +493,7 @@ def test_retry_dead_brings_it_back_and_it_can_succeed(app, bell):
     assert (retried.next_attempt_at, retried.dead_at) == (now, None)
     assert retried.resolution_note == "retried by admin@example.com"
     assert bell.ids() == [operation_id]
-    assert engine.execute(operation_id, now=now, clock=lambda: now).outcome == "succeeded"
+    assert runner.execute(operation_id, now=now, clock=lambda: now).outcome == "succeeded"
     assert load(operation_id).attempts == 2
 
 
@@ -547,9 +547,9 @@ def test_cancel_a_scheduled_operation(app):
 def test_cancel_refuses_operations_that_started(app, setup):
     operation_id = new_op(f"cancel-{setup}", *([("permanent",)] if setup == "dead" else []))
     if setup == "running":
-        engine.claim(operation_id, now=T0)
+        runner.claim(operation_id, now=T0)
     else:
-        engine.execute(operation_id, now=T0, clock=lambda: T0)
+        runner.execute(operation_id, now=T0, clock=lambda: T0)
 
     with pytest.raises(operations.OperationError, match=f"is {setup}"):
         operations.cancel(operation_id, now=T0)
@@ -565,8 +565,8 @@ def test_reschedule_moves_the_run_time(app, bell):
 
     assert (moved.state, moved.run_at, moved.next_attempt_at) == ("scheduled", new_time, new_time)
     assert bell.rings == [(operation_id, new_time)]
-    assert engine.execute(operation_id, now=T0 + timedelta(hours=2)).outcome == "not_claimed"
-    assert engine.execute(operation_id, now=new_time).outcome == "succeeded"
+    assert runner.execute(operation_id, now=T0 + timedelta(hours=2)).outcome == "not_claimed"
+    assert runner.execute(operation_id, now=new_time).outcome == "succeeded"
 
 
 def test_reschedule_to_the_past_makes_it_due_now(app, bell):
@@ -580,7 +580,7 @@ def test_reschedule_to_the_past_makes_it_due_now(app, bell):
 
 def test_reschedule_refuses_finished_operations(app):
     operation_id = new_op("done")
-    engine.execute(operation_id, now=T0, clock=lambda: T0)
+    runner.execute(operation_id, now=T0, clock=lambda: T0)
     with pytest.raises(operations.OperationError, match="succeeded and cannot be rescheduled"):
         operations.reschedule(operation_id, T0 + timedelta(hours=1), now=T0)
     with pytest.raises(operations.OperationNotFound):
@@ -597,9 +597,9 @@ def _op_in_state(state: str) -> int:
         f"in-{state}", *steps, run_at=T0 + timedelta(hours=1) if state in ("scheduled", "cancelled") else None
     )
     if state in ("retrying", "succeeded", "dead"):
-        engine.execute(operation_id, now=T0, clock=lambda: T0)
+        runner.execute(operation_id, now=T0, clock=lambda: T0)
     elif state == "running":
-        engine.claim(operation_id, now=T0)
+        runner.claim(operation_id, now=T0)
     elif state == "cancelled":
         operations.cancel(operation_id, now=T0)
     assert load(operation_id).state == state
@@ -700,7 +700,7 @@ def test_interrupted_attempt_is_put_back_without_using_it_up(app, bell):
     from tasks.runtime import put_back_running
 
     operation_id = new_op("interrupted")
-    engine.claim(operation_id, now=T0)
+    runner.claim(operation_id, now=T0)
     bell.rings.clear()
 
     assert put_back_running(operation_id) is True
@@ -721,7 +721,7 @@ def test_an_interrupted_duplicate_delivery_leaves_another_workers_attempt_alone(
     from tasks.runtime import put_back_running
 
     operation_id = new_op("held-elsewhere")
-    engine.claim(operation_id, now=T0)
+    runner.claim(operation_id, now=T0)
     db.session.execute(
         update(OperationAttempt)
         .where(OperationAttempt.operation_id == operation_id)
@@ -739,7 +739,7 @@ def test_an_interrupted_duplicate_delivery_leaves_another_workers_attempt_alone(
 
 def test_reconciler_recovers_an_expired_lease_as_a_crashed_attempt(app, outcomes):
     operation_id = new_op("crash")
-    engine.claim(operation_id, now=T0)
+    runner.claim(operation_id, now=T0)
     expiry = T0 + timedelta(seconds=LEASE)
 
     assert reconciler.reconcile(expiry - timedelta(seconds=1)).recovered == 0
@@ -757,14 +757,14 @@ def test_reconciler_recovers_an_expired_lease_as_a_crashed_attempt(app, outcomes
     assert attempt.duration_ms == (LEASE + 1) * 1000
     assert outcomes == [(operation_id, "retrying", 1, "retrying")]
     # The retry then runs normally.
-    assert engine.execute(operation_id, now=operation.next_attempt_at).outcome == "succeeded"
+    assert runner.execute(operation_id, now=operation.next_attempt_at).outcome == "succeeded"
 
 
 def test_reconciler_dead_letters_a_crash_when_attempts_are_exhausted(app):
     operation_id = new_op("crash-thrice")
     now = T0
     for _ in range(POLICY.max_attempts):
-        engine.claim(operation_id, now=now)
+        runner.claim(operation_id, now=now)
         now += timedelta(seconds=LEASE + 1)
         assert reconciler.reconcile(now).recovered == 1
         now = max(now, load(operation_id).next_attempt_at or now)
@@ -818,7 +818,7 @@ def test_reconciler_works_in_bounded_batches(app, bell):
 
 def test_recovery_works_in_bounded_batches(app):
     for n in range(3):
-        engine.claim(new_op(f"lease-{n}"), now=T0)
+        runner.claim(new_op(f"lease-{n}"), now=T0)
     later = T0 + timedelta(minutes=5)
 
     assert [reconciler.recover_expired_leases(later, 2) for _ in range(3)] == [2, 1, 0]
@@ -841,9 +841,9 @@ def test_second_concurrent_runner_gets_none_while_the_first_holds_the_lease(app)
         calls.append("second")
         return "second done"
 
-    first = run_in_thread(app, lambda: jobs.run_exclusive("job.lease", slow, interval_seconds=60, lease_seconds=30))
+    first = run_in_thread(app, lambda: periodic.run_exclusive("job.lease", slow, interval_seconds=60, lease_seconds=30))
     assert inside.wait(20)
-    second = run_in_thread(app, lambda: jobs.run_exclusive("job.lease", fast, interval_seconds=60, lease_seconds=30))
+    second = run_in_thread(app, lambda: periodic.run_exclusive("job.lease", fast, interval_seconds=60, lease_seconds=30))
     assert result_of(*second) is None
     release.set()
 
@@ -855,7 +855,7 @@ def test_second_concurrent_runner_gets_none_while_the_first_holds_the_lease(app)
 
 
 def test_a_crashed_holders_lease_is_taken_over_after_it_expires(app):
-    assert jobs.acquire_lease("job.crash", "ghost", ttl_seconds=30, now=T0, interval_seconds=60)
+    assert periodic.acquire_lease("job.crash", "ghost", ttl_seconds=30, now=T0, interval_seconds=60)
     ran: list[datetime] = []
 
     def record(now):
@@ -863,12 +863,12 @@ def test_a_crashed_holders_lease_is_taken_over_after_it_expires(app):
         return "took over"
 
     assert (
-        jobs.run_exclusive(
+        periodic.run_exclusive(
             "job.crash", record, interval_seconds=60, lease_seconds=30, clock=lambda: T0 + timedelta(seconds=29)
         )
         is None
     )
-    run = jobs.run_exclusive(
+    run = periodic.run_exclusive(
         "job.crash", record, interval_seconds=60, lease_seconds=30, clock=lambda: T0 + timedelta(seconds=30)
     )
 
@@ -886,7 +886,7 @@ def test_a_runner_that_waited_for_the_lease_does_not_run_the_job_again(app):
     def clock_of_b():
         calls["b"] += 1
         if calls["b"] == 2:  # B is about to take the lease: A gets there first and finishes
-            jobs.run_exclusive(
+            periodic.run_exclusive(
                 "job.race",
                 lambda now: ran.append("a") or "a",
                 interval_seconds=60,
@@ -895,7 +895,7 @@ def test_a_runner_that_waited_for_the_lease_does_not_run_the_job_again(app):
             )
         return T0 + timedelta(seconds=calls["b"] * 0.001)
 
-    run = jobs.run_exclusive(
+    run = periodic.run_exclusive(
         "job.race", lambda now: ran.append("b") or "b", interval_seconds=60, lease_seconds=30, clock=clock_of_b
     )
 
@@ -910,7 +910,7 @@ def test_run_records_heartbeat_and_history_and_respects_the_interval(app):
         return f"ran at {at:%H:%M:%S}"
 
     def run():
-        return jobs.run_exclusive("job.beat", tick, interval_seconds=60, lease_seconds=30, clock=lambda: now["t"])
+        return periodic.run_exclusive("job.beat", tick, interval_seconds=60, lease_seconds=30, clock=lambda: now["t"])
 
     first = run()
     now["t"] = T0 + timedelta(seconds=30)
@@ -923,8 +923,8 @@ def test_run_records_heartbeat_and_history_and_respects_the_interval(app):
     assert first.duration_ms >= 0 and second.summary == "ran at 12:01:00"
     job = job_row("job.beat")
     assert (job.runs, job.last_finished_at, job.last_summary, job.last_error) == (2, now["t"], "ran at 12:01:00", None)
-    assert jobs.heartbeat_age("job.beat", now["t"] + timedelta(seconds=5)) == 5.0
-    assert jobs.heartbeat_age("job.never") is None
+    assert periodic.heartbeat_age("job.beat", now["t"] + timedelta(seconds=5)) == 5.0
+    assert periodic.heartbeat_age("job.never") is None
     runs = detached(lambda: db.session.execute(select(JobRun).where(JobRun.job_name == "job.beat")).scalars().all())
     assert len(runs) == 2
 
@@ -935,7 +935,7 @@ def test_a_failing_job_records_its_error_and_rolls_back_its_writes(app):
         db.session.flush()
         raise ValueError("sweep exploded")
 
-    run = jobs.run_exclusive("job.broken", broken, interval_seconds=60, lease_seconds=30, clock=lambda: T0)
+    run = periodic.run_exclusive("job.broken", broken, interval_seconds=60, lease_seconds=30, clock=lambda: T0)
 
     assert (run.outcome, run.error, run.finished_at) == ("failed", "ValueError: sweep exploded", T0)
     job = job_row("job.broken")

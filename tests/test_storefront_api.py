@@ -12,7 +12,7 @@ from tests.conftest import inside, make_app
 from tests.support import shop
 from webapp.extensions import db
 from webapp.models import Customer, IdempotencyRecord, Purchase
-from webapp.services import tokens
+from webapp.services.access import tokens
 
 SESSIONS = "/v1/checkout/sessions"
 

@@ -17,8 +17,10 @@ from webapp import create_app
 from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.models import Operation, StripeEvent
-from webapp.services import engine, operations, stripe_events, tokens
+from webapp.services.access import tokens
 from webapp.services.email.render import render_email
+from webapp.services.engine import operations, runner
+from webapp.services.payments import intake
 
 OLD, NEW = "whsec_current_5f1c0a7e9b", "whsec_rotated_77ad02c4e1"
 LIMIT = 4096
@@ -63,7 +65,7 @@ def process(event_id: str, *, at=None):
     """Run the stored event's operation in this process at time ``at`` (injected clock)."""
     at = at or utcnow()
     row = shop.event(event_id)
-    return engine.execute(row.operation_id, now=at, clock=lambda: at)
+    return runner.execute(row.operation_id, now=at, clock=lambda: at)
 
 
 # --- the signature matrix ---------------------------------------------------------------------
@@ -100,7 +102,7 @@ def test_signature_matrix(sqlite_hook_app, case, make_header, status, reason):
         assert response.get_json()["error"] == reason
         assert response.get_json()["message"]
         assert shop.count(StripeEvent) == 0
-        assert stripe_events.rejection_counts() == {reason: 1}
+        assert intake.rejection_counts() == {reason: 1}
 
 
 def test_tampered_body_is_rejected(sqlite_hook_app):
@@ -163,7 +165,7 @@ def test_oversize_body_by_content_length_is_413(sqlite_hook_app):
     assert response.status_code == 413
     assert response.get_json()["error"] == "too_large"
     assert shop.count(StripeEvent) == 0
-    assert stripe_events.rejection_counts()["too_large"] == 1
+    assert intake.rejection_counts()["too_large"] == 1
 
 
 def test_oversize_chunked_body_is_413_by_what_was_read(sqlite_hook_app):
@@ -619,7 +621,7 @@ def test_stored_event_without_an_object_dead_letters_with_a_reason(hook_app, eve
     event_id = f"evt_malformed_{abs(hash((event_type, payload))) % 10**8}"
     operation_id = _store_raw_event(event_id, event_type, payload.replace('"T"', f'"{event_type}"'))
 
-    result = engine.execute(operation_id)
+    result = runner.execute(operation_id)
 
     assert result.outcome == "dead"
     op = shop.operation(operation_id)
@@ -648,7 +650,7 @@ def test_rejection_counts_accumulate_by_reason(sqlite_hook_app):
     post(sqlite_hook_app, body, None)
     post(sqlite_hook_app, body, signing.header(body, "whsec_nope"))
 
-    assert stripe_events.rejection_counts() == {"missing_signature": 2, "invalid_signature": 1}
+    assert intake.rejection_counts() == {"missing_signature": 2, "invalid_signature": 1}
     assert db.session.query(Operation).count() == 0
     db.session.rollback()
 
@@ -658,9 +660,9 @@ def test_rejection_counts_accumulate_by_reason(sqlite_hook_app):
 
 def test_send_event_cli_signs_like_stripe_and_the_app_accepts_it(sqlite_hook_app):
     purchase = shop.add_purchase(shop.add_customer(), shop.add_product())
-    runner = sqlite_hook_app.test_cli_runner()
+    cli = sqlite_hook_app.test_cli_runner()
     with serve(sqlite_hook_app) as base:
-        sent = runner.invoke(
+        sent = cli.invoke(
             args=[
                 "stripe",
                 "send-event",
@@ -671,7 +673,7 @@ def test_send_event_cli_signs_like_stripe_and_the_app_accepts_it(sqlite_hook_app
                 str(purchase.id),
             ]
         )
-        forged = runner.invoke(
+        forged = cli.invoke(
             args=[
                 "stripe",
                 "send-event",
@@ -689,24 +691,24 @@ def test_send_event_cli_signs_like_stripe_and_the_app_accepts_it(sqlite_hook_app
     assert "HTTP 200" in sent.output
     stored = shop.operations("stripe.checkout.session.completed")
     assert len(stored) == 1 and stored[0].subject == f"purchase:{purchase.id}"
-    assert engine.execute(stored[0].id).outcome == "succeeded"
+    assert runner.execute(stored[0].id).outcome == "succeeded"
     assert shop.purchase(purchase.id).status == "completed"
     assert forged.exit_code == 1 and "HTTP 400" in forged.output
 
 
 def test_token_and_product_commands(sqlite_hook_app):
-    runner = sqlite_hook_app.test_cli_runner()
+    cli = sqlite_hook_app.test_cli_runner()
 
-    created = runner.invoke(args=["tokens", "create", "--scope", "storefront", "--name", "shop"])
+    created = cli.invoke(args=["tokens", "create", "--scope", "storefront", "--name", "shop"])
     raw = created.output.strip().splitlines()[-1]
-    listed = runner.invoke(args=["tokens", "list"])
+    listed = cli.invoke(args=["tokens", "list"])
     assert tokens.authenticate(raw, "storefront") is not None
     assert raw not in listed.output and raw[:12] in listed.output
     token_id = tokens.authenticate(raw, "storefront").id
-    revoked = runner.invoke(args=["tokens", "revoke", str(token_id)])
+    revoked = cli.invoke(args=["tokens", "revoke", str(token_id)])
     assert revoked.exit_code == 0 and tokens.authenticate(raw, "storefront") is None
 
-    added = runner.invoke(
+    added = cli.invoke(
         args=[
             "products",
             "add",
@@ -721,7 +723,7 @@ def test_token_and_product_commands(sqlite_hook_app):
             "5000",
         ]
     )
-    duplicate = runner.invoke(
+    duplicate = cli.invoke(
         args=[
             "products",
             "add",
@@ -736,9 +738,9 @@ def test_token_and_product_commands(sqlite_hook_app):
             "5000",
         ]
     )
-    bad = runner.invoke(args=["products", "add", "pack", "--name", "x", "--kind", "credits", "--price-cents", "0"])
-    runner.invoke(args=["products", "deactivate", "credits-50"])
-    products = runner.invoke(args=["products", "list"])
+    bad = cli.invoke(args=["products", "add", "pack", "--name", "x", "--kind", "credits", "--price-cents", "0"])
+    cli.invoke(args=["products", "deactivate", "credits-50"])
+    products = cli.invoke(args=["products", "list"])
 
     assert added.exit_code == 0
     assert duplicate.exit_code == 1 and "already exists" in duplicate.output

@@ -11,7 +11,7 @@ from tests.support.polling import wait_for
 from tests.support.reads import attempts_of, detached, load
 from webapp.extensions import db
 from webapp.models import JobRun, Operation
-from webapp.services import operations
+from webapp.services.engine import operations
 
 TERMINAL = {"succeeded", "dead", "cancelled"}
 

@@ -52,8 +52,10 @@ def _trust_proxies(app: Flask) -> None:
 
 def _register_handlers(app: Flask) -> None:
     """Import every module that registers operation handlers (and outcome listeners)."""
-    from webapp.services import alerts, bulk, email, payments  # noqa: F401  (alert.slack, admin.bulk_retry, dead-letter alerts)
-    from webapp.services.registry import import_handler_modules
+    from webapp.services import email, payments
+    from webapp.services.console import bulk  # noqa: F401  (admin.bulk_retry)
+    from webapp.services.engine.registry import import_handler_modules
+    from webapp.services.monitoring import alerts  # noqa: F401  (alert.slack, dead-letter alerts)
 
     email.init_app(app)
     payments.init_app(app)

@@ -105,10 +105,10 @@ def _prepare_development_data() -> str:
     """
     if current_app.config["BACKSTOP_ENV"] != "development":
         return ""
-    from webapp.services import demo_data
+    from webapp.devdata import demo
 
-    if demo_data.is_empty():
-        summary = demo_data.fill()
+    if demo.is_empty():
+        summary = demo.fill()
         click.echo("demo data: " + ", ".join(f"{count} {what}" for what, count in summary.items()))
     email, password = _development_admin()
     if password is None:
@@ -124,13 +124,13 @@ def _development_admin() -> tuple[str, str | None]:
 
     from webapp.extensions import db
     from webapp.models import AdminUser
-    from webapp.services import admin_auth
+    from webapp.services.console import admins
 
     if db.session.execute(select(func.count()).select_from(AdminUser)).scalar_one():
         db.session.rollback()
         return _remembered_development_admin()  # only when it belongs to this database
     password = secrets.token_urlsafe(12)
-    admin_auth.create_admin(DEV_ADMIN_EMAIL, password)
+    admins.create_admin(DEV_ADMIN_EMAIL, password)
     path = _dev_admin_file()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.touch(mode=0o600)
@@ -181,10 +181,10 @@ def _stop_all(procs: dict) -> None:
 @click.command("reconcile")
 def reconcile_command():
     """Run one reconciler pass now (it normally runs as a periodic job)."""
-    from webapp.services import jobs, reconciler
+    from webapp.services.engine import periodic, reconciler
 
     config = current_app.config
-    run = jobs.run_exclusive(
+    run = periodic.run_exclusive(
         reconciler.JOB_NAME,
         lambda now: str(
             reconciler.reconcile(

@@ -9,10 +9,11 @@ import requests
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
+from webapp.devdata import stripe_samples
 from webapp.extensions import db
 from webapp.models import Purchase
-from webapp.services import stripe_events, stripe_samples, tokens
-from webapp.services.payments import catalogue
+from webapp.services.access import tokens
+from webapp.services.payments import catalogue, intake
 from webapp.services.payments.errors import PaymentsError
 
 products_cli = AppGroup("products", help="The product catalogue: lead listings and credit packs.")
@@ -124,7 +125,7 @@ def tokens_revoke(token_id):
 @click.option("--timeout", default=10.0, show_default=True)
 def send_event(event_type, url, purchase_id, amount_refunded, event_id, secret, timeout):
     """Build a realistic EVENT_TYPE event, sign it like Stripe and POST it (like `stripe trigger`)."""
-    secret = secret or next(iter(stripe_events.parse_secrets(current_app.config.get("STRIPE_WEBHOOK_SECRET"))), None)
+    secret = secret or next(iter(intake.parse_secrets(current_app.config.get("STRIPE_WEBHOOK_SECRET"))), None)
     if not secret:
         _fail("no signing secret: set STRIPE_WEBHOOK_SECRET or pass --secret")
     event = stripe_samples.build_event(

@@ -11,8 +11,8 @@ from tests.support.reads import attempts_of, detached, load  # noqa: F401
 from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.models import Customer, EmailLog, Operation, Product, Purchase
-from webapp.services import engine
 from webapp.services.email import queue_email
+from webapp.services.engine import runner
 
 
 class Clock:
@@ -51,7 +51,7 @@ def queue(
 
 def run(operation_id: int, clock: Clock):
     """Run one operation at the clock's time."""
-    return engine.execute(operation_id, clock=clock)
+    return runner.execute(operation_id, clock=clock)
 
 
 def due_ids(now) -> list[int]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from webapp.domain.errors import PermanentError, TransientError
 from webapp.domain.retry import RetryPolicy
-from webapp.services.registry import handler
+from webapp.services.engine.registry import handler
 
 LADDER = RetryPolicy.from_ladder("1s, 2s", max_attempts=3)
 

@@ -10,8 +10,8 @@ from webapp.domain.errors import PermanentError, TransientError
 from webapp.domain.retry import RetryPolicy
 from webapp.extensions import db
 from webapp.models import Alert, Operation
-from webapp.services import engine, operations
-from webapp.services.registry import handler
+from webapp.services.engine import operations, runner
+from webapp.services.engine.registry import handler
 
 T0 = datetime(2026, 3, 1, 12, 0, 0)
 
@@ -41,7 +41,7 @@ def email_ok(ctx):
 
 def run_at(operation_id: int, when: datetime):
     """Run one operation in-process with the clock stopped at ``when``."""
-    return engine.execute(operation_id, now=when, clock=lambda: when)
+    return runner.execute(operation_id, now=when, clock=lambda: when)
 
 
 def create(name: str, key: str, when: datetime = T0, subject: str | None = None, **payload) -> int:
@@ -121,16 +121,16 @@ def later(seconds: float, base: datetime = T0) -> datetime:
 
 def beat_all_jobs(when: datetime) -> None:
     """Record a finished run of every periodic job at ``when`` (so no job_stale alert interferes)."""
-    from webapp.services import jobs
+    from webapp.services.engine import periodic
     from webapp.services.schedule import PERIODIC_JOBS
 
     for spec in PERIODIC_JOBS:
-        jobs.run_exclusive(spec.name, lambda now: "ok", interval_seconds=1, lease_seconds=30, clock=lambda: when)
+        periodic.run_exclusive(spec.name, lambda now: "ok", interval_seconds=1, lease_seconds=30, clock=lambda: when)
 
 
 def run_checks_fresh(when: datetime, config) -> str:
     """One pass of the checks at ``when`` with every job's heartbeat fresh."""
-    from webapp.services import checks
+    from webapp.services.monitoring import checks
 
     beat_all_jobs(when)
     return checks.run_checks(when, config)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from tests.support.reads import detached
+from webapp.devdata import stripe_samples
 from webapp.extensions import db
 from webapp.models import Customer, Operation, Product, Purchase, StripeEvent
-from webapp.services import stripe_samples
 
 
 def _saved(row):

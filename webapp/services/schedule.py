@@ -15,7 +15,9 @@ from sqlalchemy import select
 from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.models import PeriodicJob
-from webapp.services import checks, maintenance, reconciler
+from webapp.services.engine import reconciler
+from webapp.services.maintenance import cleanup
+from webapp.services.monitoring import checks
 
 
 @dataclass(frozen=True)
@@ -48,9 +50,9 @@ def _reconcile(config: Mapping, now: datetime) -> str:
 PERIODIC_JOBS: tuple[JobSpec, ...] = (
     JobSpec(reconciler.JOB_NAME, _reconcile, "RECONCILE_INTERVAL_SECONDS", "RECONCILE_LEASE_SECONDS"),
     JobSpec(
-        "auto_requeue", maintenance.auto_requeue_job, "AUTO_REQUEUE_INTERVAL_SECONDS", "AUTO_REQUEUE_LEASE_SECONDS"
+        "auto_requeue", cleanup.auto_requeue_job, "AUTO_REQUEUE_INTERVAL_SECONDS", "AUTO_REQUEUE_LEASE_SECONDS"
     ),
-    JobSpec("cleanup", maintenance.cleanup_job, "CLEANUP_INTERVAL_SECONDS", "CLEANUP_LEASE_SECONDS"),
+    JobSpec("cleanup", cleanup.cleanup_job, "CLEANUP_INTERVAL_SECONDS", "CLEANUP_LEASE_SECONDS"),
     JobSpec(
         checks.DAILY_REPORT_JOB, checks.daily_report_job, "DAILY_REPORT_INTERVAL_SECONDS", "DAILY_REPORT_LEASE_SECONDS"
     ),

@@ -12,7 +12,7 @@ from flask.sessions import SecureCookieSessionInterface
 from flask_login import LoginManager
 from flask_wtf.csrf import CSRFError, CSRFProtect
 
-from webapp.services import admin_auth
+from webapp.services.console import admins
 
 bp = Blueprint("admin", __name__, url_prefix="/admin", cli_group=None)
 root = Blueprint("root", __name__)
@@ -55,7 +55,7 @@ def _csrf_guard():
 
 @login_manager.user_loader
 def _load_user(user_id: str):
-    return admin_auth.load_admin(user_id)
+    return admins.load_admin(user_id)
 
 
 @login_manager.unauthorized_handler

@@ -8,7 +8,7 @@ from flask import current_app, flash, redirect, render_template, request, sessio
 from flask_login import current_user, login_required, login_user, logout_user
 
 from webapp.blueprints.admin import bp
-from webapp.services import admin_auth
+from webapp.services.console import admins
 
 
 def _safe_next(target: str | None) -> str:
@@ -29,7 +29,7 @@ def login():
             return redirect(_safe_next(request.args.get("next")))
         return render_template("admin/login.html", next=request.args.get("next", ""), email="")
     email = request.form.get("email", "")
-    result = admin_auth.log_in(
+    result = admins.log_in(
         email,
         request.form.get("password", ""),
         request.remote_addr or "unknown",

@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from webapp.blueprints.admin import bp
-from webapp.services import admin_auth, admin_queries, demo_data
+from webapp.devdata import demo
+from webapp.services.console import admins, queries
 
 
 @bp.cli.command("create-admin")
@@ -16,8 +17,8 @@ def create_admin(email: str, password: str | None):
     if password is None:
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
     try:
-        user = admin_auth.create_admin(email, password)
-    except admin_auth.AdminError as exc:
+        user = admins.create_admin(email, password)
+    except admins.AdminError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"created admin {user.email} (id {user.id})")
 
@@ -28,8 +29,8 @@ def create_admin(email: str, password: str | None):
 def demo_data_command(days: int, seed: int):
     """Fill an EMPTY database with a realistic mix of purchases, webhooks, emails and failures."""
     try:
-        summary = demo_data.fill(days=days, seed=seed)
-    except demo_data.NotEmpty as exc:
+        summary = demo.fill(days=days, seed=seed)
+    except demo.NotEmpty as exc:
         raise click.ClickException(str(exc)) from None
     click.echo("demo data: " + ", ".join(f"{count} {what}" for what, count in summary.items()))
 
@@ -37,5 +38,5 @@ def demo_data_command(days: int, seed: int):
 @bp.cli.command("refingerprint")
 def refingerprint_command():
     """Recompute stored error fingerprints (needed only after the normalisation rules change)."""
-    changed = admin_queries.refingerprint()
+    changed = queries.refingerprint()
     click.echo(f"refingerprinted {changed} operation{'s' if changed != 1 else ''}")

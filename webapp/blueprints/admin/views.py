@@ -22,14 +22,16 @@ from werkzeug.exceptions import HTTPException
 from webapp.blueprints.admin import bp
 from webapp.domain.states import TERMINAL
 from webapp.domain.time import utcnow
-from webapp.services import admin_metrics, admin_queries, alerts, bulk, operations, pauses
-from webapp.services.admin_queries import FilterError, Filters
+from webapp.services.console import bulk, queries
+from webapp.services.console.queries import FilterError, Filters
 from webapp.services.email.circuits import circuit_states
-from webapp.services.registry import KINDS
+from webapp.services.engine import operations, pauses
+from webapp.services.engine.registry import KINDS
+from webapp.services.monitoring import alerts, health_page
 
 TERMINAL_STATES = {state.value for state in TERMINAL}
 # Ids in URLs: integers that fit the BIGINT columns (a larger one is a 404, not a database error).
-ID = f"int(max={admin_queries.MAX_ID})"
+ID = f"int(max={queries.MAX_ID})"
 
 
 def _by() -> str:
@@ -38,14 +40,14 @@ def _by() -> str:
 
 def _filters(args=None) -> Filters:
     try:
-        return admin_queries.parse_filters(request.args if args is None else args)
+        return queries.parse_filters(request.args if args is None else args)
     except FilterError as exc:
         abort(400, description=str(exc))
 
 
 def _page(filters: Filters):
     try:
-        return admin_queries.list_operations(
+        return queries.list_operations(
             filters, cursor=request.args.get("cursor"), limit=current_app.config["ADMIN_PAGE_SIZE"]
         )
     except FilterError as exc:
@@ -115,9 +117,9 @@ def failed_operations():
         "admin/failed_operations.html",
         page=page,
         filters=filters,
-        stats=admin_queries.dead_letter_stats(),
+        stats=queries.dead_letter_stats(),
         kinds=KINDS,
-        names=admin_queries.operation_names(),
+        names=queries.operation_names(),
         jobs=bulk.recent_jobs(3),
     )
 
@@ -135,11 +137,11 @@ def operations_page():
 @login_required
 def stats():
     """The failed-operations stat cards."""
-    return render_template("admin/_stats.html", stats=admin_queries.dead_letter_stats())
+    return render_template("admin/_stats.html", stats=queries.dead_letter_stats())
 
 
 def _row(operation_id: int, message: str | None = None, status: int = 200):
-    operation = admin_queries.get_operations([operation_id])
+    operation = queries.get_operations([operation_id])
     if not operation:
         abort(404, description=f"operation {operation_id} does not exist")
     response = make_response(
@@ -164,7 +166,7 @@ def operation_row(operation_id: int):
 @login_required
 def operation_details(operation_id: int):
     """Payload, error, stack, every attempt, the related purchase, customer and email log."""
-    detail = admin_queries.get_operation_detail(operation_id)
+    detail = queries.get_operation_detail(operation_id)
     if detail is None:
         abort(404, description=f"operation {operation_id} does not exist")
     return render_template("admin/_op_details.html", **detail)
@@ -293,14 +295,14 @@ def issues():
     """Failures grouped by their stored error fingerprint (grouped in SQL, over every match)."""
     filters = _filters()
     as_of = utcnow()
-    found = admin_queries.issues(filters, now=as_of)
+    found = queries.issues(filters, now=as_of)
     return render_template(
         "admin/issues.html",
         found=found,
         issues=found.issues,
         filters=filters,
         kinds=KINDS,
-        names=admin_queries.operation_names(),
+        names=queries.operation_names(),
         as_of=as_of.isoformat(),
     )
 
@@ -351,7 +353,7 @@ def export(fmt: str):
     if fmt not in ("csv", "json"):
         abort(404, description="export as .csv or .json")
     filters = _filters()
-    generate = admin_queries.export_csv if fmt == "csv" else admin_queries.export_json
+    generate = queries.export_csv if fmt == "csv" else queries.export_json
     stamp = utcnow().strftime("%Y%m%dT%H%M%SZ")
     return Response(
         stream_with_context(generate(filters)),
@@ -365,16 +367,16 @@ def export(fmt: str):
 
 def _window() -> str:
     window = request.args.get("window", "24h")
-    if window not in admin_metrics.WINDOWS:
-        abort(400, description=f"window must be one of {', '.join(admin_metrics.WINDOWS)}")
+    if window not in health_page.WINDOWS:
+        abort(400, description=f"window must be one of {', '.join(health_page.WINDOWS)}")
     return window
 
 
 def _cards_context(window: str) -> dict:
-    metrics = admin_metrics.health_metrics(window, current_app.config["HEALTH_THRESHOLDS"])
+    metrics = health_page.health_metrics(window, current_app.config["HEALTH_THRESHOLDS"])
     return {
         "metrics": metrics,
-        "critical": admin_metrics.critical(metrics),
+        "critical": health_page.critical(metrics),
         "window": window,
         "thresholds": current_app.config["HEALTH_THRESHOLDS"],
     }
@@ -382,7 +384,7 @@ def _cards_context(window: str) -> dict:
 
 def _status_context() -> dict:
     return {
-        "heartbeats": admin_metrics.heartbeats(current_app.config),
+        "heartbeats": health_page.heartbeats(current_app.config),
         "circuits": circuit_states(),
         "alerts": alerts.recent_alerts(10),
         "pauses": pauses.list_pauses(),
@@ -396,9 +398,9 @@ def health():
     window = _window()
     return render_template(
         "admin/operations_health.html",
-        windows=list(admin_metrics.WINDOWS),
-        breakdown=admin_metrics.breakdown(window),
-        trend=admin_metrics.trend(window),
+        windows=list(health_page.WINDOWS),
+        breakdown=health_page.breakdown(window),
+        trend=health_page.trend(window),
         **_cards_context(window),
         **_status_context(),
     )
@@ -422,14 +424,14 @@ def health_status():
 @login_required
 def health_breakdown():
     """The per-name table."""
-    return render_template("admin/_health_breakdown.html", breakdown=admin_metrics.breakdown(_window()))
+    return render_template("admin/_health_breakdown.html", breakdown=health_page.breakdown(_window()))
 
 
 @bp.get("/partials/health/trend")
 @login_required
 def health_trend():
     """The chart's data (the page's script redraws the chart from it)."""
-    return render_template("admin/_health_trend.html", trend=admin_metrics.trend(_window()))
+    return render_template("admin/_health_trend.html", trend=health_page.trend(_window()))
 
 
 @bp.post("/pauses/<name>/<action>")

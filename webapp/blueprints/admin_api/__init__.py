@@ -10,14 +10,17 @@ import re
 from flask import Blueprint, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from webapp.services import admin_metrics, admin_queries, bulk, operations, tokens
-from webapp.services.admin_queries import FilterError
+from webapp.services.access import tokens
+from webapp.services.console import bulk, queries
+from webapp.services.console.queries import FilterError
+from webapp.services.engine import operations
+from webapp.services.monitoring import health_page
 
 bp = Blueprint("admin_api", __name__, url_prefix="/api/admin")
 
 MAX_LIMIT = 500
 # Ids in URLs: integers that fit the BIGINT columns (a larger one is a 404, not a database error).
-ID = f"int(max={admin_queries.MAX_ID})"
+ID = f"int(max={queries.MAX_ID})"
 ERROR_CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -92,9 +95,9 @@ def _actor() -> str:
     return f"token:{g.api_token.name}"
 
 
-def _filters(args) -> admin_queries.Filters:
+def _filters(args) -> queries.Filters:
     try:
-        return admin_queries.parse_filters(args)
+        return queries.parse_filters(args)
     except FilterError as exc:
         raise ApiError(400, "invalid_filter", str(exc)) from None
 
@@ -116,10 +119,10 @@ def _json_body() -> dict:
 
 
 def _operation_json(operation_id: int) -> dict:
-    detail = admin_queries.get_operation_detail(operation_id)
+    detail = queries.get_operation_detail(operation_id)
     if detail is None:
         raise ApiError(404, "not_found", f"operation {operation_id} does not exist")
-    record = admin_queries.operation_record(detail["operation"])
+    record = queries.operation_record(detail["operation"])
     record["error_stack"] = detail["operation"].error_stack
     record["attempts_log"] = [
         {
@@ -194,11 +197,11 @@ def list_operations():
     """Operations matching the console's filters, keyset-paginated (``cursor`` from the last page)."""
     filters = _filters(request.args)
     try:
-        page = admin_queries.list_operations(filters, cursor=request.args.get("cursor"), limit=_limit())
+        page = queries.list_operations(filters, cursor=request.args.get("cursor"), limit=_limit())
     except FilterError as exc:
         raise ApiError(400, "invalid_cursor", str(exc)) from None
     return jsonify(
-        operations=[admin_queries.operation_record(op) for op in page.rows],
+        operations=[queries.operation_record(op) for op in page.rows],
         next_cursor=page.next_cursor,
         filters=filters.to_json(),
     )
@@ -283,7 +286,7 @@ def bulk_job_cancel(job_id: int):
 @bp.get("/queue-health")
 def queue_health():
     """Counts by state, Huey's depth and whether the reconciler beats."""
-    return jsonify(admin_metrics.queue_health(current_app.config))
+    return jsonify(health_page.queue_health(current_app.config))
 
 
 @bp.get("/delivery-stats")
@@ -291,15 +294,15 @@ def delivery_stats():
     """Totals and per-name stats for operations created in ``range`` (1h, 24h, 7d)."""
     window = request.args.get("range", "24h")
     try:
-        return jsonify(admin_metrics.delivery_stats(window))
-    except admin_metrics.WindowError as exc:
+        return jsonify(health_page.delivery_stats(window))
+    except health_page.WindowError as exc:
         raise ApiError(400, "invalid_range", str(exc)) from None
 
 
 @bp.get("/recent-failures")
 def recent_failures():
     """The latest dead-lettered operations (resolved or not), newest first."""
-    page = admin_queries.list_operations(admin_queries.Filters(status="all"), limit=_limit(20))
+    page = queries.list_operations(queries.Filters(status="all"), limit=_limit(20))
     failures = [
         {
             "id": op.id,
@@ -326,8 +329,8 @@ def health_metrics():
     """The health page's graded metrics for ``window`` (1h, 24h, 7d)."""
     window = request.args.get("window", "24h")
     try:
-        metrics = admin_metrics.health_metrics(window, current_app.config["HEALTH_THRESHOLDS"])
-    except admin_metrics.WindowError as exc:
+        metrics = health_page.health_metrics(window, current_app.config["HEALTH_THRESHOLDS"])
+    except health_page.WindowError as exc:
         raise ApiError(400, "invalid_window", str(exc)) from None
     return jsonify(
         window=window,
@@ -335,7 +338,7 @@ def health_metrics():
             {"key": m.key, "label": m.label, "value": m.value, "unit": m.unit, "status": m.status, "detail": m.detail}
             for m in metrics
         ],
-        critical=[m.key for m in admin_metrics.critical(metrics)],
+        critical=[m.key for m in health_page.critical(metrics)],
     )
 
 
@@ -347,12 +350,12 @@ def dead_letter_queue():
     if not filters.dead_only:
         raise ApiError(400, "invalid_filter", "the dead-letter queue holds dead operations only")
     try:
-        page = admin_queries.list_operations(filters, cursor=request.args.get("cursor"), limit=_limit())
+        page = queries.list_operations(filters, cursor=request.args.get("cursor"), limit=_limit())
     except FilterError as exc:
         raise ApiError(400, "invalid_cursor", str(exc)) from None
     items = []
     for op in page.rows:
-        record = admin_queries.operation_record(op)
+        record = queries.operation_record(op)
         record["error_stack"] = op.error_stack
         items.append(record)
     return jsonify(dead_letters=items, count=len(items), next_cursor=page.next_cursor)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import jsonify
 
 from webapp.blueprints.admin_api import ApiError, _actor, _iso, _json_body, bp
-from webapp.services import pauses
+from webapp.services.engine import pauses
 
 
 def _pause_json(item: dict) -> dict:

@@ -15,7 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
 from webapp.extensions import db
-from webapp.services import idempotency, tokens
+from webapp.services.access import idempotency, tokens
 from webapp.services.payments import checkout, customers, purchases
 from webapp.services.payments.errors import (
     CheckoutFailed,

@@ -2,7 +2,7 @@
 
 from flask import Blueprint, current_app, jsonify
 
-from webapp.services import health
+from webapp.services.monitoring import liveness
 
 bp = Blueprint("health", __name__)
 
@@ -10,5 +10,5 @@ bp = Blueprint("health", __name__)
 @bp.get("/healthz")
 def healthz():
     """200 when the database answers and every periodic job beat recently, else 503."""
-    healthy, report = health.check(current_app.config)
+    healthy, report = liveness.check(current_app.config)
     return jsonify(report), (200 if healthy else 503)

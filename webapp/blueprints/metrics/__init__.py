@@ -7,7 +7,7 @@ import hmac
 from flask import Blueprint, Response, current_app, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from webapp.services.metrics import DatabaseCollector
+from webapp.services.monitoring.prometheus import DatabaseCollector
 
 bp = Blueprint("metrics", __name__)
 

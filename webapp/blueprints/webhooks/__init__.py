@@ -12,8 +12,8 @@ from flask import Blueprint, current_app, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 
 from webapp.extensions import db
-from webapp.services import stripe_events
-from webapp.services.stripe_events import WebhookRejected
+from webapp.services.payments import intake
+from webapp.services.payments.intake import WebhookRejected
 
 log = logging.getLogger("backstop.webhooks")
 
@@ -37,26 +37,26 @@ def stripe_webhook():
     max_bytes = int(current_app.config.get("WEBHOOK_MAX_BYTES") or 1024 * 1024)
     body = _read_body(max_bytes)
     if body is None:
-        return _reject(WebhookRejected(stripe_events.TOO_LARGE, f"body is larger than {max_bytes} bytes"))
-    secrets = stripe_events.parse_secrets(current_app.config.get("STRIPE_WEBHOOK_SECRET"))
+        return _reject(WebhookRejected(intake.TOO_LARGE, f"body is larger than {max_bytes} bytes"))
+    secrets = intake.parse_secrets(current_app.config.get("STRIPE_WEBHOOK_SECRET"))
     try:
-        event = stripe_events.verify(body, request.headers.get("Stripe-Signature"), secrets)
+        event = intake.verify(body, request.headers.get("Stripe-Signature"), secrets)
     except WebhookRejected as rejected:
         return _reject(rejected)
     try:
-        intake = stripe_events.record_event(body.decode("utf-8"), event)
+        stored = intake.record_event(body.decode("utf-8"), event)
     except SQLAlchemyError as exc:
         db.session.rollback()
         log.error("could not store Stripe event %s: %s", event.get("id"), type(exc).__name__)
         return _reject(
-            WebhookRejected(stripe_events.DATABASE_UNAVAILABLE, "the event could not be stored; retry later")
+            WebhookRejected(intake.DATABASE_UNAVAILABLE, "the event could not be stored; retry later")
         )
     log.info(
         "stripe event %s %s %s",
-        intake.event_id,
-        intake.event_type,
-        "stored" if intake.created else "replayed",
-        extra={"event_id": intake.event_id, "operation_id": intake.operation_id},
+        stored.event_id,
+        stored.event_type,
+        "stored" if stored.created else "replayed",
+        extra={"event_id": stored.event_id, "operation_id": stored.operation_id},
     )
     return jsonify({"received": True}), 200
 
@@ -70,14 +70,14 @@ def _read_body(max_bytes: int) -> bytes | None:
 
 
 STATUS_BY_REASON = {
-    stripe_events.TOO_LARGE: 413,
-    stripe_events.NOT_CONFIGURED: 503,
-    stripe_events.DATABASE_UNAVAILABLE: 503,
+    intake.TOO_LARGE: 413,
+    intake.NOT_CONFIGURED: 503,
+    intake.DATABASE_UNAVAILABLE: 503,
 }
 
 
 def _reject(rejected: WebhookRejected):
-    stripe_events.count_rejection(rejected.reason)
+    intake.count_rejection(rejected.reason)
     status = STATUS_BY_REASON.get(rejected.reason, 400)
     log.warning(
         "stripe webhook rejected (%s): %s", rejected.reason, rejected.message, extra={"reason": rejected.reason}

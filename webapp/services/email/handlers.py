@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from webapp.config import ConfigurationError
 from webapp.domain.retry import RetryPolicy
-from webapp.services.registry import HandlerContext, registry
+from webapp.services.email.delivery import deliver
+from webapp.services.email.outbox import TEMPLATES, operation_name
+from webapp.services.email.providers import provider_names
+from webapp.services.engine.registry import HandlerContext, registry
 
 # Emails: 3 retries (4 attempts), exponential backoff with full jitter (seeds 000/001).
 DEFAULT_EMAIL_POLICY = RetryPolicy.retries(3)
@@ -11,15 +15,11 @@ DEFAULT_EMAIL_POLICY = RetryPolicy.retries(3)
 
 def send_email(ctx: HandlerContext) -> None:
     """Render and send the operation's email (rate limits, failover, circuit breakers)."""
-    from webapp.services.email.delivery import deliver
-
     deliver(ctx)
 
 
 def register_handlers(policy: RetryPolicy | None = None) -> None:
     """Register ``email.<template>`` for every template with ``policy`` (re-registering is safe)."""
-    from webapp.services.email import TEMPLATES, operation_name
-
     for template in TEMPLATES:
         registry.register(operation_name(template), "email", send_email, policy or DEFAULT_EMAIL_POLICY)
 
@@ -32,9 +32,6 @@ def policy_from_config(config) -> RetryPolicy:
 
 def init_app(app) -> None:
     """Check the email settings and register the handlers with this app's retry policy."""
-    from webapp.config import ConfigurationError
-    from webapp.services.email.providers import provider_names
-
     try:
         provider_names(app.config)
         policy = policy_from_config(app.config)

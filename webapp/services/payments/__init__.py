@@ -4,7 +4,7 @@ Importing this package registers the ``stripe.<event type>`` handlers (the app f
 so web and worker processes both know them).
 """
 
-from webapp.services.payments import handlers
+from webapp.services.payments import fulfilment, handlers  # noqa: F401  (handlers and outcome listeners)
 
 
 def init_app(app) -> None:

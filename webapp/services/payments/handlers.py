@@ -18,10 +18,10 @@ from webapp.domain.retry import RetryPolicy
 from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.models import Purchase, StripeEvent
-from webapp.services.engine import on_outcome
+from webapp.services.engine.registry import HandlerContext, handler, registry
+from webapp.services.engine.runner import on_outcome
 from webapp.services.payments import purchases
-from webapp.services.registry import HandlerContext, handler, registry
-from webapp.services.stripe_events import OPERATION_PREFIX, mark_event
+from webapp.services.payments.intake import OPERATION_PREFIX, mark_event
 
 # Stripe webhook processing: 5 retries, exponential backoff with full jitter (seed 000).
 WEBHOOK_POLICY = RetryPolicy.retries(5)

@@ -16,8 +16,8 @@ from webapp.domain.errors import TransientError
 from webapp.domain.states import State
 from webapp.extensions import db
 from webapp.models import Operation, OperationPause
-from webapp.services.doorbell import ring_after_commit
-from webapp.services.engine import record_failure
+from webapp.services.engine.doorbell import ring_after_commit
+from webapp.services.engine.runner import record_failure
 
 JOB_NAME = "reconciler"
 

@@ -17,8 +17,8 @@ from webapp.domain.states import CLAIMABLE
 from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.models import Operation, OperationPause
-from webapp.services.doorbell import ring_after_commit
-from webapp.services.registry import registry
+from webapp.services.engine.doorbell import ring_after_commit
+from webapp.services.engine.registry import registry
 
 log = logging.getLogger("backstop.pauses")
 

@@ -17,8 +17,8 @@ from webapp.domain.states import State
 from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.models import Operation, OperationAttempt
-from webapp.services.doorbell import get_doorbell
-from webapp.services.registry import KINDS
+from webapp.services.engine.doorbell import get_doorbell
+from webapp.services.engine.registry import KINDS
 
 WINDOWS = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7)}
 FAILED_OUTCOMES = ("failed", "dead", "crashed")

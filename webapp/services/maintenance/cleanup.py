@@ -25,9 +25,9 @@ from webapp.domain.errors import ErrorKind
 from webapp.domain.states import State
 from webapp.extensions import db
 from webapp.models import Alert, AutoRequeue, JobRun, MaintenanceCursor, Operation, StripeEvent
-from webapp.services.metrics import roll_up_operations
-from webapp.services.operations import OperationError, retry_dead
-from webapp.services.registry import KINDS
+from webapp.services.engine.operations import OperationError, retry_dead
+from webapp.services.engine.registry import KINDS
+from webapp.services.monitoring.prometheus import roll_up_operations
 
 log = logging.getLogger("backstop.maintenance")
 

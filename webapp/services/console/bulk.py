@@ -20,11 +20,11 @@ from webapp.domain.states import State
 from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.models import BulkJob, BulkJobItem, Operation
-from webapp.services.admin_queries import Filters, filter_conditions
-from webapp.services.doorbell import ring_after_commit
-from webapp.services.engine import on_outcome
-from webapp.services.operations import create_operation
-from webapp.services.registry import handler
+from webapp.services.console.queries import Filters, filter_conditions
+from webapp.services.engine.doorbell import ring_after_commit
+from webapp.services.engine.operations import create_operation
+from webapp.services.engine.registry import handler
+from webapp.services.engine.runner import on_outcome
 
 log = logging.getLogger("backstop.bulk")
 

@@ -13,16 +13,10 @@ from sqlalchemy import or_, update
 
 from webapp.extensions import db
 from webapp.models.commerce import Purchase
-from webapp.services.engine import on_outcome
+from webapp.services.email.outbox import FULFILMENT_TEMPLATES
+from webapp.services.engine.runner import on_outcome
 
 STATUS_FOR_OUTCOME = {"succeeded": "sent", "retrying": "failing", "dead": "undeliverable"}
-
-
-def fulfilment_templates() -> frozenset[str]:
-    """Templates whose delivery is a purchase's fulfilment."""
-    from webapp.services.email import FULFILMENT_TEMPLATES
-
-    return FULFILMENT_TEMPLATES
 
 
 @on_outcome
@@ -33,7 +27,7 @@ def update_fulfilment(operation, outcome: str) -> None:
         return
     payload = operation.payload or {}
     purchase_id = payload.get("purchase_id")
-    if purchase_id is None or payload.get("template") not in fulfilment_templates():
+    if purchase_id is None or payload.get("template") not in FULFILMENT_TEMPLATES:
         return
     when = operation.succeeded_at or operation.updated_at
     values = {"fulfilment_status": status, "updated_at": when}

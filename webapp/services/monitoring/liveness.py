@@ -9,9 +9,9 @@ from sqlalchemy import text
 
 from webapp.domain.time import utcnow
 from webapp.extensions import db
-from webapp.services.checks import stale_after
-from webapp.services.doorbell import get_doorbell
-from webapp.services.reconciler import JOB_NAME as RECONCILER
+from webapp.services.engine.doorbell import get_doorbell
+from webapp.services.engine.reconciler import JOB_NAME as RECONCILER
+from webapp.services.monitoring.checks import stale_after
 from webapp.services.schedule import job_heartbeats
 
 JOB_FIELDS = ("heartbeat_age_seconds", "interval_seconds", "stale_after_seconds", "fresh", "runs", "last_error")

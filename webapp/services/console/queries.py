@@ -25,8 +25,8 @@ from webapp.extensions import db
 from webapp.models import Operation, OperationAttempt
 from webapp.models.commerce import Customer, Purchase
 from webapp.models.email import EmailLog
-from webapp.services.engine import on_outcome
-from webapp.services.registry import KINDS
+from webapp.services.engine.registry import KINDS
+from webapp.services.engine.runner import on_outcome
 
 STATUSES = ("unresolved", "resolved", "all", "retrying", "scheduled")
 RANGES = {

@@ -21,8 +21,8 @@ from webapp.config import comma_list
 from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.models import StripeEvent, WebhookRejection
-from webapp.services.operations import create_operation
-from webapp.services.registry import registry
+from webapp.services.engine.operations import create_operation
+from webapp.services.engine.registry import registry
 
 log = logging.getLogger("backstop.stripe")
 

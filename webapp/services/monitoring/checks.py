@@ -15,9 +15,9 @@ from sqlalchemy import func, select
 from webapp.domain.states import State
 from webapp.extensions import db
 from webapp.models import Alert, AutoRequeue, Operation, PeriodicJob
-from webapp.services import alerts
-from webapp.services.admin_queries import fingerprint_of, normalise_error
-from webapp.services.doorbell import get_doorbell
+from webapp.services.console.queries import fingerprint_of, normalise_error
+from webapp.services.engine.doorbell import get_doorbell
+from webapp.services.monitoring import alerts
 
 CHECKS_JOB = "checks"
 DAILY_REPORT_JOB = "daily_report"

@@ -21,7 +21,7 @@ from webapp.domain.states import CLAIMABLE, State
 from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.models import MetricRollup, Operation, OperationAttempt, OperationPause, StripeEvent
-from webapp.services.doorbell import get_doorbell
+from webapp.services.engine.doorbell import get_doorbell
 
 # Attempt duration buckets in seconds (upper bounds; +Inf is added).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
@@ -201,7 +201,7 @@ class DatabaseCollector:
         return family
 
     def _webhook_intake(self):
-        from webapp.services.stripe_events import REASONS, rejection_counts
+        from webapp.services.payments.intake import REASONS, rejection_counts
 
         accepted = CounterMetricFamily(
             "backstop_webhook_events_accepted", "Stripe events verified and stored", labels=["type"]

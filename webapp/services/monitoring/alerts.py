@@ -26,10 +26,10 @@ from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.models import Alert, AlertState, Operation
 from webapp.models.alerts import ALERT_LEVELS, ALERT_TYPES
-from webapp.services.admin_queries import fingerprint_of
-from webapp.services.engine import on_outcome
-from webapp.services.operations import create_operation
-from webapp.services.registry import handler
+from webapp.services.console.queries import fingerprint_of
+from webapp.services.engine.operations import create_operation
+from webapp.services.engine.registry import handler
+from webapp.services.engine.runner import on_outcome
 
 log = logging.getLogger("backstop.alerts")
 

@@ -11,8 +11,8 @@ from webapp.domain.states import CLAIMABLE, State, can_transition
 from webapp.domain.time import as_naive_utc, utcnow
 from webapp.extensions import db
 from webapp.models import Operation
-from webapp.services.doorbell import ring_after_commit
-from webapp.services.registry import registry
+from webapp.services.engine.doorbell import ring_after_commit
+from webapp.services.engine.registry import registry
 
 
 class OperationError(Exception):

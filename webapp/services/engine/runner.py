@@ -24,8 +24,8 @@ from webapp.domain.states import CLAIMABLE, State
 from webapp.domain.time import as_naive_utc, utcnow
 from webapp.extensions import db
 from webapp.models import Operation, OperationAttempt, OperationPause
-from webapp.services.doorbell import ring_after_commit
-from webapp.services.registry import HandlerContext, UnknownHandler, registry
+from webapp.services.engine.doorbell import ring_after_commit
+from webapp.services.engine.registry import HandlerContext, UnknownHandler, registry
 
 log = logging.getLogger("backstop.engine")
 
