@@ -9,7 +9,7 @@ from __future__ import annotations
 from flask import Flask
 from huey import Huey
 
-from tasks.cli import register_cli
+from tasks import cli
 from tasks.queue import HueyDoorbell, huey_from_url
 from tasks.runtime import register_tasks
 from webapp.services.engine.doorbell import set_doorbell
@@ -21,5 +21,5 @@ def bind(app: Flask) -> Huey:
     run_operation = register_tasks(huey, app)
     set_doorbell(HueyDoorbell(huey, run_operation))
     app.extensions["backstop.huey"] = huey
-    register_cli(app, huey)
+    app.cli.add_command(cli.worker)
     return huey

@@ -33,10 +33,11 @@ def create_app(overrides: dict | None = None) -> Flask:
     )
 
     from webapp import models  # noqa: F401  (register the models on the metadata)
+    from webapp.cli import init_app as init_cli
 
     _register_handlers(app)
     _register_blueprints(app)
-    _register_cli(app)
+    init_cli(app)
     logging.getLogger("backstop").debug("app created for %s", app.config["BACKSTOP_ENV"])
     return app
 
@@ -67,10 +68,3 @@ def _register_blueprints(app: Flask) -> None:
 
     for blueprint in (health.bp, webhooks.bp, api.bp, admin.bp, admin.root, admin_api.bp, metrics.bp):
         app.register_blueprint(blueprint)
-
-
-def _register_cli(app: Flask) -> None:
-    from webapp import cli, commerce_cli
-
-    cli.register(app)
-    commerce_cli.register(app)

@@ -14,7 +14,7 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 
 from webapp.services.console import admins
 
-bp = Blueprint("admin", __name__, url_prefix="/admin", cli_group=None)
+bp = Blueprint("admin", __name__, url_prefix="/admin")
 root = Blueprint("root", __name__)
 login_manager = LoginManager()
 csrf = CSRFProtect()
@@ -96,4 +96,4 @@ def index():
     return redirect(url_for("admin.health"))
 
 
-from webapp.blueprints.admin import auth, cli, views  # noqa: E402,F401  (routes and commands register on bp)
+from webapp.blueprints.admin import auth, views  # noqa: E402,F401  (routes register on bp)

@@ -1,4 +1,4 @@
-"""CLI commands: ``flask --app wsgi dev`` (everything, locally) and ``reconcile``."""
+"""``flask --app wsgi dev``: migrate, then web app, worker and mail sink together, locally."""
 
 from __future__ import annotations
 
@@ -11,22 +11,17 @@ import time
 from pathlib import Path
 
 import click
-from flask import Flask, current_app
+from flask import current_app
+from flask.cli import with_appcontext
 
 from webapp.config import INSTANCE_DIR, PROJECT_ROOT
-from webapp.domain.time import utcnow
 
 STOP_GRACE_SECONDS = 35
 DEV_ADMIN_EMAIL = "admin@example.com"
 
 
-def register(app: Flask) -> None:
-    """Add Backstop's commands to the app's CLI."""
-    app.cli.add_command(dev)
-    app.cli.add_command(reconcile_command)
-
-
 @click.command("dev")
+@with_appcontext
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=5000, show_default=True)
 @click.option("--smtp-port", default=8025, show_default=True)
@@ -176,25 +171,3 @@ def _stop_all(procs: dict) -> None:
             proc.kill()
             proc.wait()
     click.echo("stopped web, worker and mail sink")
-
-
-@click.command("reconcile")
-def reconcile_command():
-    """Run one reconciler pass now (it normally runs as a periodic job)."""
-    from webapp.services.engine import periodic, reconciler
-
-    config = current_app.config
-    run = periodic.run_exclusive(
-        reconciler.JOB_NAME,
-        lambda now: str(
-            reconciler.reconcile(
-                now, batch_size=config["RECONCILE_BATCH_SIZE"], redeliver_after=config["REDELIVER_AFTER_SECONDS"]
-            )
-        ),
-        interval_seconds=0,
-        lease_seconds=config["RECONCILE_LEASE_SECONDS"],
-        clock=utcnow,
-    )
-    if run is None:
-        raise click.ClickException("another reconciler holds the lease; try again shortly")
-    click.echo(f"{run.outcome}: {run.summary or run.error}")

@@ -1,0 +1,23 @@
+"""``flask --app wsgi create-admin EMAIL``: an admin who can log in to /admin."""
+
+from __future__ import annotations
+
+import click
+from flask.cli import with_appcontext
+
+from webapp.services.console import admins
+
+
+@click.command("create-admin")
+@with_appcontext
+@click.argument("email")
+@click.option("--password", help="For scripts; otherwise you are prompted (input hidden).")
+def create_admin(email: str, password: str | None):
+    """Create an admin user who can log in to /admin."""
+    if password is None:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    try:
+        user = admins.create_admin(email, password)
+    except admins.AdminError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"created admin {user.email} (id {user.id})")
