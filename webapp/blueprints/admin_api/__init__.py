@@ -14,6 +14,7 @@ from webapp.services.access import tokens
 from webapp.services.console import bulk, queries
 from webapp.services.console.queries import FilterError
 from webapp.services.engine import operations
+from webapp.services.engine.operations import NoteTooLong
 from webapp.services.monitoring import health_page
 
 bp = Blueprint("admin_api", __name__, url_prefix="/api/admin")
@@ -55,6 +56,11 @@ def error_response(status: int, code: str, message: str):
 @bp.errorhandler(ApiError)
 def _api_error(error: ApiError):
     return error_response(error.status, error.code, error.message)
+
+
+@bp.errorhandler(NoteTooLong)
+def _note_too_long(error: NoteTooLong):
+    return error_response(400, "invalid_note", str(error))
 
 
 @bp.errorhandler(HTTPException)
@@ -116,6 +122,14 @@ def _json_body() -> dict:
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_json", "the request body must be a JSON object")
     return body
+
+
+def _note(body: dict) -> str:
+    """The body's ``note``, which must be a string if given (its length is the service's to judge)."""
+    note = body.get("note", "")
+    if not isinstance(note, str):
+        raise ApiError(400, "invalid_note", "note must be a string")
+    return note
 
 
 def _operation_json(operation_id: int) -> dict:
@@ -231,10 +245,8 @@ def retry(operation_id: int):
 
 @bp.post(f"/operations/<{ID}:operation_id>/resolve")
 def resolve(operation_id: int):
-    """Resolve a dead operation; body ``{"note": "..."}``."""
-    note = _json_body().get("note", "")
-    if not isinstance(note, str) or len(note) > 2000:
-        raise ApiError(400, "invalid_note", "note must be a string of at most 2000 characters")
+    """Resolve a dead operation; body ``{"note": "..."}`` (a note over the limit is refused)."""
+    note = _note(_json_body())
     return _act(operation_id, lambda: operations.resolve(operation_id, by=_actor(), note=note))
 
 

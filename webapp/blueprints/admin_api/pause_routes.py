@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import jsonify
 
-from webapp.blueprints.admin_api import ApiError, _actor, _iso, _json_body, bp
+from webapp.blueprints.admin_api import ApiError, _actor, _iso, _json_body, _note, bp
 from webapp.services.engine import pauses
 
 
@@ -28,9 +28,7 @@ def list_pauses():
 @bp.post("/pauses/<name>/pause")
 def pause(name: str):
     """Hold ``name``: new operations are stored and wait. Body ``{"note": "..."}`` (optional)."""
-    note = _json_body().get("note", "")
-    if not isinstance(note, str) or len(note) > pauses.MAX_NOTE:
-        raise ApiError(400, "invalid_note", f"note must be a string of at most {pauses.MAX_NOTE} characters")
+    note = _note(_json_body())
     _find(name)
     try:
         item = pauses.pause(name, _actor(), note)
