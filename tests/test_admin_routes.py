@@ -803,6 +803,81 @@ def test_admin_api_shapes(sqlite_app):
     assert client.delete("/api/admin/operations/1", headers=auth).json["error"] == "method_not_allowed"
 
 
+ISO_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}")
+
+
+def _timestamps(value, path="") -> dict:
+    """Every ISO date-time string inside a JSON value, by its path."""
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in _timestamps(item, f"{path}.{key}").items()}
+    if isinstance(value, list):
+        return {k: v for i, item in enumerate(value) for k, v in _timestamps(item, f"{path}[{i}]").items()}
+    return {path: value} if isinstance(value, str) and ISO_TIME.match(value) else {}
+
+
+def test_every_admin_api_timestamp_is_utc_with_z(sqlite_app):
+    client = sqlite_app.test_client()
+    auth = {"Authorization": f"Bearer {tokens.create_token('ops', 'admin').raw}"}
+    dead = [make_op(kind="webhook", last_attempt_at=utcnow()) for _ in range(2)]
+    started = utcnow() - timedelta(minutes=3)
+    db.session.add(OperationAttempt(operation_id=dead[0].id, number=1, started_at=started, finished_at=started))
+    db.session.add(
+        EmailLog(operation_id=dead[0].id, attempt=1, to_address="a@example.com", template="welcome", status="sent")
+    )
+    db.session.commit()
+    since = (utcnow() - timedelta(days=1)).isoformat(timespec="seconds")
+    client.post(f"/api/admin/operations/{dead[1].id}/resolve", json={"note": "handled"}, headers=auth)
+    client.post("/api/admin/pauses/test.succeed/pause", json={}, headers=auth)
+    job = client.post(
+        "/api/admin/operations/bulk-retry", json={"filters": {"kind": "webhook", "since": since}}, headers=auth
+    ).json["bulk_job"]
+
+    answers = {
+        url: client.get(url, headers=auth).json
+        for url in (
+            f"/api/admin/operations?status=all&since={since}",
+            f"/api/admin/operations/{dead[0].id}",
+            f"/api/admin/operations/{dead[1].id}",
+            f"/api/admin/bulk-jobs/{job['id']}",
+            "/api/admin/recent-failures",
+            "/api/admin/dead-letter-queue",
+            "/api/admin/pauses",
+            "/api/admin/queue-health",
+        )
+    }
+
+    stamps = _timestamps(answers)
+    assert {path: stamp for path, stamp in stamps.items() if not stamp.endswith("Z")} == {}
+    one = answers[f"/api/admin/operations/{dead[0].id}"]
+    assert one["created_at"].endswith("Z") and one["dead_at"].endswith("Z") and one["last_attempt_at"].endswith("Z")
+    assert one["attempts_log"][0]["started_at"].endswith("Z") and one["email_log"][0]["created_at"].endswith("Z")
+    assert answers[f"/api/admin/operations/{dead[1].id}"]["resolved_at"].endswith("Z")
+    assert answers[f"/api/admin/operations?status=all&since={since}"]["filters"]["since"] == since + "Z"
+    recorded = answers[f"/api/admin/bulk-jobs/{job['id']}"]["bulk_job"]
+    assert recorded["created_at"].endswith("Z") and recorded["filters"]["since"] == since + "Z"
+    paused = {item["name"]: item for item in answers["/api/admin/pauses"]["pauses"]}
+    assert paused["test.succeed"]["paused_at"].endswith("Z")
+    assert datetime.fromisoformat(one["dead_at"]).replace(tzinfo=None) == dead[0].dead_at
+
+
+def test_a_bulk_job_recorded_with_naive_times_is_answered_with_z(sqlite_app):
+    client = sqlite_app.test_client()
+    auth = {"Authorization": f"Bearer {tokens.create_token('ops', 'admin').raw}"}
+    job = bulk.create_draft(Filters(kind="webhook"), by="ops")
+    # The record as it was written before times carried their Z.
+    db.session.execute(
+        BulkJob.__table__.update()
+        .where(BulkJob.id == job.id)
+        .values(filters={**Filters(kind="webhook").to_json(), "since": "2024-05-01T12:00:00"})
+    )
+    db.session.commit()
+
+    answered = client.get(f"/api/admin/bulk-jobs/{job.id}", headers=auth).json["bulk_job"]["filters"]
+
+    assert answered["since"] == "2024-05-01T12:00:00Z" and answered["kind"] == "webhook"
+    assert answered["until"] is None
+
+
 def test_admin_api_refuses_an_over_long_note_and_resolves_nothing(sqlite_app):
     client = sqlite_app.test_client()
     auth = {"Authorization": f"Bearer {tokens.create_token('ops', 'admin').raw}"}
