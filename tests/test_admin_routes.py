@@ -22,7 +22,7 @@ from webapp.models.email import EmailLog
 from webapp.services.access import tokens
 from webapp.services.console import admins, bulk, queries
 from webapp.services.console.queries import Filters, fingerprint_of, normalise_error
-from webapp.services.engine import runner
+from webapp.services.engine import operations, runner
 
 PASSWORD = "correct horse battery"
 PAGES = [
@@ -330,9 +330,7 @@ def test_search_finds_operations_by_customer_email(app):
     make_op(payload={"purchase_id": None, "to": "someone@else.org"})
     found = queries.list_operations(Filters(q="grace.hopper")).rows
     assert sorted(op.id for op in found) == sorted([related.id, webhook.id, welcome.id])
-    assert [op.payload["to"] for op in queries.list_operations(Filters(q="ELSE.ORG")).rows] == [
-        "someone@else.org"
-    ]
+    assert [op.payload["to"] for op in queries.list_operations(Filters(q="ELSE.ORG")).rows] == ["someone@else.org"]
 
 
 def test_keyset_pagination_walks_every_row_once_in_order(client, sqlite_app):
@@ -479,6 +477,71 @@ def test_bulk_selected_retry_and_resolve(client):
     assert post(client, "/admin/operations/bulk", {"action": "explode", "ids": [1]}).status_code == 400
 
 
+def _resolved_notes(*ids: int) -> dict:
+    """Each operation's resolution note, or False while it is unresolved (read fresh)."""
+    found = {op.id: op.resolved_at is not None and op.resolution_note for op in queries.get_operations(list(ids))}
+    return {operation_id: found[operation_id] for operation_id in ids}
+
+
+def test_an_over_long_note_is_refused_everywhere_and_resolves_nothing(client):
+    single, first, second = make_op(), make_op(), make_op()
+    grouped = make_op(error="Ledger export rejected")
+    key = fingerprint_of("TransientError", "Ledger export rejected")
+    too_long, longest = "x" * 2001, "y" * 2000
+
+    refusals = (
+        post(client, f"/admin/operations/{single.id}/resolve", {"note": too_long}),
+        post(client, "/admin/operations/bulk", {"action": "resolve", "ids": [first.id, second.id], "note": too_long}),
+        post(client, f"/admin/issues/{key}/resolve", {"note": too_long}),
+    )
+
+    for response in refusals:
+        assert response.status_code == 400 and "limited to 2000 characters" in response.text
+    assert _resolved_notes(single.id, first.id, second.id, grouped.id) == dict.fromkeys(
+        (single.id, first.id, second.id, grouped.id), False
+    )
+
+    assert post(client, f"/admin/operations/{single.id}/resolve", {"note": longest}).status_code == 200
+    bulk_response = post(client, "/admin/operations/bulk", {"action": "resolve", "ids": [first.id], "note": longest})
+    assert "Resolved 1 operation" in bulk_response.text
+    assert "Resolved 1 operation" in post(client, f"/admin/issues/{key}/resolve", {"note": longest}).text
+    assert _resolved_notes(single.id, first.id, second.id, grouped.id) == {
+        single.id: longest,
+        first.id: longest,
+        second.id: False,
+        grouped.id: longest,
+    }
+
+
+def test_a_note_is_judged_as_stored_and_refused_whole_by_each_service(app):
+    refused, accepted, batch = make_op(), make_op(), make_op()
+    grouped = make_op(error="Ledger export rejected")
+    group = Filters(status="unresolved", fingerprint=fingerprint_of("TransientError", "Ledger export rejected"))
+
+    with pytest.raises(operations.NoteTooLong, match="limited to 2000 characters"):
+        operations.resolve(refused.id, by="ops", note="x" * 2001)
+    with pytest.raises(operations.NoteTooLong):
+        bulk.resolve_ids([refused.id, batch.id], by="ops", note="x" * 2001)
+    with pytest.raises(operations.NoteTooLong):
+        bulk.resolve_matching(group, by="ops", note="x" * 2001)
+    operations.resolve(accepted.id, by="ops", note="  " + "y" * 2000 + "\n")  # surrounding blanks are not kept
+
+    assert _resolved_notes(refused.id, accepted.id, batch.id, grouped.id) == {
+        refused.id: False,
+        accepted.id: "y" * 2000,
+        batch.id: False,
+        grouped.id: False,
+    }
+
+
+def test_the_note_fields_carry_the_services_limit(client, monkeypatch):
+    make_op()
+    monkeypatch.setattr(operations, "MAX_NOTE", 50)
+    for html in (client.get("/admin/failed-operations").text, client.get("/admin/issues").text):
+        assert html.count('name="note"') >= 1
+        assert html.count('name="note"') == html.count('maxlength="50"')
+
+
 # --- retry everything matching: the snapshot ----------------------------------------------
 
 
@@ -536,7 +599,10 @@ def test_bulk_job_resumes_after_its_cursor(sqlite_app):
 
 
 def test_fingerprint_normalisation():
-    a = "550 5.1.1 <bob.smith@example.org>: Recipient 123e4567-e89b-12d3-a456-426614174000 rejected after 30s (id 9f3a2c91d0e4)"
+    a = (
+        "550 5.1.1 <bob.smith@example.org>: Recipient 123e4567-e89b-12d3-a456-426614174000"
+        " rejected after 30s (id 9f3a2c91d0e4)"
+    )
     b = "550 5.1.1 <x@y.io>: Recipient 00000000-0000-0000-0000-0000000000ff rejected after 2s (id deadbeef1234)"
     assert normalise_error(a) == "<n> <n> <<email>>: Recipient <uuid> rejected after <n>s (id <hex>)"
     assert normalise_error("took 1.5 s, 20 ms") == "took <n> s, <n> ms"
@@ -560,8 +626,7 @@ def test_issues_group_by_fingerprint_and_act_on_groups(client):
     response = post(client, f"/admin/issues/{key}/resolve", {"note": "provider outage"})
     assert "Resolved 3 operations" in response.text
     states = {
-        op.id: op.resolved_at is not None
-        for op in queries.get_operations([*(op.id for op in timeouts), refused.id])
+        op.id: op.resolved_at is not None for op in queries.get_operations([*(op.id for op in timeouts), refused.id])
     }
     assert states == {**{op.id: True for op in timeouts}, refused.id: False}
 
@@ -738,6 +803,98 @@ def test_admin_api_shapes(sqlite_app):
     assert client.delete("/api/admin/operations/1", headers=auth).json["error"] == "method_not_allowed"
 
 
+ISO_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}")
+
+
+def _timestamps(value, path="") -> dict:
+    """Every ISO date-time string inside a JSON value, by its path."""
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in _timestamps(item, f"{path}.{key}").items()}
+    if isinstance(value, list):
+        return {k: v for i, item in enumerate(value) for k, v in _timestamps(item, f"{path}[{i}]").items()}
+    return {path: value} if isinstance(value, str) and ISO_TIME.match(value) else {}
+
+
+def test_every_admin_api_timestamp_is_utc_with_z(sqlite_app):
+    client = sqlite_app.test_client()
+    auth = {"Authorization": f"Bearer {tokens.create_token('ops', 'admin').raw}"}
+    dead = [make_op(kind="webhook", last_attempt_at=utcnow()) for _ in range(2)]
+    started = utcnow() - timedelta(minutes=3)
+    db.session.add(OperationAttempt(operation_id=dead[0].id, number=1, started_at=started, finished_at=started))
+    db.session.add(
+        EmailLog(operation_id=dead[0].id, attempt=1, to_address="a@example.com", template="welcome", status="sent")
+    )
+    db.session.commit()
+    since = (utcnow() - timedelta(days=1)).isoformat(timespec="seconds")
+    client.post(f"/api/admin/operations/{dead[1].id}/resolve", json={"note": "handled"}, headers=auth)
+    client.post("/api/admin/pauses/test.succeed/pause", json={}, headers=auth)
+    job = client.post(
+        "/api/admin/operations/bulk-retry", json={"filters": {"kind": "webhook", "since": since}}, headers=auth
+    ).json["bulk_job"]
+
+    answers = {
+        url: client.get(url, headers=auth).json
+        for url in (
+            f"/api/admin/operations?status=all&since={since}",
+            f"/api/admin/operations/{dead[0].id}",
+            f"/api/admin/operations/{dead[1].id}",
+            f"/api/admin/bulk-jobs/{job['id']}",
+            "/api/admin/recent-failures",
+            "/api/admin/dead-letter-queue",
+            "/api/admin/pauses",
+            "/api/admin/queue-health",
+        )
+    }
+
+    stamps = _timestamps(answers)
+    assert {path: stamp for path, stamp in stamps.items() if not stamp.endswith("Z")} == {}
+    one = answers[f"/api/admin/operations/{dead[0].id}"]
+    assert one["created_at"].endswith("Z") and one["dead_at"].endswith("Z") and one["last_attempt_at"].endswith("Z")
+    assert one["attempts_log"][0]["started_at"].endswith("Z") and one["email_log"][0]["created_at"].endswith("Z")
+    assert answers[f"/api/admin/operations/{dead[1].id}"]["resolved_at"].endswith("Z")
+    assert answers[f"/api/admin/operations?status=all&since={since}"]["filters"]["since"] == since + "Z"
+    recorded = answers[f"/api/admin/bulk-jobs/{job['id']}"]["bulk_job"]
+    assert recorded["created_at"].endswith("Z") and recorded["filters"]["since"] == since + "Z"
+    paused = {item["name"]: item for item in answers["/api/admin/pauses"]["pauses"]}
+    assert paused["test.succeed"]["paused_at"].endswith("Z")
+    assert datetime.fromisoformat(one["dead_at"]).replace(tzinfo=None) == dead[0].dead_at
+
+
+def test_a_bulk_job_recorded_with_naive_times_is_answered_with_z(sqlite_app):
+    client = sqlite_app.test_client()
+    auth = {"Authorization": f"Bearer {tokens.create_token('ops', 'admin').raw}"}
+    job = bulk.create_draft(Filters(kind="webhook"), by="ops")
+    # The record as it was written before times carried their Z.
+    db.session.execute(
+        BulkJob.__table__.update()
+        .where(BulkJob.id == job.id)
+        .values(filters={**Filters(kind="webhook").to_json(), "since": "2024-05-01T12:00:00"})
+    )
+    db.session.commit()
+
+    answered = client.get(f"/api/admin/bulk-jobs/{job.id}", headers=auth).json["bulk_job"]["filters"]
+
+    assert answered["since"] == "2024-05-01T12:00:00Z" and answered["kind"] == "webhook"
+    assert answered["until"] is None
+
+
+def test_admin_api_refuses_an_over_long_note_and_resolves_nothing(sqlite_app):
+    client = sqlite_app.test_client()
+    auth = {"Authorization": f"Bearer {tokens.create_token('ops', 'admin').raw}"}
+    operation = make_op()
+    url = f"/api/admin/operations/{operation.id}/resolve"
+
+    refused = client.post(url, json={"note": "x" * 2001}, headers=auth)
+
+    assert refused.status_code == 400 and refused.json["error"] == "invalid_note"
+    assert set(refused.json) == {"error", "message"} and "2000" in refused.json["message"]
+    assert _resolved_notes(operation.id) == {operation.id: False}
+    not_text = client.post(url, json={"note": 42}, headers=auth)
+    assert not_text.status_code == 400 and not_text.json["error"] == "invalid_note"
+    accepted = client.post(url, json={"note": "y" * 2000}, headers=auth)
+    assert accepted.status_code == 200 and accepted.json["resolution_note"] == "y" * 2000
+
+
 # --- demo data ----------------------------------------------------------------------------
 
 
@@ -856,9 +1013,7 @@ def test_resolving_a_group_leaves_failures_that_arrived_after_the_page_was_shown
     key = fingerprint_of("TransientError", "SMTP timeout after 1s")
     response = post(client, f"/admin/issues/{key}/resolve", {"note": "provider outage", "until": as_of})
     assert "Resolved 2 operations" in response.text
-    resolved = {
-        op.id: op.resolved_at is not None for op in queries.get_operations([*(op.id for op in shown), late.id])
-    }
+    resolved = {op.id: op.resolved_at is not None for op in queries.get_operations([*(op.id for op in shown), late.id])}
     assert resolved == {shown[0].id: True, shown[1].id: True, late.id: False}
     too_long = post(client, f"/admin/issues/{key}/resolve", {"note": "x" * 2001, "until": as_of})
     assert too_long.status_code == 400

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import select
 
 from tests.support.monitoring import create
@@ -15,6 +16,7 @@ from webapp.extensions import db
 from webapp.models import Operation
 from webapp.services.access import tokens
 from webapp.services.engine import pauses, reconciler, runner
+from webapp.services.engine.operations import NoteTooLong
 
 
 def drain_queue(huey) -> list[int]:
@@ -97,6 +99,20 @@ def test_admin_api_pauses_and_resumes(sqlite_app):
     assert response.status_code == 200 and response.json["rung"] == 1 and not response.json["pause"]["paused"]
     assert db.session.execute(select(Operation.state).where(Operation.id == operation_id)).scalar() == "pending"
     db.session.rollback()
+
+
+def test_an_over_long_pause_note_is_refused_not_cut(sqlite_app):
+    client = sqlite_app.test_client()
+    headers = {"Authorization": f"Bearer {tokens.create_token('ops-bot', 'admin').raw}"}
+    with pytest.raises(NoteTooLong):
+        pauses.pause("test.succeed", "ops@example.com", "x" * 2001)
+
+    refused = client.post("/api/admin/pauses/test.succeed/pause", headers=headers, json={"note": "x" * 2001})
+
+    assert refused.status_code == 400 and refused.json["error"] == "invalid_note"
+    assert not pauses.is_paused("test.succeed")
+    accepted = client.post("/api/admin/pauses/test.succeed/pause", headers=headers, json={"note": "y" * 2000})
+    assert accepted.status_code == 200 and accepted.json["pause"]["note"] == "y" * 2000
 
 
 def test_health_page_shows_pauses_and_its_buttons_pause_and_resume(sqlite_app, tmp_path):

@@ -15,3 +15,10 @@ def as_naive_utc(value: datetime) -> datetime:
     if value.tzinfo is None:
         return value
     return value.astimezone(UTC).replace(tzinfo=None)
+
+
+def iso(value: datetime | None) -> str | None:
+    """ISO 8601 in UTC ending in ``Z`` (``None`` stays ``None``): the one way timestamps leave as JSON."""
+    if value is None:
+        return None
+    return as_naive_utc(value).isoformat() + "Z"

@@ -7,11 +7,12 @@ signatures), and a session cookie marked Secure whenever the request came over H
 
 from __future__ import annotations
 
-from flask import Blueprint, Flask, jsonify, redirect, render_template, request, url_for
+from flask import Blueprint, Flask, redirect, render_template, request, url_for
 from flask.sessions import SecureCookieSessionInterface
 from flask_login import LoginManager
 from flask_wtf.csrf import CSRFError, CSRFProtect
 
+from webapp.blueprints.json_api import error_response
 from webapp.services.console import admins
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
@@ -62,8 +63,7 @@ def _load_user(user_id: str):
 def _unauthorized():
     """Pages redirect to the log-in page; partials, htmx and actions get a 401."""
     if request.path.startswith(PARTIAL_PREFIX) or request.headers.get("HX-Request") or request.method != "GET":
-        response = jsonify(error="unauthorized", message="Log in to use the admin console.")
-        response.status_code = 401
+        response = error_response(401, "unauthorized", "Log in to use the admin console.")
         response.headers["HX-Redirect"] = url_for("admin.login")
         return response
     return redirect(url_for("admin.login", next=request.full_path.rstrip("?")))
@@ -76,7 +76,7 @@ def _csrf_refused(error: CSRFError):
         + "). Reload the page and try again."
     )
     if request.path.startswith(CSRF_EXEMPT_PREFIXES) or request.accept_mimetypes.best == "application/json":
-        return jsonify(error="csrf_failed", message=message), 400
+        return error_response(400, "csrf_failed", message)
     template = "admin/_error.html" if request.headers.get("HX-Request") else "admin/error.html"
     return render_template(template, message=message, status=400), 400
 

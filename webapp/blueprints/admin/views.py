@@ -69,6 +69,18 @@ def _http_error(error: HTTPException):
     return render_template(_error_template(), message=error.description, status=error.code), error.code
 
 
+@bp.errorhandler(operations.NoteTooLong)
+def _note_too_long(error: operations.NoteTooLong):
+    """An over-long note is refused whole (nothing is resolved), with the limit in the message."""
+    return render_template(_error_template(), message=str(error), status=400), 400
+
+
+@bp.context_processor
+def _limits() -> dict:
+    """The service's limits, for the forms' ``maxlength``."""
+    return {"max_note": operations.MAX_NOTE}
+
+
 @bp.app_template_filter("ago")
 def _ago(value: datetime | None) -> str:
     """'5m ago' (or 'in 5m' for a future time) for timestamps in naive UTC."""
@@ -195,9 +207,7 @@ def retry(operation_id: int):
 @login_required
 def resolve(operation_id: int):
     """Resolve a dead operation with a note (who and when are recorded)."""
-    note = (request.form.get("note") or "").strip()
-    if len(note) > 2000:
-        abort(400, description="the note is limited to 2000 characters")
+    note = request.form.get("note") or ""
     return _act(operation_id, lambda: operations.resolve(operation_id, by=_by(), note=note))
 
 
@@ -221,7 +231,7 @@ def bulk_selected():
             done, skipped = bulk.retry_ids(ids, by=_by())
             message = f"Retried {done} operation{'s' * (done != 1)}"
         else:
-            done, skipped = bulk.resolve_ids(ids, by=_by(), note=request.form.get("note", "")[:2000])
+            done, skipped = bulk.resolve_ids(ids, by=_by(), note=request.form.get("note") or "")
             message = f"Resolved {done} operation{'s' * (done != 1)}"
     except bulk.BulkError as exc:
         abort(400, description=str(exc))
@@ -328,9 +338,7 @@ def issue_retry(fingerprint: str):
 @login_required
 def issue_resolve(fingerprint: str):
     """Resolve the group's unresolved failures shown on the page (dead by ``until``), with a note."""
-    note = (request.form.get("note") or "").strip()
-    if len(note) > 2000:
-        abort(400, description="the note is limited to 2000 characters")
+    note = request.form.get("note") or ""
     filters = _group_filters(fingerprint, status="unresolved")
     try:
         resolved = bulk.resolve_matching(filters, by=_by(), note=note)

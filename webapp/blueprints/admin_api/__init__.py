@@ -1,26 +1,22 @@
 """``/api/admin/...``: the console's powers as JSON, for bearer tokens of scope ``admin``.
 
-Every error answers ``{"error": <stable code>, "message": <human text>}`` with a 4xx status.
+Every error answers ``{"error": <stable code>, "message": <human text>}`` with a 4xx status;
+every timestamp is ISO 8601 in UTC ending in ``Z``.
 """
 
 from __future__ import annotations
 
-import re
-
-from flask import Blueprint, current_app, g, jsonify, request
+from flask import Blueprint, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
+from webapp.blueprints.json_api import ApiError, bearer_challenge, bearer_token, error_response
 from webapp.services.access import tokens
-from webapp.services.console import bulk, queries
-from webapp.services.console.queries import FilterError
-from webapp.services.engine import operations
-from webapp.services.monitoring import health_page
+from webapp.services.engine.operations import NoteTooLong
 
 bp = Blueprint("admin_api", __name__, url_prefix="/api/admin")
 
-MAX_LIMIT = 500
-# Ids in URLs: integers that fit the BIGINT columns (a larger one is a 404, not a database error).
-ID = f"int(max={queries.MAX_ID})"
+REALM = "backstop-admin"
+SCOPE = "admin"
 ERROR_CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -35,31 +31,27 @@ ERROR_CODES = {
 }
 
 
-class ApiError(Exception):
-    """An error answered as JSON with a stable code."""
-
-    def __init__(self, status: int, code: str, message: str):
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
-def error_response(status: int, code: str, message: str):
-    """The one error shape of this API."""
-    response = jsonify(error=code, message=message)
-    response.status_code = status
+def _error(status: int, code: str, message: str, **extra):
+    """The shared error shape, with this API's bearer challenge on a 401."""
+    response = error_response(status, code, message, **extra)
     if status == 401:
-        response.headers["WWW-Authenticate"] = 'Bearer realm="backstop-admin"'
+        response.headers["WWW-Authenticate"] = bearer_challenge(REALM)
     return response
 
 
 @bp.errorhandler(ApiError)
 def _api_error(error: ApiError):
-    return error_response(error.status, error.code, error.message)
+    return _error(error.status, error.code, error.message, **error.extra)
+
+
+@bp.errorhandler(NoteTooLong)
+def _note_too_long(error: NoteTooLong):
+    return _error(400, "invalid_note", str(error))
 
 
 @bp.errorhandler(HTTPException)
 def _http_error(error: HTTPException):
-    return error_response(error.code or 400, ERROR_CODES.get(error.code, "http_error"), error.description)
+    return _error(error.code or 400, ERROR_CODES.get(error.code, "http_error"), error.description)
 
 
 @bp.app_errorhandler(404)
@@ -67,7 +59,7 @@ def _http_error(error: HTTPException):
 def _routing_error(error: HTTPException):
     """Unknown paths and methods under /api/admin answer in this API's shape too."""
     if request.path.startswith(bp.url_prefix + "/"):
-        return error_response(error.code, ERROR_CODES[error.code], error.description)
+        return _error(error.code, ERROR_CODES[error.code], error.description)
     return error
 
 
@@ -75,290 +67,19 @@ def _routing_error(error: HTTPException):
 def _unexpected(error: Exception):
     # A bug must still answer in the API's shape, without details that could leak data.
     current_app.logger.exception("admin API failed on %s %s", request.method, request.path)
-    return error_response(500, "internal_error", "the server failed to answer; the error is logged")
+    return _error(500, "internal_error", "the server failed to answer; the error is logged")
 
 
 @bp.before_request
 def _authenticate():
     """Every request needs ``Authorization: Bearer <admin token>``."""
-    header = request.headers.get("Authorization", "")
-    scheme, _, raw = header.partition(" ")
-    if scheme.lower() != "bearer" or not raw.strip():
+    raw = bearer_token(request)
+    if raw is None:
         raise ApiError(401, "unauthorized", "send an admin API token as 'Authorization: Bearer <token>'")
-    token = tokens.authenticate(raw.strip(), "admin")
+    token = tokens.authenticate(raw, SCOPE)
     if token is None:
         raise ApiError(401, "unauthorized", "the token is unknown, revoked, or not an admin token")
     g.api_token = token
 
 
-def _actor() -> str:
-    return f"token:{g.api_token.name}"
-
-
-def _filters(args) -> queries.Filters:
-    try:
-        return queries.parse_filters(args)
-    except FilterError as exc:
-        raise ApiError(400, "invalid_filter", str(exc)) from None
-
-
-def _limit(default: int = 50) -> int:
-    raw = request.args.get("limit", str(default))
-    if not re.fullmatch(r"[0-9]{1,4}", raw) or not 1 <= int(raw) <= MAX_LIMIT:
-        raise ApiError(400, "invalid_limit", f"limit must be an integer from 1 to {MAX_LIMIT}")
-    return int(raw)
-
-
-def _json_body() -> dict:
-    if not request.data:
-        return {}
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise ApiError(400, "invalid_json", "the request body must be a JSON object")
-    return body
-
-
-def _operation_json(operation_id: int) -> dict:
-    detail = queries.get_operation_detail(operation_id)
-    if detail is None:
-        raise ApiError(404, "not_found", f"operation {operation_id} does not exist")
-    record = queries.operation_record(detail["operation"])
-    record["error_stack"] = detail["operation"].error_stack
-    record["attempts_log"] = [
-        {
-            "number": a.number,
-            "started_at": _iso(a.started_at),
-            "finished_at": _iso(a.finished_at),
-            "duration_ms": a.duration_ms,
-            "outcome": a.outcome,
-            "error_class": a.error_class,
-            "error_message": a.error_message,
-        }
-        for a in detail["attempts"]
-    ]
-    purchase, customer = detail["purchase"], detail["customer"]
-    record["purchase"] = (
-        None
-        if purchase is None
-        else {
-            "id": purchase.id,
-            "status": purchase.status,
-            "amount_cents": purchase.amount_cents,
-            "currency": purchase.currency,
-            "fulfilment_status": purchase.fulfilment_status,
-        }
-    )
-    record["customer"] = (
-        None if customer is None else {"id": customer.id, "email": customer.email, "name": customer.name}
-    )
-    record["email_log"] = [
-        {
-            "created_at": _iso(e.created_at),
-            "to": e.to_address,
-            "template": e.template,
-            "provider": e.provider,
-            "status": e.status,
-            "provider_message_id": e.provider_message_id,
-            "error": e.error,
-        }
-        for e in detail["emails"]
-    ]
-    return record
-
-
-def _iso(value):
-    return value.isoformat() if value is not None else None
-
-
-def _job_json(job) -> dict:
-    return {
-        "id": job.id,
-        "action": job.action,
-        "state": job.state,
-        "filters": job.filters,
-        "total": job.total,
-        "processed": job.processed,
-        "retried": job.succeeded,
-        "skipped": job.skipped,
-        "cancel_requested": job.cancel_requested,
-        "operation_id": job.operation_id,
-        "created_by": job.created_by,
-        "created_at": _iso(job.created_at),
-        "finished_at": _iso(job.finished_at),
-        "error": job.error,
-    }
-
-
-# --- operations ---------------------------------------------------------------------------
-
-
-@bp.get("/operations")
-def list_operations():
-    """Operations matching the console's filters, keyset-paginated (``cursor`` from the last page)."""
-    filters = _filters(request.args)
-    try:
-        page = queries.list_operations(filters, cursor=request.args.get("cursor"), limit=_limit())
-    except FilterError as exc:
-        raise ApiError(400, "invalid_cursor", str(exc)) from None
-    return jsonify(
-        operations=[queries.operation_record(op) for op in page.rows],
-        next_cursor=page.next_cursor,
-        filters=filters.to_json(),
-    )
-
-
-@bp.get(f"/operations/<{ID}:operation_id>")
-def get_operation(operation_id: int):
-    """One operation with its attempts, related purchase, customer and email log."""
-    return jsonify(_operation_json(operation_id))
-
-
-def _act(operation_id: int, action):
-    try:
-        action()
-    except operations.OperationNotFound as exc:
-        raise ApiError(404, "not_found", str(exc)) from None
-    except operations.OperationError as exc:
-        raise ApiError(409, "invalid_state", str(exc)) from None
-    return jsonify(_operation_json(operation_id))
-
-
-@bp.post(f"/operations/<{ID}:operation_id>/retry")
-def retry(operation_id: int):
-    """Retry a dead operation."""
-    return _act(operation_id, lambda: operations.retry_dead(operation_id, by=_actor()))
-
-
-@bp.post(f"/operations/<{ID}:operation_id>/resolve")
-def resolve(operation_id: int):
-    """Resolve a dead operation; body ``{"note": "..."}``."""
-    note = _json_body().get("note", "")
-    if not isinstance(note, str) or len(note) > 2000:
-        raise ApiError(400, "invalid_note", "note must be a string of at most 2000 characters")
-    return _act(operation_id, lambda: operations.resolve(operation_id, by=_actor(), note=note))
-
-
-@bp.post(f"/operations/<{ID}:operation_id>/cancel")
-def cancel(operation_id: int):
-    """Cancel an operation that has not started."""
-    return _act(operation_id, lambda: operations.cancel(operation_id, by=_actor()))
-
-
-@bp.post("/operations/bulk-retry")
-def bulk_retry():
-    """Snapshot the dead operations matching ``{"filters": {...}}`` now and retry them in the background."""
-    body = _json_body()
-    raw = body.get("filters", {})
-    if not isinstance(raw, dict):
-        raise ApiError(400, "invalid_filter", "filters must be a JSON object")
-    filters = _filters({key: str(value) for key, value in raw.items() if value is not None})
-    try:
-        job = bulk.create_draft(filters, by=_actor())
-        job = bulk.start(job.id, by=_actor()) if job.total else bulk.cancel(job.id)
-    except bulk.BulkError as exc:
-        raise ApiError(400, "invalid_bulk", str(exc)) from None
-    return jsonify(bulk_job=_job_json(job)), 202
-
-
-@bp.get(f"/bulk-jobs/<{ID}:job_id>")
-def bulk_job(job_id: int):
-    """A bulk job's progress."""
-    try:
-        return jsonify(bulk_job=_job_json(bulk.get_job(job_id)))
-    except bulk.BulkError as exc:
-        raise ApiError(404, "not_found", str(exc)) from None
-
-
-@bp.post(f"/bulk-jobs/<{ID}:job_id>/cancel")
-def bulk_job_cancel(job_id: int):
-    """Stop a bulk job after its current batch."""
-    try:
-        return jsonify(bulk_job=_job_json(bulk.cancel(job_id)))
-    except bulk.BulkJobNotFound as exc:
-        raise ApiError(404, "not_found", str(exc)) from None
-    except bulk.BulkError as exc:
-        raise ApiError(409, "invalid_state", str(exc)) from None
-
-
-# --- seed 003's views ---------------------------------------------------------------------
-
-
-@bp.get("/queue-health")
-def queue_health():
-    """Counts by state, Huey's depth and whether the reconciler beats."""
-    return jsonify(health_page.queue_health(current_app.config))
-
-
-@bp.get("/delivery-stats")
-def delivery_stats():
-    """Totals and per-name stats for operations created in ``range`` (1h, 24h, 7d)."""
-    window = request.args.get("range", "24h")
-    try:
-        return jsonify(health_page.delivery_stats(window))
-    except health_page.WindowError as exc:
-        raise ApiError(400, "invalid_range", str(exc)) from None
-
-
-@bp.get("/recent-failures")
-def recent_failures():
-    """The latest dead-lettered operations (resolved or not), newest first."""
-    page = queries.list_operations(queries.Filters(status="all"), limit=_limit(20))
-    failures = [
-        {
-            "id": op.id,
-            "kind": op.kind,
-            "name": op.name,
-            "status": op.state,
-            "subject": op.subject,
-            "attempts": op.attempts,
-            "max_attempts": op.max_attempts,
-            "error_class": op.error_class,
-            "error_message": op.error_message,
-            "created_at": _iso(op.created_at),
-            "last_attempt_at": _iso(op.last_attempt_at),
-            "dead_at": _iso(op.dead_at),
-            "resolved_at": _iso(op.resolved_at),
-        }
-        for op in page.rows
-    ]
-    return jsonify(failures=failures, count=len(failures))
-
-
-@bp.get("/health")
-def health_metrics():
-    """The health page's graded metrics for ``window`` (1h, 24h, 7d)."""
-    window = request.args.get("window", "24h")
-    try:
-        metrics = health_page.health_metrics(window, current_app.config["HEALTH_THRESHOLDS"])
-    except health_page.WindowError as exc:
-        raise ApiError(400, "invalid_window", str(exc)) from None
-    return jsonify(
-        window=window,
-        metrics=[
-            {"key": m.key, "label": m.label, "value": m.value, "unit": m.unit, "status": m.status, "detail": m.detail}
-            for m in metrics
-        ],
-        critical=[m.key for m in health_page.critical(metrics)],
-    )
-
-
-@bp.get("/dead-letter-queue")
-def dead_letter_queue():
-    """Unresolved dead letters with full event data (payload, stack), keyset-paginated."""
-    args = {"status": "unresolved", **request.args.to_dict()}
-    filters = _filters(args)
-    if not filters.dead_only:
-        raise ApiError(400, "invalid_filter", "the dead-letter queue holds dead operations only")
-    try:
-        page = queries.list_operations(filters, cursor=request.args.get("cursor"), limit=_limit())
-    except FilterError as exc:
-        raise ApiError(400, "invalid_cursor", str(exc)) from None
-    items = []
-    for op in page.rows:
-        record = queries.operation_record(op)
-        record["error_stack"] = op.error_stack
-        items.append(record)
-    return jsonify(dead_letters=items, count=len(items), next_cursor=page.next_cursor)
-
-
-from webapp.blueprints.admin_api import pause_routes  # noqa: E402,F401  (pause/resume routes, issue 5)
+from webapp.blueprints.admin_api import views  # noqa: E402,F401  (the routes register on bp)

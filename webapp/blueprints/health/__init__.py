@@ -1,14 +1,7 @@
 """``GET /healthz``: liveness plus every periodic job's heartbeat."""
 
-from flask import Blueprint, current_app, jsonify
-
-from webapp.services.monitoring import liveness
+from flask import Blueprint
 
 bp = Blueprint("health", __name__)
 
-
-@bp.get("/healthz")
-def healthz():
-    """200 when the database answers and every periodic job beat recently, else 503."""
-    healthy, report = liveness.check(current_app.config)
-    return jsonify(report), (200 if healthy else 503)
+from webapp.blueprints.health import views  # noqa: E402,F401  (the routes register on bp)

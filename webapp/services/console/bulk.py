@@ -22,7 +22,7 @@ from webapp.extensions import db
 from webapp.models import BulkJob, BulkJobItem, Operation
 from webapp.services.console.queries import Filters, filter_conditions
 from webapp.services.engine.doorbell import ring_after_commit
-from webapp.services.engine.operations import create_operation
+from webapp.services.engine.operations import checked_note, create_operation
 from webapp.services.engine.registry import handler
 from webapp.services.engine.runner import on_outcome
 
@@ -81,7 +81,11 @@ def _retry_batch(ids: list[int], by: str, now: datetime) -> int:
 
 
 def resolve_ids(ids: list[int], *, by: str, note: str = "", now: datetime | None = None) -> tuple[int, int]:
-    """Resolve the unresolved dead operations among ``ids``; return ``(resolved, skipped)``. Commits."""
+    """Resolve the unresolved dead operations among ``ids``; return ``(resolved, skipped)``. Commits.
+
+    A note over the limit refuses the whole request (``NoteTooLong``): nothing is resolved.
+    """
+    note = checked_note(note)
     ids = _checked(ids)
     now = now or utcnow()
     resolved = 0
@@ -90,7 +94,7 @@ def resolve_ids(ids: list[int], *, by: str, note: str = "", now: datetime | None
         resolved += db.session.execute(
             update(Operation)
             .where(Operation.id.in_(chunk), Operation.state == State.DEAD.value, Operation.resolved_at.is_(None))
-            .values(resolved_at=now, resolved_by=by, resolution_note=note.strip() or None, updated_at=now)
+            .values(resolved_at=now, resolved_by=by, resolution_note=note, updated_at=now)
             .execution_options(synchronize_session=False)
         ).rowcount
     db.session.commit()
@@ -113,15 +117,17 @@ def resolve_matching(filters: Filters, *, by: str, note: str = "", now: datetime
     """Resolve every unresolved dead operation matching ``filters`` (an Issues group), in one UPDATE. Commits.
 
     Pass ``until`` in the filters (the time the group was shown) so failures that arrive
-    after the admin looked at the group are left alone.
+    after the admin looked at the group are left alone. A note over the limit refuses the
+    whole request (``NoteTooLong``).
     """
+    note = checked_note(note)
     if not filters.dead_only:
         raise BulkError("only dead-lettered operations can be resolved")
     now = now or utcnow()
     resolved = db.session.execute(
         update(Operation)
         .where(*filter_conditions(filters, now), Operation.resolved_at.is_(None))
-        .values(resolved_at=now, resolved_by=by, resolution_note=note.strip() or None, updated_at=now)
+        .values(resolved_at=now, resolved_by=by, resolution_note=note, updated_at=now)
         .execution_options(synchronize_session=False)
     ).rowcount
     db.session.commit()

@@ -12,15 +12,15 @@ import csv
 import io
 import json
 import re
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import String, and_, bindparam, case, cast, func, literal, literal_column, or_, select, update
 
 from webapp.domain.fingerprints import FINGERPRINT_LENGTH, fingerprint_of, normalise_error
 from webapp.domain.states import State
-from webapp.domain.time import as_naive_utc, utcnow
+from webapp.domain.time import as_naive_utc, iso, utcnow
 from webapp.extensions import db
 from webapp.models import Operation, OperationAttempt
 from webapp.models.commerce import Customer, Purchase
@@ -74,10 +74,17 @@ class Filters:
         return args
 
     def to_json(self) -> dict:
-        """All filters as JSON-safe values (for a bulk job's record)."""
-        return {
-            key: (value.isoformat() if isinstance(value, datetime) else value) for key, value in asdict(self).items()
-        }
+        """All filters as JSON-safe values, times in UTC ending in ``Z`` (a bulk job's record, the API)."""
+        return {key: (iso(value) if isinstance(value, datetime) else value) for key, value in asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> Filters:
+        """Filters as :meth:`to_json` recorded them (times with or without ``Z``); unknown keys are ignored."""
+        values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
+        for key in ("since", "until"):
+            if values.get(key):
+                values[key] = as_naive_utc(datetime.fromisoformat(values[key]))
+        return cls(**values)
 
     @property
     def dead_only(self) -> bool:
@@ -329,7 +336,7 @@ def get_operation_detail(operation_id: int) -> dict | None:
         "payload_json": json.dumps(operation.payload, indent=2, sort_keys=True, default=str),
     }
     if purchase is not None:
-        purchase.product  # load it before detaching: the template names the product
+        _ = purchase.product  # load it before detaching: the template names the product
     _detach([operation, *attempts, *emails, *filter(None, [purchase, customer, purchase and purchase.product])])
     return detail
 
@@ -555,12 +562,12 @@ EXPORT_FIELDS = (
 )
 
 
-def operation_record(operation: Operation) -> dict:
-    """An operation as a JSON-safe dict (the export's and the API's shape)."""
+def operation_record(operation: Operation, timestamp: Callable[[datetime], str] = datetime.isoformat) -> dict:
+    """An operation as a JSON-safe dict (the export's and the API's shape), times written by ``timestamp``."""
     record = {}
     for name in EXPORT_FIELDS:
         value = getattr(operation, name)
-        record[name] = value.isoformat() if isinstance(value, datetime) else value
+        record[name] = timestamp(value) if isinstance(value, datetime) else value
     record["fingerprint"] = operation.error_fingerprint
     return record
 

@@ -14,6 +14,9 @@ from webapp.models import Operation
 from webapp.services.engine.doorbell import ring_after_commit
 from webapp.services.engine.registry import registry
 
+# The longest note a person may leave on an operation or a pause, in characters (after stripping).
+MAX_NOTE = 2000
+
 
 class OperationError(Exception):
     """An admin action that does not apply to the operation in its current state."""
@@ -21,6 +24,18 @@ class OperationError(Exception):
 
 class OperationNotFound(OperationError, LookupError):
     """No operation has that id."""
+
+
+class NoteTooLong(ValueError):
+    """A note over :data:`MAX_NOTE` characters: refused whole, never cut short."""
+
+
+def checked_note(note: str | None) -> str | None:
+    """The note as stored (stripped; ``None`` when empty), or :class:`NoteTooLong`."""
+    note = (note or "").strip()
+    if len(note) > MAX_NOTE:
+        raise NoteTooLong(f"the note is limited to {MAX_NOTE} characters; this one has {len(note)}")
+    return note or None
 
 
 def create_operation(
@@ -128,6 +143,7 @@ def retry_dead(
 
 def resolve(operation_id: int, *, by: str, note: str = "", now: datetime | None = None) -> Operation:
     """Mark a dead operation as handled by a person: it stays dead, with who, when and why."""
+    note = checked_note(note)
     now = now or utcnow()
     operation = get_operation(operation_id)
     if operation.state != State.DEAD:
@@ -136,7 +152,7 @@ def resolve(operation_id: int, *, by: str, note: str = "", now: datetime | None 
         raise OperationError(f"operation {operation_id} is already resolved")
     operation.resolved_at = now
     operation.resolved_by = by
-    operation.resolution_note = note.strip() or None
+    operation.resolution_note = note
     operation.updated_at = now
     db.session.commit()
     return operation

@@ -18,12 +18,12 @@ from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.models import Operation, OperationPause
 from webapp.services.engine.doorbell import ring_after_commit
+from webapp.services.engine.operations import checked_note
 from webapp.services.engine.registry import registry
 
 log = logging.getLogger("backstop.pauses")
 
 RESUME_BATCH = 500
-MAX_NOTE = 2000
 
 
 class PauseError(ValueError):
@@ -79,18 +79,18 @@ def list_pauses() -> list[dict]:
 
 
 def pause(name: str, by: str, note: str = "", *, now: datetime | None = None) -> dict:
-    """Hold the processing of operations called ``name``; idempotent (the first pause is kept). Commits."""
+    """Hold the processing of operations called ``name``; idempotent (the first pause is kept). Commits.
+
+    A note over the limit is refused (``NoteTooLong``), never cut short.
+    """
+    note = checked_note(note)
     name = _check(name, by)
     if name not in registry:
         raise PauseError(f"no handler is registered for {name!r}")
     now = now or utcnow()
     row = db.session.get(OperationPause, name)
     if row is None:
-        db.session.add(
-            OperationPause(
-                name=name, paused_at=now, paused_by=by.strip()[:255], note=(note or "").strip()[:MAX_NOTE] or None
-            )
-        )
+        db.session.add(OperationPause(name=name, paused_at=now, paused_by=by.strip()[:255], note=note))
         db.session.commit()
         log.warning("operations %s paused by %s", name, by, extra={"operation_name": name, "by": by})
     else:

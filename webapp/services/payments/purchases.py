@@ -14,7 +14,7 @@ from datetime import datetime
 from sqlalchemy import select, update
 
 from webapp.domain.errors import TransientError
-from webapp.domain.time import utcnow
+from webapp.domain.time import iso, utcnow
 from webapp.extensions import db
 from webapp.models import Customer, Product, Purchase
 from webapp.models.commerce import PAYMENT_METHODS
@@ -209,10 +209,6 @@ def product_sku(product_id: int) -> str | None:
 
 def describe(purchase: Purchase, product_sku: str | None = None) -> dict:
     """The storefront's view of a purchase (JSON-ready)."""
-
-    def iso(value):
-        return value.isoformat() + "Z" if value else None
-
     return {
         "id": purchase.id,
         "customer_id": purchase.customer_id,

@@ -1,0 +1,13 @@
+"""The liveness route."""
+
+from flask import current_app, jsonify
+
+from webapp.blueprints.health import bp
+from webapp.services.monitoring import liveness
+
+
+@bp.get("/healthz")
+def healthz():
+    """200 when the database answers and every periodic job beat recently, else 503."""
+    healthy, report = liveness.check(current_app.config)
+    return jsonify(report), (200 if healthy else 503)
