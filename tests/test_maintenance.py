@@ -16,7 +16,7 @@ from webapp.models import AutoRequeue, EmailLog, Operation, OperationAttempt, St
 from webapp.services.engine import operations, periodic
 from webapp.services.maintenance import cleanup
 from webapp.services.monitoring import checks, liveness
-from webapp.services.monitoring.prometheus import duration_histogram, operation_counters
+from webapp.services.monitoring.rollups import duration_histogram, operation_counters, read_rollups
 from webapp.services.payments.handlers import event_object
 
 DAY = 86400
@@ -127,9 +127,7 @@ def test_cleanup_honours_30_and_90_day_retention_and_keeps_metric_counters(sqlit
         event_object(db.session.get(StripeEvent, "evt_old_done"))
     db.session.rollback()
     # Counters are live rows plus roll-ups, so deleting rows never makes /metrics go backwards.
-    from webapp.services.monitoring.prometheus import _rollups
-
-    rollups = _rollups()
+    rollups = read_rollups()
     for (metric, kind, name), value in counters_before.items():
         live = operation_counters().get((metric, kind, name), 0)
         assert live + rollups.get((metric, kind, name, ""), 0) == value, (metric, kind, name)

@@ -27,7 +27,7 @@ from webapp.extensions import db
 from webapp.models import Alert, AutoRequeue, JobRun, MaintenanceCursor, Operation, StripeEvent
 from webapp.services.engine.operations import OperationError, retry_dead
 from webapp.services.engine.registry import KINDS
-from webapp.services.monitoring.prometheus import roll_up_operations
+from webapp.services.monitoring.rollups import roll_up_operations
 
 log = logging.getLogger("backstop.maintenance")
 

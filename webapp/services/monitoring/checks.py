@@ -12,10 +12,10 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 
+from webapp.domain.fingerprints import fingerprint_of, normalise_error
 from webapp.domain.states import State
 from webapp.extensions import db
 from webapp.models import Alert, AutoRequeue, Operation, PeriodicJob
-from webapp.services.console.queries import fingerprint_of, normalise_error
 from webapp.services.engine.doorbell import get_doorbell
 from webapp.services.monitoring import alerts
 
