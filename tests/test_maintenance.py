@@ -14,7 +14,7 @@ from webapp.domain.errors import PermanentError
 from webapp.extensions import db
 from webapp.models import AutoRequeue, EmailLog, Operation, OperationAttempt, StripeEvent
 from webapp.services.engine import operations, periodic
-from webapp.services.maintenance import cleanup
+from webapp.services.maintenance import cleanup, requeue
 from webapp.services.monitoring import checks, liveness
 from webapp.services.monitoring.rollups import duration_histogram, operation_counters, read_rollups
 from webapp.services.payments.handlers import event_object
@@ -44,8 +44,8 @@ def test_auto_requeue_retries_transient_dead_letters_once_after_24_hours(sqlite_
     operations.resolve(resolved, by="ops", note="customer asked us not to", now=later(10))
     assert {state_of(i) for i in (transient, permanent, resolved)} == {"dead"}
 
-    assert cleanup.auto_requeue(later(DAY - 1), config) == "requeued=0 skipped=0"
-    assert cleanup.auto_requeue(later(DAY), config) == "requeued=1 skipped=0"
+    assert requeue.auto_requeue(later(DAY - 1), config) == "requeued=0 skipped=0"
+    assert requeue.auto_requeue(later(DAY), config) == "requeued=1 skipped=0"
 
     operation = db.session.get(Operation, transient)
     assert operation.state == "pending" and operation.resolution_note == "retried by auto-requeue"
@@ -54,7 +54,7 @@ def test_auto_requeue_retries_transient_dead_letters_once_after_24_hours(sqlite_
     assert count(AutoRequeue, AutoRequeue.operation_id == transient) == 1
     # It fails again: never auto-requeued a second time, however long it waits.
     assert run_at(transient, later(DAY + 1)).outcome == "dead"
-    assert cleanup.auto_requeue(later(5 * DAY), config) == "requeued=0 skipped=0"
+    assert requeue.auto_requeue(later(5 * DAY), config) == "requeued=0 skipped=0"
     assert state_of(permanent) == "dead" and state_of(resolved) == "dead"
 
 
@@ -66,7 +66,7 @@ def test_auto_requeue_respects_the_attempt_cap(sqlite_app):
         ]
     )
 
-    assert cleanup.auto_requeue(later(2 * DAY), sqlite_app.config) == "requeued=1 skipped=0"
+    assert requeue.auto_requeue(later(2 * DAY), sqlite_app.config) == "requeued=1 skipped=0"
     assert count(Operation, Operation.state == "dead", Operation.attempts == 10) == 1
 
 

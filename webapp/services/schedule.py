@@ -16,7 +16,7 @@ from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.models import PeriodicJob
 from webapp.services.engine import reconciler
-from webapp.services.maintenance import cleanup
+from webapp.services.maintenance import cleanup, requeue
 from webapp.services.monitoring import checks
 
 
@@ -50,7 +50,7 @@ def _reconcile(config: Mapping, now: datetime) -> str:
 PERIODIC_JOBS: tuple[JobSpec, ...] = (
     JobSpec(reconciler.JOB_NAME, _reconcile, "RECONCILE_INTERVAL_SECONDS", "RECONCILE_LEASE_SECONDS"),
     JobSpec(
-        "auto_requeue", cleanup.auto_requeue_job, "AUTO_REQUEUE_INTERVAL_SECONDS", "AUTO_REQUEUE_LEASE_SECONDS"
+        "auto_requeue", requeue.auto_requeue_job, "AUTO_REQUEUE_INTERVAL_SECONDS", "AUTO_REQUEUE_LEASE_SECONDS"
     ),
     JobSpec("cleanup", cleanup.cleanup_job, "CLEANUP_INTERVAL_SECONDS", "CLEANUP_LEASE_SECONDS"),
     JobSpec(

@@ -1,1 +1,1 @@
-"""webapp.services.maintenance.cleanup."""
+"""Maintenance jobs: auto-requeue of transient dead letters, and retention cleanup."""
