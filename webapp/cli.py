@@ -14,7 +14,6 @@ import click
 from flask import Flask, current_app
 
 from webapp.config import INSTANCE_DIR, PROJECT_ROOT
-from webapp.domain.time import utcnow
 
 STOP_GRACE_SECONDS = 35
 DEV_ADMIN_EMAIL = "admin@example.com"
@@ -183,18 +182,7 @@ def reconcile_command():
     """Run one reconciler pass now (it normally runs as a periodic job)."""
     from webapp.services.engine import periodic, reconciler
 
-    config = current_app.config
-    run = periodic.run_exclusive(
-        reconciler.JOB_NAME,
-        lambda now: str(
-            reconciler.reconcile(
-                now, batch_size=config["RECONCILE_BATCH_SIZE"], redeliver_after=config["REDELIVER_AFTER_SECONDS"]
-            )
-        ),
-        interval_seconds=0,
-        lease_seconds=config["RECONCILE_LEASE_SECONDS"],
-        clock=utcnow,
-    )
+    run = periodic.run_job(periodic.get_job(reconciler.JOB_NAME), current_app.config, force=True)
     if run is None:
         raise click.ClickException("another reconciler holds the lease; try again shortly")
     click.echo(f"{run.outcome}: {run.summary or run.error}")

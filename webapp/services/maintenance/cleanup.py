@@ -23,6 +23,7 @@ from sqlalchemy import delete, select, text, update
 from webapp.domain.states import State
 from webapp.extensions import db
 from webapp.models import Alert, JobRun, MaintenanceCursor, Operation, StripeEvent
+from webapp.services.engine.periodic import periodic_job
 from webapp.services.engine.registry import KINDS
 from webapp.services.monitoring.rollups import roll_up_operations
 
@@ -115,8 +116,9 @@ class _Batches:
             time.sleep(max(self.pause_seconds, held))
 
 
+@periodic_job("cleanup", interval="CLEANUP_INTERVAL_SECONDS", lease="CLEANUP_LEASE_SECONDS", order=20)
 def cleanup(now: datetime, config: Mapping) -> CleanupReport:
-    """Delete or trim old records in bounded batches; returns counts and per-batch timings."""
+    """Delete or trim old records in bounded batches; returns (and logs) counts and per-batch timings."""
     size = max(int(config.get("CLEANUP_BATCH_SIZE", 200)), 1)
     report = CleanupReport()
     batches = _Batches(
@@ -153,6 +155,7 @@ def cleanup(now: datetime, config: Mapping) -> CleanupReport:
     report.alerts += batches.drain(
         lambda: _delete_ids(Alert, select(Alert.id).where(Alert.created_at < alerts_cutoff).order_by(Alert.id), size)
     )
+    log.info("cleanup: %s", report, extra={"max_batch_ms": round(report.max_batch_ms, 1)})
     return report
 
 
@@ -250,10 +253,3 @@ def _trim_late_settled_bodies(settled_before: datetime, size: int, now: datetime
     cursor.position, cursor.updated_at = times[-1], now
     db.session.commit()
     return len(times)
-
-
-def cleanup_job(config: Mapping, now: datetime) -> str:
-    """The periodic cleanup job: one run, summarised for its heartbeat."""
-    report = cleanup(now, config)
-    log.info("cleanup: %s", report, extra={"max_batch_ms": round(report.max_batch_ms, 1)})
-    return str(report)

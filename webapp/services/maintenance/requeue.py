@@ -14,6 +14,7 @@ from webapp.domain.states import State
 from webapp.extensions import db
 from webapp.models import AutoRequeue, Operation
 from webapp.services.engine.operations import OperationError, retry_dead
+from webapp.services.engine.periodic import periodic_job
 
 log = logging.getLogger("backstop.maintenance")
 
@@ -49,6 +50,7 @@ def requeue_candidates(now: datetime, config: Mapping) -> list[int]:
     return list(ids)
 
 
+@periodic_job("auto_requeue", interval="AUTO_REQUEUE_INTERVAL_SECONDS", lease="AUTO_REQUEUE_LEASE_SECONDS", order=10)
 def auto_requeue(now: datetime, config: Mapping) -> str:
     """Retry, once each, dead operations whose last error was transient and that died long enough ago.
 
@@ -76,8 +78,3 @@ def auto_requeue(now: datetime, config: Mapping) -> str:
             extra={"operation_id": operation_id},
         )
     return f"requeued={requeued} skipped={skipped}"
-
-
-def auto_requeue_job(config: Mapping, now: datetime) -> str:
-    """The periodic auto-requeue job."""
-    return auto_requeue(now, config)

@@ -20,6 +20,7 @@ from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.models import Operation, OperationPause, StripeEvent
 from webapp.services.email.circuits import circuit_states
+from webapp.services.engine import periodic
 from webapp.services.engine.doorbell import get_doorbell
 from webapp.services.monitoring.rollups import (
     DURATION_BUCKETS,
@@ -88,7 +89,7 @@ class DatabaseCollector:
         labels = [bucket_label(bound) for bound in DURATION_BUCKETS] + ["+Inf"]
         for kind in sorted(kinds):
 
-            def total(label):
+            def total(label, kind=kind):
                 return live.get((kind, label), 0) + rollups.get(("attempt_duration", kind, "", label), 0)
 
             family.add_metric([kind], [(label, total(label)) for label in labels], sum_value=total("sum_ms") / 1000.0)
@@ -147,18 +148,16 @@ class DatabaseCollector:
 
     def _job_heartbeats(self, now):
         """Every configured job, judged as /healthz and the job_stale alert judge it."""
-        from webapp.services.schedule import job_heartbeats  # schedule -> maintenance -> this module
-
         age = GaugeMetricFamily(
             "backstop_periodic_job_heartbeat_age_seconds",
             "Seconds since each periodic job last finished a run (NaN: never)",
             labels=["job"],
         )
         stale = GaugeMetricFamily("backstop_periodic_job_stale", "1 when a job's heartbeat is stale", labels=["job"])
-        for beat in sorted(job_heartbeats(self.config, now), key=lambda beat: beat["name"]):
-            seconds = beat["heartbeat_age_seconds"]
-            age.add_metric([beat["name"]], float("nan") if seconds is None else float(seconds))
-            stale.add_metric([beat["name"]], 0 if beat["fresh"] else 1)
+        for beat in sorted(periodic.heartbeats(self.config, now), key=lambda beat: beat.name):
+            seconds = beat.heartbeat_age_seconds
+            age.add_metric([beat.name], float("nan") if seconds is None else float(seconds))
+            stale.add_metric([beat.name], 0 if beat.fresh else 1)
         yield age
         yield stale
 
