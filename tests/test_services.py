@@ -19,6 +19,7 @@ from tasks.runtime import run_periodic_jobs
 from tests.support.polling import wait_for
 from tests.support.reads import attempts_of, detached, load
 from webapp.domain.errors import Deferral, PermanentError
+from webapp.domain.fingerprints import fingerprint_of
 from webapp.domain.retry import RetryPolicy
 from webapp.domain.states import can_transition
 from webapp.domain.time import utcnow
@@ -447,6 +448,20 @@ def test_deferral_does_not_consume_an_attempt(app, outcomes):
         (3, "deferred"),
         (3, "dead"),
     ]
+
+
+def test_the_engine_stores_the_error_fingerprint_with_the_failure(app, monkeypatch):
+    monkeypatch.setattr(runner, "outcome_listeners", [])  # the write is the engine's own, not a listener's
+    operation_id = new_op("fingerprinted", ("transient",), ("permanent",))
+
+    runner.execute(operation_id, now=T0, clock=lambda: T0)
+    retrying = load(operation_id)
+    runner.execute(operation_id, now=retrying.next_attempt_at, clock=lambda: retrying.next_attempt_at)
+    dead = load(operation_id)
+
+    assert retrying.error_fingerprint == fingerprint_of(retrying.error_class, "boom on attempt 1")
+    assert retrying.error_fingerprint == fingerprint_of(retrying.error_class, "boom on attempt 7")  # numbers vary
+    assert dead.error_fingerprint == fingerprint_of("webapp.domain.errors.PermanentError", "address rejected")
 
 
 def test_deferral_into_the_past_is_due_now(app):

@@ -6,7 +6,8 @@ import click
 
 from webapp.blueprints.admin import bp
 from webapp.devdata import demo
-from webapp.services.console import admins, queries
+from webapp.services.console import admins
+from webapp.services.maintenance.refingerprint import refingerprint
 
 
 @bp.cli.command("create-admin")
@@ -38,5 +39,5 @@ def demo_data_command(days: int, seed: int):
 @bp.cli.command("refingerprint")
 def refingerprint_command():
     """Recompute stored error fingerprints (needed only after the normalisation rules change)."""
-    changed = queries.refingerprint()
+    changed = refingerprint()
     click.echo(f"refingerprinted {changed} operation{'s' if changed != 1 else ''}")

@@ -1,1 +1,1 @@
-"""Maintenance jobs: auto-requeue of transient dead letters, and retention cleanup."""
+"""Maintenance: auto-requeue of transient dead letters, retention cleanup, the fingerprint backfill."""
