@@ -1,9 +1,8 @@
-"""The tasks themselves: run one operation, put back an interrupted one, tick periodic periodic."""
+"""The tasks themselves: run one operation, put back an interrupted one, tick the periodic jobs."""
 
 from __future__ import annotations
 
 import logging
-from functools import partial
 
 from flask import Flask
 from huey import Huey, crontab
@@ -13,7 +12,6 @@ from sqlalchemy import select
 from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.models import Operation, OperationAttempt
-from webapp.services import schedule
 from webapp.services.engine import periodic, runner
 from webapp.services.engine.doorbell import ring_now
 
@@ -97,20 +95,14 @@ def put_back_running(operation_id: int) -> bool:
 
 
 def run_periodic_jobs(app: Flask) -> None:
-    """One tick: give each periodic job in ``schedule.PERIODIC_JOBS`` its chance to run.
+    """One tick: give each registered periodic job, in tick order, its chance to run.
 
     Each job has its own lease, interval and heartbeat; one job failing to start (the
     database briefly away) does not keep the others from their turn.
     """
-    config = app.config
-    for job in schedule.PERIODIC_JOBS:
+    for job in periodic.registered_jobs():
         try:
-            periodic.run_exclusive(
-                job.name,
-                partial(job.run, config),
-                interval_seconds=job.interval(config),
-                lease_seconds=job.lease(config),
-            )
+            periodic.run_job(job, app.config)
         except Exception:  # recorded in the log; the job's stale heartbeat raises the alarm
             db.session.rollback()
             log.exception("periodic job %s could not run", job.name)

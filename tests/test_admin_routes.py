@@ -14,6 +14,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import and_, func, or_, select
 
 from tests.conftest import make_app
+from webapp.domain.fingerprints import fingerprint_of, normalise_error
 from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.models import AdminUser, BulkJob, FailedLogin, Operation, OperationAttempt
@@ -21,7 +22,7 @@ from webapp.models.commerce import Customer, Product, Purchase
 from webapp.models.email import EmailLog
 from webapp.services.access import tokens
 from webapp.services.console import admins, bulk, queries
-from webapp.services.console.queries import Filters, fingerprint_of, normalise_error
+from webapp.services.console.queries import Filters
 from webapp.services.engine import operations, runner
 
 PASSWORD = "correct horse battery"

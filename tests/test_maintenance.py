@@ -14,9 +14,9 @@ from webapp.domain.errors import PermanentError
 from webapp.extensions import db
 from webapp.models import AutoRequeue, EmailLog, Operation, OperationAttempt, StripeEvent
 from webapp.services.engine import operations, periodic
-from webapp.services.maintenance import cleanup
+from webapp.services.maintenance import cleanup, requeue
 from webapp.services.monitoring import checks, liveness
-from webapp.services.monitoring.prometheus import duration_histogram, operation_counters
+from webapp.services.monitoring.rollups import duration_histogram, operation_counters, read_rollups
 from webapp.services.payments.handlers import event_object
 
 DAY = 86400
@@ -44,8 +44,8 @@ def test_auto_requeue_retries_transient_dead_letters_once_after_24_hours(sqlite_
     operations.resolve(resolved, by="ops", note="customer asked us not to", now=later(10))
     assert {state_of(i) for i in (transient, permanent, resolved)} == {"dead"}
 
-    assert cleanup.auto_requeue(later(DAY - 1), config) == "requeued=0 skipped=0"
-    assert cleanup.auto_requeue(later(DAY), config) == "requeued=1 skipped=0"
+    assert requeue.auto_requeue(later(DAY - 1), config) == "requeued=0 skipped=0"
+    assert requeue.auto_requeue(later(DAY), config) == "requeued=1 skipped=0"
 
     operation = db.session.get(Operation, transient)
     assert operation.state == "pending" and operation.resolution_note == "retried by auto-requeue"
@@ -54,7 +54,7 @@ def test_auto_requeue_retries_transient_dead_letters_once_after_24_hours(sqlite_
     assert count(AutoRequeue, AutoRequeue.operation_id == transient) == 1
     # It fails again: never auto-requeued a second time, however long it waits.
     assert run_at(transient, later(DAY + 1)).outcome == "dead"
-    assert cleanup.auto_requeue(later(5 * DAY), config) == "requeued=0 skipped=0"
+    assert requeue.auto_requeue(later(5 * DAY), config) == "requeued=0 skipped=0"
     assert state_of(permanent) == "dead" and state_of(resolved) == "dead"
 
 
@@ -66,7 +66,7 @@ def test_auto_requeue_respects_the_attempt_cap(sqlite_app):
         ]
     )
 
-    assert cleanup.auto_requeue(later(2 * DAY), sqlite_app.config) == "requeued=1 skipped=0"
+    assert requeue.auto_requeue(later(2 * DAY), sqlite_app.config) == "requeued=1 skipped=0"
     assert count(Operation, Operation.state == "dead", Operation.attempts == 10) == 1
 
 
@@ -127,9 +127,7 @@ def test_cleanup_honours_30_and_90_day_retention_and_keeps_metric_counters(sqlit
         event_object(db.session.get(StripeEvent, "evt_old_done"))
     db.session.rollback()
     # Counters are live rows plus roll-ups, so deleting rows never makes /metrics go backwards.
-    from webapp.services.monitoring.prometheus import _rollups
-
-    rollups = _rollups()
+    rollups = read_rollups()
     for (metric, kind, name), value in counters_before.items():
         live = operation_counters().get((metric, kind, name), 0)
         assert live + rollups.get((metric, kind, name, ""), 0) == value, (metric, kind, name)

@@ -6,24 +6,32 @@ leases and reconciler windows are checked exactly instead of waited for.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select, text, update
 
+from tasks.runtime import run_periodic_jobs
 from tests.support.polling import wait_for
 from tests.support.reads import attempts_of, detached, load
 from webapp.domain.errors import Deferral, PermanentError
+from webapp.domain.fingerprints import fingerprint_of
 from webapp.domain.retry import RetryPolicy
 from webapp.domain.states import can_transition
+from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.models import JobRun, Operation, OperationAttempt, PeriodicJob
 from webapp.services.engine import doorbell, operations, periodic, reconciler, runner
 from webapp.services.engine.registry import handler
 from webapp.services.engine.runner import RunResult
 
+ROOT = Path(__file__).resolve().parent.parent
 T0 = datetime(2030, 1, 1, 12, 0, 0)
+TICK_ORDER = ["reconciler", "auto_requeue", "cleanup", "daily_report", "checks"]
 LEASE = 30
 POLICY = RetryPolicy(max_attempts=3, base=timedelta(seconds=2), cap=timedelta(seconds=10))
 
@@ -442,6 +450,20 @@ def test_deferral_does_not_consume_an_attempt(app, outcomes):
     ]
 
 
+def test_the_engine_stores_the_error_fingerprint_with_the_failure(app, monkeypatch):
+    monkeypatch.setattr(runner, "outcome_listeners", [])  # the write is the engine's own, not a listener's
+    operation_id = new_op("fingerprinted", ("transient",), ("permanent",))
+
+    runner.execute(operation_id, now=T0, clock=lambda: T0)
+    retrying = load(operation_id)
+    runner.execute(operation_id, now=retrying.next_attempt_at, clock=lambda: retrying.next_attempt_at)
+    dead = load(operation_id)
+
+    assert retrying.error_fingerprint == fingerprint_of(retrying.error_class, "boom on attempt 1")
+    assert retrying.error_fingerprint == fingerprint_of(retrying.error_class, "boom on attempt 7")  # numbers vary
+    assert dead.error_fingerprint == fingerprint_of("webapp.domain.errors.PermanentError", "address rejected")
+
+
 def test_deferral_into_the_past_is_due_now(app):
     operation_id = new_op("defer-past", ("defer", T0 - timedelta(hours=1)))
 
@@ -843,7 +865,9 @@ def test_second_concurrent_runner_gets_none_while_the_first_holds_the_lease(app)
 
     first = run_in_thread(app, lambda: periodic.run_exclusive("job.lease", slow, interval_seconds=60, lease_seconds=30))
     assert inside.wait(20)
-    second = run_in_thread(app, lambda: periodic.run_exclusive("job.lease", fast, interval_seconds=60, lease_seconds=30))
+    second = run_in_thread(
+        app, lambda: periodic.run_exclusive("job.lease", fast, interval_seconds=60, lease_seconds=30)
+    )
     assert result_of(*second) is None
     release.set()
 
@@ -946,3 +970,119 @@ def test_a_failing_job_records_its_error_and_rolls_back_its_writes(app):
         1,
     )
     assert job_row("written-by-broken-job") is None
+
+
+# --- the periodic-job registry and heartbeats ------------------------------------------------
+
+
+@pytest.fixture
+def no_jobs(monkeypatch):
+    """An empty job registry for this test; the real one is back afterwards."""
+    monkeypatch.setattr(periodic, "_jobs", {})
+
+
+def test_every_periodic_job_registers_itself_in_tick_order():
+    from webapp.services.maintenance import cleanup, requeue
+    from webapp.services.monitoring import checks
+
+    jobs = periodic.registered_jobs()
+
+    assert [job.name for job in jobs] == TICK_ORDER
+    assert [job.run for job in jobs] == [
+        reconciler.periodic_pass,
+        requeue.auto_requeue,
+        cleanup.cleanup,
+        checks.daily_report_job,
+        checks.run_checks,
+    ]
+    assert periodic.get_job("cleanup").interval({"CLEANUP_INTERVAL_SECONDS": "3600"}) == 3600.0
+
+
+def test_the_worker_tick_knows_every_job_without_importing_one():
+    """The services package wires every job in: tasks.runtime itself imports none of them."""
+    code = "import tasks.runtime\nfrom webapp.services.engine import periodic\n"
+    code += "print(*(job.name for job in periodic.registered_jobs()))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == TICK_ORDER
+
+
+def test_a_job_name_belongs_to_one_function(no_jobs):
+    @periodic.periodic_job("job.same", interval="I", lease="L", order=1)
+    def first(now, config):
+        return None
+
+    periodic.register_job(periodic.get_job("job.same"))  # the same function again: a no-op
+    with pytest.raises(ValueError, match="job.same"):
+
+        @periodic.periodic_job("job.same", interval="I", lease="L", order=2)
+        def second(now, config):
+            return None
+
+    assert [job.run for job in periodic.registered_jobs()] == [first]
+
+
+def test_a_tick_runs_the_registered_jobs_in_order_with_now_and_config(sqlite_app, no_jobs, monkeypatch):
+    monkeypatch.setitem(sqlite_app.config, "TEST_INTERVAL_SECONDS", 60)
+    monkeypatch.setitem(sqlite_app.config, "TEST_LEASE_SECONDS", 30)
+    seen: list[tuple] = []
+
+    @periodic.periodic_job("job.late", interval="TEST_INTERVAL_SECONDS", lease="TEST_LEASE_SECONDS", order=2)
+    def late(now, config):
+        seen.append(("late", type(now), config is sqlite_app.config))
+
+    @periodic.periodic_job("job.early", interval="TEST_INTERVAL_SECONDS", lease="TEST_LEASE_SECONDS", order=1)
+    def early(now, config):
+        seen.append(("early", type(now), config is sqlite_app.config))
+        return 3  # any summary is recorded as text
+
+    run_periodic_jobs(sqlite_app)
+
+    assert seen == [("early", datetime, True), ("late", datetime, True)]
+    assert (job_row("job.early").last_summary, job_row("job.late").last_summary) == ("3", None)
+    assert job_row("job.early").interval_seconds == 60
+
+
+def test_heartbeats_judge_each_job_by_its_own_interval(sqlite_app, no_jobs):
+    config = {"FAST_SECONDS": 60, "SLOW_SECONDS": 3600, "LEASE_SECONDS": 30, "JOB_STALE_AFTER_INTERVALS": 3}
+    periodic.periodic_job("job.slow", interval="SLOW_SECONDS", lease="LEASE_SECONDS", order=2)(lambda now, c: "ok")
+    fast = periodic.periodic_job("job.fast", interval="FAST_SECONDS", lease="LEASE_SECONDS", order=1)(
+        lambda now, c: "ok"
+    )
+    periodic.run_exclusive(
+        "job.fast", lambda now: fast(now, config), interval_seconds=60, lease_seconds=30, clock=lambda: T0
+    )
+    periodic.run_exclusive("job.gone", lambda now: "ok", interval_seconds=10, lease_seconds=30, clock=lambda: T0)
+
+    beats = periodic.heartbeats(config, T0 + timedelta(seconds=150))
+
+    # Registered jobs in tick order, then any job only the table knows (by the interval it ran with).
+    assert [beat.name for beat in beats] == ["job.fast", "job.slow", "job.gone"]
+    fast_beat, slow_beat, gone_beat = beats
+    assert (fast_beat.heartbeat_age_seconds, fast_beat.stale_after_seconds, fast_beat.fresh) == (150.0, 180.0, True)
+    assert (fast_beat.runs, fast_beat.last_finished_at, fast_beat.last_error) == (1, T0, None)
+    assert (slow_beat.heartbeat_age_seconds, slow_beat.runs, slow_beat.stale) == (None, 0, True)
+    assert (gone_beat.interval_seconds, gone_beat.stale_after_seconds, gone_beat.stale) == (10, 30.0, True)
+    assert fast_beat.as_dict("fresh", "runs") == {"fresh": True, "runs": 1}
+    assert set(fast_beat.as_dict()) == {
+        "name",
+        "interval_seconds",
+        "stale_after_seconds",
+        "heartbeat_age_seconds",
+        "last_finished_at",
+        "fresh",
+        "runs",
+        "last_error",
+    }
+
+
+def test_the_reconcile_command_runs_the_registered_reconciler_at_once(sqlite_app):
+    cli = sqlite_app.test_cli_runner()
+
+    first, second = cli.invoke(args=["reconcile"]), cli.invoke(args=["reconcile"])
+
+    assert first.output == second.output == "ok: recovered=0 promoted=0 rung=0\n"
+    assert job_row("reconciler").runs == 2  # however recent its last run
+    assert periodic.acquire_lease("reconciler", "ghost", ttl_seconds=60, now=utcnow(), interval_seconds=0)
+    held = cli.invoke(args=["reconcile"])
+    assert held.exit_code == 1 and "another reconciler holds the lease" in held.output

@@ -52,15 +52,10 @@ def _trust_proxies(app: Flask) -> None:
 
 
 def _register_handlers(app: Flask) -> None:
-    """Import every module that registers operation handlers (and outcome listeners)."""
-    from webapp.services import email, payments
-    from webapp.services.console import bulk  # noqa: F401  (admin.bulk_retry)
-    from webapp.services.engine.registry import import_handler_modules
-    from webapp.services.monitoring import alerts  # noqa: F401  (alert.slack, dead-letter alerts)
+    """Wire every handler, outcome listener and periodic job (``webapp.services.init_app``)."""
+    from webapp import services
 
-    email.init_app(app)
-    payments.init_app(app)
-    import_handler_modules(config_module.comma_list(app.config.get("BACKSTOP_HANDLER_MODULES")))
+    services.init_app(app)
 
 
 def _register_blueprints(app: Flask) -> None:

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from flask import Flask
 
-from webapp.cli import admins, demo, dev, engine, products, stripe, tokens
+from webapp.cli import admins, demo, dev, engine, maintenance, products, stripe, tokens
 
 COMMANDS = (
     dev.dev,
     admins.create_admin,
     demo.demo_data_command,
     engine.reconcile_command,
-    engine.refingerprint_command,
+    maintenance.refingerprint_command,
     products.products_cli,
     tokens.tokens_cli,
     stripe.stripe_cli,

@@ -164,8 +164,8 @@ Index(
 def _fingerprint_new_rows(mapper, connection, operation: Operation) -> None:
     """Rows inserted with an error already (imports, demo data) get its fingerprint too.
 
-    The engine writes errors with UPDATE statements; its outcome listener
-    (``webapp.services.console.queries``) stores the fingerprint in the same transaction.
+    The engine writes errors with UPDATE statements, and the fingerprint with them
+    (``webapp.services.engine.runner.record_failure``).
     """
     if operation.error_fingerprint is None and (operation.error_class or operation.error_message):
         operation.error_fingerprint = fingerprint_of(operation.error_class, operation.error_message)

@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timedelta
 
-from sqlalchemy import String, and_, bindparam, case, cast, func, literal, literal_column, or_, select, update
+from sqlalchemy import String, and_, case, cast, func, literal, literal_column, or_, select
 
-from webapp.domain.fingerprints import FINGERPRINT_LENGTH, fingerprint_of, normalise_error
+from webapp.domain.fingerprints import FINGERPRINT_LENGTH, normalise_error
 from webapp.domain.states import State
 from webapp.domain.time import as_naive_utc, iso, utcnow
 from webapp.extensions import db
@@ -26,7 +26,6 @@ from webapp.models import Operation, OperationAttempt
 from webapp.models.commerce import Customer, Purchase
 from webapp.models.email import EmailLog
 from webapp.services.engine.registry import KINDS
-from webapp.services.engine.runner import on_outcome
 
 STATUSES = ("unresolved", "resolved", "all", "retrying", "scheduled")
 RANGES = {
@@ -428,44 +427,6 @@ def operation_names() -> list[str]:
 
 
 # --- fingerprints and the Issues view -----------------------------------------------------
-
-
-@on_outcome
-def _store_fingerprint(operation: Operation, outcome: str) -> None:
-    """Store the fingerprint of the error the engine just recorded, in the same transaction."""
-    if outcome != "succeeded" and (operation.error_class or operation.error_message):
-        operation.error_fingerprint = fingerprint_of(operation.error_class, operation.error_message)
-
-
-def refingerprint(batch: int = 5000) -> int:
-    """Recompute every stored fingerprint (after the normalisation changed); return how many changed. Commits."""
-    changed, last_id = 0, 0
-    while True:
-        rows = db.session.execute(
-            select(Operation.id, Operation.error_class, Operation.error_message, Operation.error_fingerprint)
-            .where(
-                Operation.id > last_id, or_(Operation.error_class.is_not(None), Operation.error_message.is_not(None))
-            )
-            .order_by(Operation.id)
-            .limit(batch)
-        ).all()
-        if not rows:
-            db.session.rollback()
-            return changed
-        updates = [
-            {"id": row.id, "error_fingerprint": fingerprint}
-            for row in rows
-            if (fingerprint := fingerprint_of(row.error_class, row.error_message)) != row.error_fingerprint
-        ]
-        if updates:
-            table = Operation.__table__
-            db.session.execute(
-                update(table).where(table.c.id == bindparam("b_id")).values(error_fingerprint=bindparam("b_fp")),
-                [{"b_id": u["id"], "b_fp": u["error_fingerprint"]} for u in updates],
-            )
-        db.session.commit()
-        changed += len(updates)
-        last_id = rows[-1].id
 
 
 @dataclass

@@ -1,11 +1,18 @@
-"""Periodic jobs under a database lease (one runner at a time, anywhere) with a heartbeat."""
+"""Periodic jobs: a registry, a database lease (one runner at a time, anywhere) and heartbeats.
+
+A job registers itself with :func:`periodic_job` (name, the config keys of its interval and
+lease, and its place in the tick); ``tasks/runtime.py`` ticks :func:`registered_jobs` in that
+order, each under its own lease (:func:`run_exclusive`). ``/healthz``, the health page,
+``/metrics`` and the ``job_stale`` check all judge the jobs by the same :func:`heartbeats`.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import or_, select, update
@@ -16,6 +23,80 @@ from webapp.extensions import db
 from webapp.models import JobRun, PeriodicJob
 
 log = logging.getLogger("backstop.jobs")
+
+
+# --- the registry -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RegisteredJob:
+    """A periodic job: ``run(now, config)`` returns its summary; interval and lease come from config keys."""
+
+    name: str
+    run: Callable[[datetime, Mapping], object]
+    interval_key: str
+    lease_key: str
+    order: int
+
+    def interval(self, config: Mapping) -> float:
+        """Seconds between runs."""
+        return float(config[self.interval_key])
+
+    def lease(self, config: Mapping) -> float:
+        """How long one run may hold the lease."""
+        return float(config[self.lease_key])
+
+
+_jobs: dict[str, RegisteredJob] = {}
+
+
+def periodic_job(name: str, *, interval: str, lease: str, order: int):
+    """Decorator registering ``fn(now, config)`` as the periodic job ``name``, ticked by ascending ``order``.
+
+    ``interval`` and ``lease`` name the config keys holding their seconds.
+    """
+
+    def decorator(fn):
+        register_job(RegisteredJob(name, fn, interval, lease, order))
+        return fn
+
+    return decorator
+
+
+def register_job(job: RegisteredJob) -> None:
+    """Add ``job`` to the registry; registering the same function again (a module reloaded) is a no-op."""
+    existing = _jobs.get(job.name)
+    if existing is not None and _qualname(existing.run) != _qualname(job.run):
+        raise ValueError(f"a different periodic job is already registered as {job.name!r}")
+    _jobs[job.name] = job
+
+
+def _qualname(fn) -> str:
+    return f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+def registered_jobs() -> list[RegisteredJob]:
+    """Every registered job in tick order."""
+    return sorted(_jobs.values(), key=lambda job: (job.order, job.name))
+
+
+def get_job(name: str) -> RegisteredJob:
+    """The job registered as ``name`` (KeyError if none)."""
+    return _jobs[name]
+
+
+def run_job(job: RegisteredJob, config: Mapping, *, force: bool = False, clock=utcnow) -> JobRun | None:
+    """Run ``job`` under its lease if it is due (at once, however recent its last run, with ``force``)."""
+    return run_exclusive(
+        job.name,
+        lambda now: job.run(now, config),
+        interval_seconds=0 if force else job.interval(config),
+        lease_seconds=job.lease(config),
+        clock=clock,
+    )
+
+
+# --- leases and runs ----------------------------------------------------------------------------
 
 
 def acquire_lease(name: str, holder: str, *, ttl_seconds: float, now: datetime, interval_seconds: float) -> bool:
@@ -73,7 +154,7 @@ def is_due(name: str, interval_seconds: float, now: datetime) -> bool:
 
 def run_exclusive(
     name: str,
-    fn: Callable[[datetime], str | None],
+    fn: Callable[[datetime], object],
     *,
     interval_seconds: float,
     lease_seconds: float,
@@ -82,7 +163,8 @@ def run_exclusive(
 ) -> JobRun | None:
     """Run ``fn(now)`` if job ``name`` is due and its lease is free; record the run and heartbeat.
 
-    Returns the run record, or ``None`` when the job was not due or another runner holds it.
+    What ``fn`` returns is recorded, as text, as the run's summary. Returns the run record,
+    or ``None`` when the job was not due or another runner holds it.
     """
     holder = holder or f"{uuid.uuid4().hex[:12]}"
     if not is_due(name, interval_seconds, clock()):  # cheap check before contending for the lease
@@ -108,7 +190,8 @@ def run_exclusive(
     started = time.monotonic()
     summary, error = None, None
     try:
-        summary = fn(now)
+        result = fn(now)
+        summary = None if result is None else str(result)
     except Exception as exc:  # a failing job is recorded and alarmed on, never silent
         db.session.rollback()
         error = f"{type(exc).__name__}: {exc}"[:4000]
@@ -140,3 +223,66 @@ def heartbeat_age(name: str, now: datetime | None = None) -> float | None:
     now = now or utcnow()
     last = db.session.execute(select(PeriodicJob.last_finished_at).where(PeriodicJob.name == name)).scalar()
     return None if last is None else max((now - last).total_seconds(), 0.0)
+
+
+# --- heartbeats ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """One job's heartbeat as judged now: its age against its own interval, its runs and last error."""
+
+    name: str
+    interval_seconds: float
+    stale_after_seconds: float
+    heartbeat_age_seconds: float | None
+    last_finished_at: datetime | None
+    fresh: bool
+    runs: int
+    last_error: str | None
+
+    @property
+    def stale(self) -> bool:
+        """The opposite of ``fresh``: the job never finished a run or not for too long."""
+        return not self.fresh
+
+    def as_dict(self, *fields: str) -> dict:
+        """The named fields (all when none are named), in that order, for a JSON answer."""
+        values = asdict(self)
+        return {key: values[key] for key in fields} if fields else values
+
+
+def stale_after(interval_seconds: float, config: Mapping) -> float:
+    """Seconds after which a job's heartbeat is stale: a multiple of its own interval."""
+    return float(interval_seconds) * float(config.get("JOB_STALE_AFTER_INTERVALS", 3))
+
+
+def heartbeats(config: Mapping, now: datetime | None = None) -> list[Heartbeat]:
+    """Every periodic job (registered or seen in the table), in tick order: age, staleness, last error.
+
+    A job is stale when it never finished a run or its heartbeat is older than
+    ``JOB_STALE_AFTER_INTERVALS`` of its own interval, so a daily job is judged in days.
+    """
+    now = now or utcnow()
+    rows = {row.name: row for row in db.session.execute(select(PeriodicJob)).scalars()}
+    db.session.rollback()
+    intervals = {job.name: job.interval(config) for job in registered_jobs()}
+    for name, row in rows.items():
+        intervals.setdefault(name, row.interval_seconds)
+    return [_heartbeat(name, interval, rows.get(name), config, now) for name, interval in intervals.items()]
+
+
+def _heartbeat(name: str, interval: float, row: PeriodicJob | None, config: Mapping, now: datetime) -> Heartbeat:
+    last = row.last_finished_at if row else None
+    age = None if last is None else max((now - last).total_seconds(), 0.0)
+    limit = stale_after(interval, config)
+    return Heartbeat(
+        name=name,
+        interval_seconds=interval,
+        stale_after_seconds=limit,
+        heartbeat_age_seconds=None if age is None else round(age, 1),
+        last_finished_at=last,
+        fresh=age is not None and age <= limit,
+        runs=row.runs if row else 0,
+        last_error=row.last_error if row else None,
+    )

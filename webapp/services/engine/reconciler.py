@@ -7,6 +7,7 @@ due, and re-ring due operations nobody rang or whose ring was lost.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -17,6 +18,7 @@ from webapp.domain.states import State
 from webapp.extensions import db
 from webapp.models import Operation, OperationPause
 from webapp.services.engine.doorbell import ring_after_commit
+from webapp.services.engine.periodic import periodic_job
 from webapp.services.engine.runner import record_failure
 
 JOB_NAME = "reconciler"
@@ -45,6 +47,13 @@ def reconcile(now: datetime, *, batch_size: int = 500, redeliver_after: float = 
         promoted=promote_scheduled(now, batch_size),
         rung=ring_overdue(now, batch_size, redeliver_after),
     )
+
+
+# First in every tick: the jobs after it see operations it recovered and promoted.
+@periodic_job(JOB_NAME, interval="RECONCILE_INTERVAL_SECONDS", lease="RECONCILE_LEASE_SECONDS", order=0)
+def periodic_pass(now: datetime, config: Mapping) -> ReconcileReport:
+    """The periodic reconciler job: one pass with the configured batch size and redelivery delay."""
+    return reconcile(now, batch_size=config["RECONCILE_BATCH_SIZE"], redeliver_after=config["REDELIVER_AFTER_SECONDS"])
 
 
 def _lock_batch(query, batch_size: int):

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 
 from webapp.domain.errors import Deferral, PermanentError, classify
+from webapp.domain.fingerprints import fingerprint_of
 from webapp.domain.retry import Decision, RetryPolicy
 from webapp.domain.states import CLAIMABLE, State
 from webapp.domain.time import as_naive_utc, utcnow
@@ -192,11 +193,14 @@ def record_failure(
     kind = classify(exc)
     decision = handler_policy.decide(number, kind)
     message, stack = _describe(exc)
+    error_class = _class_name(exc)
     values = {
-        "error_class": _class_name(exc),
+        "error_class": error_class,
         "error_kind": kind.value,
         "error_message": message,
         "error_stack": stack,
+        # Stored with the error, so the Issues view groups failures by an indexed column.
+        "error_fingerprint": fingerprint_of(error_class, message),
         "lease_expires_at": None,
     }
     if decision == Decision.DEFER:

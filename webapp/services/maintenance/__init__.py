@@ -1,1 +1,1 @@
-"""webapp.services.maintenance.cleanup."""
+"""Maintenance: auto-requeue of transient dead letters, retention cleanup, the fingerprint backfill."""

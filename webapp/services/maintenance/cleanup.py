@@ -1,4 +1,4 @@
-"""Maintenance jobs: auto-requeue of transient dead letters, and cleanup in bounded batches.
+"""Cleanup: retention in bounded batches.
 
 Cleanup deletes in batches of ``CLEANUP_BATCH_SIZE``, each batch its own short transaction,
 so no write lock is held for long (on SQLite every transaction holds *the* write lock).
@@ -20,87 +20,20 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select, text, update
 
-from webapp.config import comma_list
-from webapp.domain.errors import ErrorKind
 from webapp.domain.states import State
 from webapp.extensions import db
-from webapp.models import Alert, AutoRequeue, JobRun, MaintenanceCursor, Operation, StripeEvent
-from webapp.services.engine.operations import OperationError, retry_dead
+from webapp.models import Alert, JobRun, MaintenanceCursor, Operation, StripeEvent
+from webapp.services.engine.periodic import periodic_job
 from webapp.services.engine.registry import KINDS
-from webapp.services.monitoring.prometheus import roll_up_operations
+from webapp.services.monitoring.rollups import roll_up_operations
 
 log = logging.getLogger("backstop.maintenance")
 
-AUTO_REQUEUE_BY = "auto-requeue"
 # Stripe events whose processing is settled; a failed or pending event keeps its body for replay.
 SETTLED_EVENT_STATES = ("processed", "ignored")
 STRIPE_CURSOR = "stripe_event_bodies"
 # Webhook operations that succeeded after the body walk passed their (then unsettled) event.
 STRIPE_LATE_CURSOR = "stripe_event_bodies_late"
-
-
-# --- auto-requeue -------------------------------------------------------------------------------
-
-
-def _kinds(config: Mapping) -> list[str]:
-    return comma_list(config.get("AUTO_REQUEUE_KINDS", "email,webhook,job"))
-
-
-def requeue_candidates(now: datetime, config: Mapping) -> list[int]:
-    """Dead operations due for their one automatic retry, oldest death first."""
-    cutoff = now - timedelta(seconds=float(config.get("AUTO_REQUEUE_AFTER_SECONDS", 86400)))
-    ids = (
-        db.session.execute(
-            select(Operation.id)
-            .where(
-                Operation.state == State.DEAD.value,
-                Operation.resolved_at.is_(None),
-                Operation.dead_at <= cutoff,
-                Operation.error_kind == ErrorKind.TRANSIENT.value,
-                Operation.attempts < int(config.get("AUTO_REQUEUE_MAX_ATTEMPTS", 10)),
-                Operation.kind.in_(_kinds(config)),
-                Operation.id.not_in(select(AutoRequeue.operation_id)),
-            )
-            .order_by(Operation.dead_at, Operation.id)
-            .limit(int(config.get("AUTO_REQUEUE_BATCH_SIZE", 100)))
-        )
-        .scalars()
-        .all()
-    )
-    db.session.rollback()
-    return list(ids)
-
-
-def auto_requeue(now: datetime, config: Mapping) -> str:
-    """Retry, once each, dead operations whose last error was transient and that died long enough ago.
-
-    Permanent failures are never retried; an operation at the attempt cap is left to people.
-    """
-    requeued = skipped = 0
-    for operation_id in requeue_candidates(now, config):
-        operation = db.session.get(Operation, operation_id, populate_existing=True)
-        if operation is None or operation.state != State.DEAD or operation.resolved_at is not None:
-            db.session.rollback()  # resolved or retried by a person meanwhile
-            skipped += 1
-            continue
-        # The mark commits in retry_dead's own transaction, so "once" holds even across crashes.
-        db.session.add(AutoRequeue(operation_id=operation_id, requeued_at=now, attempts_before=operation.attempts))
-        try:
-            retry_dead(operation_id, by=AUTO_REQUEUE_BY, now=now)
-        except OperationError:
-            db.session.rollback()
-            skipped += 1
-            continue
-        requeued += 1
-        log.info(
-            "auto-requeued dead operation %s after a transient failure",
-            operation_id,
-            extra={"operation_id": operation_id},
-        )
-    return f"requeued={requeued} skipped={skipped}"
-
-
-# --- cleanup ------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -183,8 +116,9 @@ class _Batches:
             time.sleep(max(self.pause_seconds, held))
 
 
+@periodic_job("cleanup", interval="CLEANUP_INTERVAL_SECONDS", lease="CLEANUP_LEASE_SECONDS", order=20)
 def cleanup(now: datetime, config: Mapping) -> CleanupReport:
-    """Delete or trim old records in bounded batches; returns counts and per-batch timings."""
+    """Delete or trim old records in bounded batches; returns (and logs) counts and per-batch timings."""
     size = max(int(config.get("CLEANUP_BATCH_SIZE", 200)), 1)
     report = CleanupReport()
     batches = _Batches(
@@ -194,7 +128,7 @@ def cleanup(now: datetime, config: Mapping) -> CleanupReport:
     dead_cutoff = now - _days(config, "RETENTION_RESOLVED_DEAD_DAYS", 90)
     for kind in KINDS:  # one kind at a time so the (kind, succeeded_at) index serves the query
         report.succeeded += batches.drain(
-            lambda: _delete_operations(
+            lambda kind=kind: _delete_operations(
                 select(Operation.id).where(
                     Operation.kind == kind,
                     Operation.succeeded_at < succeeded_cutoff,
@@ -221,6 +155,7 @@ def cleanup(now: datetime, config: Mapping) -> CleanupReport:
     report.alerts += batches.drain(
         lambda: _delete_ids(Alert, select(Alert.id).where(Alert.created_at < alerts_cutoff).order_by(Alert.id), size)
     )
+    log.info("cleanup: %s", report, extra={"max_batch_ms": round(report.max_batch_ms, 1)})
     return report
 
 
@@ -318,15 +253,3 @@ def _trim_late_settled_bodies(settled_before: datetime, size: int, now: datetime
     cursor.position, cursor.updated_at = times[-1], now
     db.session.commit()
     return len(times)
-
-
-def cleanup_job(config: Mapping, now: datetime) -> str:
-    """The periodic cleanup job: one run, summarised for its heartbeat."""
-    report = cleanup(now, config)
-    log.info("cleanup: %s", report, extra={"max_batch_ms": round(report.max_batch_ms, 1)})
-    return str(report)
-
-
-def auto_requeue_job(config: Mapping, now: datetime) -> str:
-    """The periodic auto-requeue job."""
-    return auto_requeue(now, config)

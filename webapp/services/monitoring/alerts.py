@@ -21,12 +21,12 @@ from flask import current_app
 from sqlalchemy import select
 
 from webapp.domain.errors import Deferral, PermanentError, TransientError
+from webapp.domain.fingerprints import fingerprint_of
 from webapp.domain.retry import RetryPolicy
 from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.models import Alert, AlertState, Operation
 from webapp.models.alerts import ALERT_LEVELS, ALERT_TYPES
-from webapp.services.console.queries import fingerprint_of
 from webapp.services.engine.operations import create_operation
 from webapp.services.engine.registry import handler
 from webapp.services.engine.runner import on_outcome

@@ -12,11 +12,13 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 
+from webapp.domain.fingerprints import fingerprint_of, normalise_error
 from webapp.domain.states import State
 from webapp.extensions import db
 from webapp.models import Alert, AutoRequeue, Operation, PeriodicJob
-from webapp.services.console.queries import fingerprint_of, normalise_error
+from webapp.services.engine import periodic
 from webapp.services.engine.doorbell import get_doorbell
+from webapp.services.engine.periodic import Heartbeat, periodic_job
 from webapp.services.monitoring import alerts
 
 CHECKS_JOB = "checks"
@@ -119,30 +121,23 @@ def check_failure_rate(kind: str, now: datetime, config: Mapping):
     )
 
 
-def stale_after(interval_seconds: float, config: Mapping) -> float:
-    """Seconds after which a job's heartbeat is stale: a multiple of its own interval."""
-    return float(interval_seconds) * float(config.get("JOB_STALE_AFTER_INTERVALS", 3))
-
-
 def check_jobs(now: datetime, config: Mapping, *, skip: str | None = CHECKS_JOB) -> list:
     """job_stale for each periodic job whose heartbeat is stale; system_health for failing runs.
 
-    Judged exactly as ``/healthz`` judges it (:func:`schedule.job_heartbeats`): every configured
+    Judged exactly as ``/healthz`` judges it (:func:`periodic.heartbeats`): every registered
     job, including one that never finished a run and so has no heartbeat at all.
     """
-    from webapp.services.schedule import job_heartbeats  # schedule imports this module for its job table
-
     raised = []
-    for beat in job_heartbeats(config, now):
-        if beat["name"] == skip:
+    for beat in periodic.heartbeats(config, now):
+        if beat.name == skip:
             continue  # this very job is running, so it is not stale
         raised.append(_job_stale(beat, now))
         raised.append(_job_failed(beat, now))
     return raised
 
 
-def _job_stale(beat: dict, now: datetime):
-    name, age, limit = beat["name"], beat["heartbeat_age_seconds"], beat["stale_after_seconds"]
+def _job_stale(beat: Heartbeat, now: datetime):
+    name, age, limit = beat.name, beat.heartbeat_age_seconds, beat.stale_after_seconds
     context = {
         "job": name,
         "heartbeat_age_seconds": None if age is None else round(age),
@@ -152,20 +147,20 @@ def _job_stale(beat: dict, now: datetime):
     return alerts.evaluate_threshold(
         "job_stale",
         name,
-        None if beat["fresh"] else "critical",
+        None if beat.fresh else "critical",
         value=age,
         now=now,
         context=context,
         title=f"Periodic job {name} has never finished a run"
         if age is None
         else f"Periodic job {name} has not run for {_ago(age)}",
-        message=f"Job {name} runs every {beat['interval_seconds']:.0f} s; its heartbeat is stale after "
+        message=f"Job {name} runs every {beat.interval_seconds:.0f} s; its heartbeat is stale after "
         f"{limit:.0f} s. Is a worker with the scheduler running?",
     )
 
 
-def _job_failed(beat: dict, now: datetime):
-    name, error = beat["name"], beat["last_error"]
+def _job_failed(beat: Heartbeat, now: datetime):
+    name, error = beat.name, beat.last_error
     return alerts.evaluate_threshold(
         "system_health",
         f"job_failed:{name}",
@@ -200,6 +195,8 @@ def _ago(age: float) -> str:
     return f"{age / 3600:.1f} h" if age >= 3600 else f"{age / 60:.0f} min" if age >= 60 else f"{age:.0f} s"
 
 
+# Last in every tick, so the job checks see this tick's heartbeats.
+@periodic_job(CHECKS_JOB, interval="CHECKS_INTERVAL_SECONDS", lease="CHECKS_LEASE_SECONDS", order=40)
 def run_checks(now: datetime, config: Mapping) -> str:
     """One pass of every check, each in its own short transaction; returns a summary."""
     raised = []
@@ -217,11 +214,6 @@ def run_checks(now: datetime, config: Mapping) -> str:
             db.session.rollback()
             raise
     return f"alerts={len(raised)}" + (f" ({', '.join(f'{a.type}:{a.key}' for a in raised)})" if raised else "")
-
-
-def checks_job(config: Mapping, now: datetime) -> str:
-    """The periodic checks job."""
-    return run_checks(now, config)
 
 
 # --- the daily report ---------------------------------------------------------------------------
@@ -334,7 +326,8 @@ def send_daily_report(now: datetime, config: Mapping):
     return alert
 
 
-def daily_report_job(config: Mapping, now: datetime) -> str:
+@periodic_job(DAILY_REPORT_JOB, interval="DAILY_REPORT_INTERVAL_SECONDS", lease="DAILY_REPORT_LEASE_SECONDS", order=30)
+def daily_report_job(now: datetime, config: Mapping) -> str:
     """The periodic daily-report job; its very first run only starts the clock (no day to report yet)."""
     first = (
         db.session.execute(select(PeriodicJob.last_finished_at).where(PeriodicJob.name == DAILY_REPORT_JOB)).scalar()

@@ -17,7 +17,9 @@ from webapp.domain.states import State
 from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.models import Operation, OperationAttempt
+from webapp.services.engine import periodic
 from webapp.services.engine.doorbell import get_doorbell
+from webapp.services.engine.reconciler import JOB_NAME as RECONCILER
 from webapp.services.engine.registry import KINDS
 
 WINDOWS = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7)}
@@ -284,12 +286,9 @@ def trend(window: str, now: datetime | None = None) -> dict:
     return {"labels": labels, "successes": successes, "failures": failures}
 
 
-def heartbeats(config: Mapping, now: datetime | None = None) -> list[dict]:
-    """Each periodic job's heartbeat, judged exactly as /healthz, /metrics and ``job_stale`` judge it."""
-    from webapp.services.schedule import job_heartbeats  # schedule imports the jobs, which import this module's peers
-
-    beats = sorted(job_heartbeats(config, now), key=lambda beat: beat["name"])
-    return [dict(beat, stale=not beat["fresh"]) for beat in beats]
+def heartbeats(config: Mapping, now: datetime | None = None) -> list[periodic.Heartbeat]:
+    """Each periodic job's heartbeat by name, judged exactly as /healthz, /metrics and ``job_stale`` judge it."""
+    return sorted(periodic.heartbeats(config, now), key=lambda beat: beat.name)
 
 
 def queue_health(config: Mapping, now: datetime | None = None) -> dict:
@@ -302,7 +301,7 @@ def queue_health(config: Mapping, now: datetime | None = None) -> dict:
     waiting = sum(by_state.get(state, 0) for state in ("pending", "retrying", "scheduled"))
     return {
         "healthy": depth is not None
-        and not any(beat["stale"] for beat in heartbeats(config, now) if beat["name"] == "reconciler"),
+        and not any(beat.stale for beat in heartbeats(config, now) if beat.name == RECONCILER),
         "metrics": {state.value: by_state.get(state.value, 0) for state in State},
         "queue": depth,
         "stats": {

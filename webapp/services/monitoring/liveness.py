@@ -9,10 +9,9 @@ from sqlalchemy import text
 
 from webapp.domain.time import utcnow
 from webapp.extensions import db
+from webapp.services.engine import periodic
 from webapp.services.engine.doorbell import get_doorbell
 from webapp.services.engine.reconciler import JOB_NAME as RECONCILER
-from webapp.services.monitoring.checks import stale_after
-from webapp.services.schedule import job_heartbeats
 
 JOB_FIELDS = ("heartbeat_age_seconds", "interval_seconds", "stale_after_seconds", "fresh", "runs", "last_error")
 
@@ -42,17 +41,16 @@ def _heartbeats_fresh(report: dict, config: Mapping, now: datetime) -> bool:
             "heartbeat_age_seconds": None,
             "fresh": False,
             "error": type(exc).__name__,
-            "stale_after_seconds": stale_after(config["RECONCILE_INTERVAL_SECONDS"], config),
+            "stale_after_seconds": periodic.stale_after(config["RECONCILE_INTERVAL_SECONDS"], config),
         }
         return False
 
 
 def _read_heartbeats(report: dict, config: Mapping, now: datetime) -> bool:
-    beats = {beat["name"]: beat for beat in job_heartbeats(config, now)}
-    report["jobs"] = {name: {key: beat[key] for key in JOB_FIELDS} for name, beat in beats.items()}
-    reconciler = beats[RECONCILER]
-    report["reconciler"] = {key: reconciler[key] for key in ("heartbeat_age_seconds", "stale_after_seconds", "fresh")}
-    stale = sorted(name for name, beat in beats.items() if not beat["fresh"])
+    beats = {beat.name: beat for beat in periodic.heartbeats(config, now)}
+    report["jobs"] = {name: beat.as_dict(*JOB_FIELDS) for name, beat in beats.items()}
+    report["reconciler"] = beats[RECONCILER].as_dict("heartbeat_age_seconds", "stale_after_seconds", "fresh")
+    stale = sorted(name for name, beat in beats.items() if beat.stale)
     if stale:
         report["stale_jobs"] = stale
     return not stale

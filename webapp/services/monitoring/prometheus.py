@@ -13,131 +13,26 @@ from collections.abc import Mapping
 from datetime import datetime
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-from sqlalchemy import case, func, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import func, select
 
 from webapp.domain.states import CLAIMABLE, State
 from webapp.domain.time import utcnow
 from webapp.extensions import db
-from webapp.models import MetricRollup, Operation, OperationAttempt, OperationPause, StripeEvent
+from webapp.models import Operation, OperationPause, StripeEvent
+from webapp.services.email.circuits import circuit_states
+from webapp.services.engine import periodic
 from webapp.services.engine.doorbell import get_doorbell
+from webapp.services.monitoring.rollups import (
+    DURATION_BUCKETS,
+    bucket_label,
+    duration_histogram,
+    operation_counters,
+    read_rollups,
+)
+from webapp.services.payments.intake import REASONS, rejection_counts
 
-# Attempt duration buckets in seconds (upper bounds; +Inf is added).
-DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
-FAILED_OUTCOMES = ("failed", "dead", "crashed")
 CIRCUIT_STATES = ("closed", "open", "half_open")
 COUNTERS = ("created", "succeeded", "failed", "dead_lettered")
-
-
-def _bucket_label(bound: float) -> str:
-    return "+Inf" if bound == float("inf") else repr(float(bound))
-
-
-# --- aggregations (shared with cleanup, which rolls deleted rows up) ---------------------------
-
-
-def operation_counters(*conditions, attempt_conditions=()) -> dict[tuple[str, str, str], int]:
-    """``{(metric, kind, name): count}`` for created, succeeded, failed and dead_lettered.
-
-    ``attempt_conditions`` narrow the attempts side directly (by ``operation_id``), so a batch
-    of ids is looked up through the attempts index instead of a scan of the whole table.
-    """
-    counts: dict[tuple[str, str, str], int] = {}
-    rows = db.session.execute(
-        select(
-            Operation.kind,
-            Operation.name,
-            func.count(),
-            func.sum(case((Operation.state == State.SUCCEEDED.value, 1), else_=0)),
-        )
-        .where(*conditions)
-        .group_by(Operation.kind, Operation.name)
-    ).all()
-    for kind, name, created, succeeded in rows:
-        counts[("created", kind, name)] = int(created)
-        counts[("succeeded", kind, name)] = int(succeeded or 0)
-    attempts = db.session.execute(
-        select(
-            Operation.kind,
-            Operation.name,
-            func.sum(case((OperationAttempt.outcome.in_(FAILED_OUTCOMES), 1), else_=0)),
-            func.sum(case((OperationAttempt.outcome == "dead", 1), else_=0)),
-        )
-        .join(Operation, Operation.id == OperationAttempt.operation_id)
-        .where(*conditions, *attempt_conditions)
-        .group_by(Operation.kind, Operation.name)
-    ).all()
-    for kind, name, failed, dead in attempts:
-        counts[("failed", kind, name)] = int(failed or 0)
-        counts[("dead_lettered", kind, name)] = int(dead or 0)
-    return counts
-
-
-def duration_histogram(*conditions, attempt_conditions=()) -> dict[tuple[str, str], int]:
-    """``{(kind, bucket label): cumulative count}`` plus ``(kind, "sum_ms")`` and ``(kind, "count")``."""
-    bounds = list(DURATION_BUCKETS)
-    columns = [func.sum(case((OperationAttempt.duration_ms <= int(bound * 1000), 1), else_=0)) for bound in bounds]
-    rows = db.session.execute(
-        select(
-            Operation.kind, func.count(OperationAttempt.duration_ms), func.sum(OperationAttempt.duration_ms), *columns
-        )
-        .join(Operation, Operation.id == OperationAttempt.operation_id)
-        .where(OperationAttempt.duration_ms.is_not(None), *conditions, *attempt_conditions)
-        .group_by(Operation.kind)
-    ).all()
-    result: dict[tuple[str, str], int] = {}
-    for kind, count, total_ms, *cumulative in rows:
-        for bound, value in zip(bounds, cumulative):
-            result[(kind, _bucket_label(bound))] = int(value or 0)
-        result[(kind, "+Inf")] = int(count)
-        result[(kind, "count")] = int(count)
-        result[(kind, "sum_ms")] = int(total_ms or 0)
-    return result
-
-
-def add_to_rollups(values: dict[tuple[str, str, str, str], int]) -> None:
-    """Add ``{(metric, kind, name, label): delta}`` to the roll-ups in the caller's transaction."""
-    if not values:
-        return
-    insert = pg_insert if db.session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    statement = insert(MetricRollup.__table__)
-    statement = statement.on_conflict_do_update(
-        index_elements=[MetricRollup.metric, MetricRollup.kind, MetricRollup.name, MetricRollup.label],
-        set_={"value": MetricRollup.__table__.c.value + statement.excluded.value},
-    )
-    # One executemany, not a statement per row: it runs inside a cleanup batch that holds the
-    # write lock. Zeros are stored too, so a series keeps existing after its rows are gone.
-    db.session.execute(
-        statement,
-        [
-            {"metric": metric, "kind": kind, "name": name, "label": label, "value": delta}
-            for (metric, kind, name, label), delta in sorted(values.items())
-        ],
-    )
-
-
-def roll_up_operations(ids: list[int]) -> None:
-    """Carry the counters and histogram of operations about to be deleted into the roll-ups."""
-    condition, by_attempt = Operation.id.in_(ids), (OperationAttempt.operation_id.in_(ids),)
-    values = {
-        (metric, kind, name, ""): count
-        for (metric, kind, name), count in operation_counters(condition, attempt_conditions=by_attempt).items()
-    }
-    values.update(
-        {
-            ("attempt_duration", kind, "", label): count
-            for (kind, label), count in duration_histogram(condition, attempt_conditions=by_attempt).items()
-        }
-    )
-    add_to_rollups(values)
-
-
-def _rollups() -> dict[tuple[str, str, str, str], int]:
-    rows = db.session.execute(
-        select(MetricRollup.metric, MetricRollup.kind, MetricRollup.name, MetricRollup.label, MetricRollup.value)
-    ).all()
-    return {(metric, kind, name, label): int(value) for metric, kind, name, label, value in rows}
 
 
 # --- the collector ------------------------------------------------------------------------------
@@ -154,7 +49,7 @@ class DatabaseCollector:
         """Yield every metric family (called by ``generate_latest``)."""
         now = self.now or utcnow()
         try:
-            rollups = _rollups()
+            rollups = read_rollups()
             yield from self._operation_counters(rollups)
             yield self._duration_histogram(rollups)
             yield from self._webhook_intake()
@@ -191,18 +86,16 @@ class DatabaseCollector:
             "backstop_operation_attempt_duration_seconds", "Duration of finished operation attempts", labels=["kind"]
         )
         kinds = {kind for kind, _ in live} | {kind for (m, kind, _, _) in rollups if m == "attempt_duration"}
-        labels = [_bucket_label(bound) for bound in DURATION_BUCKETS] + ["+Inf"]
+        labels = [bucket_label(bound) for bound in DURATION_BUCKETS] + ["+Inf"]
         for kind in sorted(kinds):
 
-            def total(label):
+            def total(label, kind=kind):
                 return live.get((kind, label), 0) + rollups.get(("attempt_duration", kind, "", label), 0)
 
             family.add_metric([kind], [(label, total(label)) for label in labels], sum_value=total("sum_ms") / 1000.0)
         return family
 
     def _webhook_intake(self):
-        from webapp.services.payments.intake import REASONS, rejection_counts
-
         accepted = CounterMetricFamily(
             "backstop_webhook_events_accepted", "Stripe events verified and stored", labels=["type"]
         )
@@ -255,24 +148,20 @@ class DatabaseCollector:
 
     def _job_heartbeats(self, now):
         """Every configured job, judged as /healthz and the job_stale alert judge it."""
-        from webapp.services.schedule import job_heartbeats  # schedule -> maintenance -> this module
-
         age = GaugeMetricFamily(
             "backstop_periodic_job_heartbeat_age_seconds",
             "Seconds since each periodic job last finished a run (NaN: never)",
             labels=["job"],
         )
         stale = GaugeMetricFamily("backstop_periodic_job_stale", "1 when a job's heartbeat is stale", labels=["job"])
-        for beat in sorted(job_heartbeats(self.config, now), key=lambda beat: beat["name"]):
-            seconds = beat["heartbeat_age_seconds"]
-            age.add_metric([beat["name"]], float("nan") if seconds is None else float(seconds))
-            stale.add_metric([beat["name"]], 0 if beat["fresh"] else 1)
+        for beat in sorted(periodic.heartbeats(self.config, now), key=lambda beat: beat.name):
+            seconds = beat.heartbeat_age_seconds
+            age.add_metric([beat.name], float("nan") if seconds is None else float(seconds))
+            stale.add_metric([beat.name], 0 if beat.fresh else 1)
         yield age
         yield stale
 
     def _circuits(self, now):
-        from webapp.services.email.circuits import circuit_states
-
         family = GaugeMetricFamily(
             "backstop_email_circuit_state",
             "Email provider circuit breaker state (1 for the current state)",
