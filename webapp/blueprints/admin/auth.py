@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 from flask import current_app, flash, redirect, render_template, request, session, url_for
 from flask_login import current_user, login_required, login_user, logout_user
 
-from webapp.blueprints.admin import bp
+from webapp.blueprints.admin.blueprint import bp
 from webapp.services.console import admins
 
 

@@ -19,7 +19,7 @@ from flask import (
 from flask_login import current_user, login_required
 from werkzeug.exceptions import HTTPException
 
-from webapp.blueprints.admin import bp
+from webapp.blueprints.admin.blueprint import bp
 from webapp.domain.states import TERMINAL
 from webapp.domain.time import utcnow
 from webapp.services.console import bulk, queries

@@ -6,7 +6,7 @@ import re
 
 from flask import current_app, g, jsonify, request
 
-from webapp.blueprints.admin_api import bp
+from webapp.blueprints.admin_api.blueprint import bp
 from webapp.blueprints.json_api import ApiError, iso
 from webapp.services.console import bulk, queries
 from webapp.services.console.queries import FilterError

@@ -7,7 +7,7 @@ from functools import wraps
 
 from flask import current_app, g, jsonify, request
 
-from webapp.blueprints.api import bp
+from webapp.blueprints.api.blueprint import bp
 from webapp.blueprints.json_api import ALL_METHODS, ApiError, bearer_token, error_body, iso
 from webapp.services.access import idempotency, tokens
 from webapp.services.payments import checkout, customers, purchases

@@ -1,7 +1,6 @@
 """``GET /healthz``: liveness plus every periodic job's heartbeat."""
 
-from flask import Blueprint
+from webapp.blueprints.health import views  # noqa: F401  (importing the route modules registers their routes on bp)
+from webapp.blueprints.health.blueprint import bp
 
-bp = Blueprint("health", __name__)
-
-from webapp.blueprints.health import views  # noqa: E402,F401  (the routes register on bp)
+__all__ = ["bp"]

@@ -2,7 +2,7 @@
 
 from flask import current_app, jsonify
 
-from webapp.blueprints.health import bp
+from webapp.blueprints.health.blueprint import bp
 from webapp.services.monitoring import liveness
 
 

@@ -1,7 +1,6 @@
 """``GET /metrics``: Prometheus text format, every value read from the database per scrape."""
 
-from flask import Blueprint
+from webapp.blueprints.metrics import views  # noqa: F401  (importing the route modules registers their routes on bp)
+from webapp.blueprints.metrics.blueprint import bp
 
-bp = Blueprint("metrics", __name__)
-
-from webapp.blueprints.metrics import views  # noqa: E402,F401  (the routes register on bp)
+__all__ = ["bp"]

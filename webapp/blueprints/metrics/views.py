@@ -8,7 +8,7 @@ from flask import Response, current_app, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from webapp.blueprints.json_api import bearer_challenge, bearer_token
-from webapp.blueprints.metrics import bp
+from webapp.blueprints.metrics.blueprint import bp
 from webapp.services.monitoring.prometheus import DatabaseCollector
 
 REALM = "metrics"

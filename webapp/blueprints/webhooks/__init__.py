@@ -4,8 +4,7 @@ No business work and no outbound call happen here: the event and its processing 
 commit together, then the worker takes over. Never a 2xx for an event that is not stored.
 """
 
-from flask import Blueprint
+from webapp.blueprints.webhooks import views  # noqa: F401  (importing the route modules registers their routes on bp)
+from webapp.blueprints.webhooks.blueprint import bp
 
-bp = Blueprint("webhooks", __name__)
-
-from webapp.blueprints.webhooks import views  # noqa: E402,F401  (the routes register on bp)
+__all__ = ["bp"]

@@ -8,7 +8,7 @@ from flask import current_app, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 
 from webapp.blueprints.json_api import ALL_METHODS, error_response
-from webapp.blueprints.webhooks import bp
+from webapp.blueprints.webhooks.blueprint import bp
 from webapp.extensions import db
 from webapp.services.payments import intake
 from webapp.services.payments.intake import WebhookRejected

@@ -1,0 +1,5 @@
+"""The metrics blueprint object, its hooks and error handlers (route modules import ``bp`` from here)."""
+
+from flask import Blueprint
+
+bp = Blueprint("metrics", __name__)

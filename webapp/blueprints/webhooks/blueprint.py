@@ -1,0 +1,5 @@
+"""The webhooks blueprint object, its hooks and error handlers (route modules import ``bp`` from here)."""
+
+from flask import Blueprint
+
+bp = Blueprint("webhooks", __name__)
