@@ -12,6 +12,8 @@ from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.models import Customer, EmailLog, Operation, Product, Purchase
 from webapp.services.email import queue_email
+from webapp.services.email.providers.base import OutgoingEmail
+from webapp.services.email.render import message_id, provider_idempotency_key
 from webapp.services.engine import runner
 
 
@@ -124,3 +126,18 @@ def purchase_state(purchase_id: int):
     result = (purchase.fulfilment_status, purchase.fulfilled_at)
     db.session.rollback()
     return result
+
+
+def make_email(key: str = "op-key-1", to: str = "buyer@example.com") -> OutgoingEmail:
+    """A rendered email whose identifiers derive from operation key ``key``."""
+    sender = "Backstop <noreply@shop.example>"
+    return OutgoingEmail(
+        sender=sender,
+        to=to,
+        subject="Your purchase",
+        text="Thanks!\n",
+        html="<p>Thanks!</p>",
+        message_id=message_id(key, sender),
+        idempotency_key=provider_idempotency_key(key),
+        metadata={"operation_id": 7},
+    )

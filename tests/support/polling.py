@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
+
+from tests.support.reads import load
+from webapp.models import Operation
 
 
 class Timeout(AssertionError):
@@ -19,3 +23,18 @@ def wait_for(condition, *, timeout: float = 20.0, interval: float = 0.05, messag
         if time.monotonic() >= deadline:
             raise Timeout(f"timed out after {timeout}s waiting for {message}")
         time.sleep(interval)
+
+
+def wait_state(operation_id: int, states, timeout: float = 30) -> Operation:
+    """Poll until the operation is in one of ``states``."""
+    states = {states} if isinstance(states, str) else set(states)
+    return wait_for(
+        lambda: (op := load(operation_id)).state in states and op,
+        timeout=timeout,
+        message=f"operation {operation_id} to reach {states}",
+    )
+
+
+def calls(log: Path) -> list[str]:
+    """Lines the handlers wrote: one per real execution."""
+    return log.read_text().splitlines() if log.exists() else []

@@ -9,6 +9,7 @@ from datetime import timedelta
 import pytest
 from werkzeug import Response
 
+from tests.support.email import make_email
 from tests.support.smtp import HANG, PERMANENT, TEMPORARY
 from webapp.domain.time import utcnow
 from webapp.services.email.providers import (
@@ -18,27 +19,10 @@ from webapp.services.email.providers import (
     TransientProviderError,
     provider_names,
 )
-from webapp.services.email.providers.base import OutgoingEmail, parse_retry_after
+from webapp.services.email.providers.base import parse_retry_after
 from webapp.services.email.providers.postmark import PostmarkProvider
 from webapp.services.email.providers.resend import ResendProvider
 from webapp.services.email.providers.smtp import SmtpProvider, SmtpSettings
-from webapp.services.email.render import message_id, provider_idempotency_key
-
-
-def make_email(key: str = "op-key-1", to: str = "buyer@example.com") -> OutgoingEmail:
-    """A rendered email whose identifiers derive from operation key ``key``."""
-    sender = "Backstop <noreply@shop.example>"
-    return OutgoingEmail(
-        sender=sender,
-        to=to,
-        subject="Your purchase",
-        text="Thanks!\n",
-        html="<p>Thanks!</p>",
-        message_id=message_id(key, sender),
-        idempotency_key=provider_idempotency_key(key),
-        metadata={"operation_id": 7},
-    )
-
 
 # --- SMTP -------------------------------------------------------------------------------------
 

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import signal
 from datetime import timedelta
-from pathlib import Path
 
 from sqlalchemy import select
 
 from tests.conftest import make_app
-from tests.support.polling import wait_for
+from tests.support.polling import calls, wait_for, wait_state
 from tests.support.reads import attempts_of, detached, load
 from webapp.domain.time import utcnow
 from webapp.extensions import db
-from webapp.models import JobRun, Operation
+from webapp.models import JobRun
 from webapp.services.engine import doorbell, operations
 
 TERMINAL = {"succeeded", "dead", "cancelled"}
@@ -24,21 +23,6 @@ def create(name: str, key: str, **payload) -> int:
     operation = operations.create_operation(name, payload, idempotency_key=key)
     db.session.commit()
     return operation.id
-
-
-def wait_state(operation_id: int, states, timeout: float = 30) -> Operation:
-    """Poll until the operation is in one of ``states``."""
-    states = {states} if isinstance(states, str) else set(states)
-    return wait_for(
-        lambda: (op := load(operation_id)).state in states and op,
-        timeout=timeout,
-        message=f"operation {operation_id} to reach {states}",
-    )
-
-
-def calls(log: Path) -> list[str]:
-    """Lines the handlers wrote: one per real execution."""
-    return log.read_text().splitlines() if log.exists() else []
 
 
 def test_fails_twice_then_succeeds_with_policy_spacing(app, backend, start_worker, tmp_path):

@@ -12,7 +12,7 @@ from tasks.queue import QueueConfigurationError, huey_from_url
 from webapp import create_app
 from webapp.config import REQUIRED_IN_PRODUCTION, ConfigurationError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PRODUCTION = {
     "SECRET_KEY": "a-long-random-secret-value",
     "STRIPE_SECRET_KEY": "sk_test_123",

@@ -14,9 +14,8 @@ import trustme
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from tests.conftest import make_app
-from tests.support.email import Clock, email_log, load, queue, run
+from tests.support.email import Clock, email_log, load, make_email, queue, run
 from tests.support.smtp import SmtpServer
-from tests.test_email_providers import make_email
 from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.services.email.providers import NotConfigured, ProviderMisconfigured, build_provider

@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import select
 
 from tests.support.monitoring import create
-from tests.support.polling import wait_for
-from tests.test_engine_e2e import calls, load, wait_state
+from tests.support.polling import calls, wait_for, wait_state
+from tests.support.reads import load
 from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.models import Operation
@@ -116,7 +116,7 @@ def test_an_over_long_pause_note_is_refused_not_cut(sqlite_app):
 
 
 def test_health_page_shows_pauses_and_its_buttons_pause_and_resume(sqlite_app, tmp_path):
-    from tests.test_admin_routes import PASSWORD, IsolatedClient, csrf_from, login
+    from tests.support.console import PASSWORD, IsolatedClient, csrf_from, login
     from webapp.services.console import admins
 
     sqlite_app.test_client_class = IsolatedClient  # one app context is shared: forget g per request

@@ -307,7 +307,9 @@ def test_system_health_fires_when_a_periodic_job_fails(slack_app):
 
     [alert] = [a for a in alerts("system_health") if a.key == "job_failed:cleanup"]
     assert alert.level == "error" and "RuntimeError: cleanup could not reach the database" in alert.context["error"]
-    periodic.run_exclusive("cleanup", lambda now: "ok", interval_seconds=3600, lease_seconds=60, clock=lambda: later(3600))
+    periodic.run_exclusive(
+        "cleanup", lambda now: "ok", interval_seconds=3600, lease_seconds=60, clock=lambda: later(3600)
+    )
     checks.run_checks(later(3605), slack_app.config)
     assert [a.state for a in alerts("system_health") if a.key == "job_failed:cleanup"] == ["firing", "recovered"]
 

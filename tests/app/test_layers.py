@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LOWER_LAYERS = ("webapp/services", "webapp/models", "webapp/domain")
 REQUEST_STATE = {"request", "g", "session"}
 ENTRY_POINTS = {"wsgi.py", "tasks/worker.py"}

@@ -1,0 +1,60 @@
+"""Demo data fills only an empty database; CSRF stays on in tests; front-end packages come from the lock file."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select
+
+from tests.conftest import make_app
+from webapp.extensions import db
+from webapp.models import Operation
+from webapp.services.console import queries
+from webapp.services.console.queries import Filters
+
+# --- demo data ----------------------------------------------------------------------------
+
+
+def test_demo_data_fills_an_empty_database_only(sqlite_app):
+    cli = sqlite_app.test_cli_runner()
+    result = cli.invoke(args=["demo-data"])
+    assert result.exit_code == 0, result.output
+    kinds = set(db.session.execute(select(Operation.kind).where(Operation.state == "dead")).scalars())
+    states = set(db.session.execute(select(Operation.state)).scalars())
+    db.session.rollback()
+    assert {"email", "webhook"} <= kinds and {"succeeded", "dead", "scheduled"} <= states
+    assert queries.dead_letter_stats()["total"] > 5
+    assert len(queries.issues(Filters(status="all")).issues) >= 4
+    assert (
+        db.session.execute(
+            select(func.count())
+            .select_from(Operation)
+            .where(Operation.state == "dead", Operation.error_fingerprint.is_(None))
+        ).scalar_one()
+        == 0
+    )
+    again = cli.invoke(args=["demo-data"])
+    assert again.exit_code != 0 and "EMPTY" in again.output.upper()
+
+
+def test_make_app_keeps_csrf_enabled(sqlite_backend):
+    app = make_app(sqlite_backend)
+    assert app.config["WTF_CSRF_ENABLED"] is True and app.config["WTF_CSRF_TIME_LIMIT"] is None
+
+
+def test_front_end_packages_install_from_the_lock_file(tmp_path, monkeypatch):
+    import shutil
+
+    from webapp import frontend
+
+    static = tmp_path / "static"
+    static.mkdir()
+    for name in ("package.json", "package-lock.json"):
+        shutil.copy(frontend.STATIC / name, static / name)
+    assert frontend.ensure_installed(static) is True
+    assert (static / "node_modules" / "htmx.org" / "dist" / "htmx.min.js").exists()
+    assert (static / "node_modules" / "chart.js" / "dist" / "chart.umd.min.js").exists()
+    assert frontend.ensure_installed(static) is False  # present: nothing to do
+    shutil.rmtree(static / "node_modules")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no npm anywhere
+    with pytest.raises(frontend.FrontEndError, match="npm is needed"):
+        frontend.ensure_installed(static)
