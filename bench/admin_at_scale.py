@@ -28,8 +28,9 @@ from webapp.domain.fingerprints import fingerprint_of
 from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.models import Operation
-from webapp.services.console import queries
-from webapp.services.console.queries import Filters
+from webapp.services.console.failures import dead_letter_stats, list_operations
+from webapp.services.console.filters import Filters
+from webapp.services.console.issues import group_failures
 from webapp.services.monitoring import health_page
 
 NAMES = {
@@ -132,7 +133,7 @@ def deep_cursor(filters: Filters, pages: int = 20) -> str | None:
     """The cursor of page ``pages`` (walked, so the timing below is a real deep page)."""
     cursor = None
     for _ in range(pages):
-        page = queries.list_operations(filters, cursor=cursor, limit=50)
+        page = list_operations(filters, cursor=cursor, limit=50)
         cursor = page.next_cursor or cursor
     return cursor
 
@@ -174,23 +175,23 @@ def main() -> None:
                 ("name=email.welcome", Filters(name="email.welcome")),
                 ("retrying", Filters(status="retrying")),
             ):
-                timed(f"list page 1: {label}", lambda f=filters: queries.list_operations(f, limit=50))
+                timed(f"list page 1: {label}", lambda f=filters: list_operations(f, limit=50))
                 cursor = deep_cursor(filters)
                 timed(
                     f"list page 21: {label}",
-                    lambda f=filters, c=cursor: queries.list_operations(f, cursor=c, limit=50),
+                    lambda f=filters, c=cursor: list_operations(f, cursor=c, limit=50),
                 )
-            top = queries.issues(Filters(status="all")).issues[0].fingerprint
+            top = group_failures(Filters(status="all")).issues[0].fingerprint
             timed(
                 "list page 1: one fingerprint",
-                lambda: queries.list_operations(Filters(status="all", fingerprint=top), limit=50),
+                lambda: list_operations(Filters(status="all", fingerprint=top), limit=50),
             )
-            timed("search q=user4242@", lambda: queries.list_operations(Filters(q="user4242@"), limit=50))
-            timed("issues: unresolved", lambda: queries.issues(Filters()))
-            timed("issues: all", lambda: queries.issues(Filters(status="all")))
-            timed("issues: kind=webhook, 7d", lambda: queries.issues(Filters(kind="webhook", range="7d")))
-            timed("count matching (bulk preview): unresolved", lambda: queries.count_matching(Filters()))
-            timed("stat cards", queries.dead_letter_stats)
+            timed("search q=user4242@", lambda: list_operations(Filters(q="user4242@"), limit=50))
+            timed("issues: unresolved", lambda: group_failures(Filters()))
+            timed("issues: all", lambda: group_failures(Filters(status="all")))
+            timed("issues: kind=webhook, 7d", lambda: group_failures(Filters(kind="webhook", range="7d")))
+            timed("count matching (bulk preview): unresolved", lambda: filters.count_matching(Filters()))
+            timed("stat cards", dead_letter_stats)
             thresholds = app.config["HEALTH_THRESHOLDS"]
             for window in ("1h", "24h", "7d"):
                 timed(f"health cards {window}", lambda w=window: health_page.health_metrics(w, thresholds))

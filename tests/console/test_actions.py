@@ -11,8 +11,9 @@ from webapp.domain.fingerprints import fingerprint_of
 from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.models import Operation
-from webapp.services.console import bulk, queries
-from webapp.services.console.queries import Filters
+from webapp.services.console import bulk
+from webapp.services.console.failures import get_operations
+from webapp.services.console.filters import Filters
 from webapp.services.engine import operations
 
 # --- row actions --------------------------------------------------------------------------
@@ -69,7 +70,7 @@ def test_bulk_selected_retry_and_resolve(client):
     assert "opsChanged" in response.headers["HX-Trigger"]
     response = post(client, "/admin/operations/bulk", {"action": "resolve", "ids": [second.id], "note": "dup"})
     assert "Resolved 1 operation" in response.text
-    states = {op.id: (op.state, op.resolution_note) for op in queries.get_operations([first.id, second.id])}
+    states = {op.id: (op.state, op.resolution_note) for op in get_operations([first.id, second.id])}
     assert states == {first.id: ("pending", "retried by admin@example.com"), second.id: ("dead", "dup")}
     assert post(client, "/admin/operations/bulk", {"action": "retry"}).status_code == 400
     assert post(client, "/admin/operations/bulk", {"action": "explode", "ids": [1]}).status_code == 400

@@ -14,7 +14,7 @@ from webapp.models import BulkJob, OperationAttempt
 from webapp.models.email import EmailLog
 from webapp.services.access import tokens
 from webapp.services.console import bulk
-from webapp.services.console.queries import Filters
+from webapp.services.console.filters import Filters
 
 # --- admin JSON API -----------------------------------------------------------------------
 

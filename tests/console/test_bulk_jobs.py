@@ -9,8 +9,9 @@ import pytest
 from tests.support.console import make_op, post
 from webapp.extensions import db
 from webapp.models import BulkJob
-from webapp.services.console import bulk, queries
-from webapp.services.console.queries import Filters
+from webapp.services.console import bulk
+from webapp.services.console.failures import get_operations
+from webapp.services.console.filters import Filters
 from webapp.services.engine import runner
 
 # --- retry everything matching: the snapshot ----------------------------------------------
@@ -32,7 +33,7 @@ def test_bulk_job_acts_on_the_snapshot_shown_not_later_arrivals(client):
     assert runner.execute(job.operation_id).outcome == "succeeded"
     job = bulk.get_job(job_id)
     assert (job.state, job.processed, job.succeeded, job.skipped) == ("done", 3, 3, 0)
-    states = {op.id: op.state for op in queries.get_operations([*(op.id for op in shown), late.id])}
+    states = {op.id: op.state for op in get_operations([*(op.id for op in shown), late.id])}
     assert [states[op.id] for op in shown] == ["pending"] * 3 and states[late.id] == "dead"
     progress = client.get(f"/admin/partials/bulk-jobs/{job_id}")
     assert "3 of 3 processed" in progress.text and "opsChanged" in progress.headers["HX-Trigger"]
@@ -45,7 +46,7 @@ def test_bulk_job_cancel_stops_between_batches(sqlite_app):
     bulk.cancel(job.id)
     result = bulk.run_job(job.id, "admin@example.com", batch_size=2)
     assert result.state == "cancelled" and result.processed == 0
-    assert {op.state for op in queries.get_operations([op.id for op in ops])} == {"dead"}
+    assert {op.state for op in get_operations([op.id for op in ops])} == {"dead"}
     draft = bulk.create_draft(Filters(), by="admin@example.com")
     assert bulk.cancel(draft.id).state == "cancelled"
     with pytest.raises(bulk.BulkError):

@@ -8,8 +8,9 @@ from sqlalchemy import func, select
 from tests.conftest import make_app
 from webapp.extensions import db
 from webapp.models import Operation
-from webapp.services.console import queries
-from webapp.services.console.queries import Filters
+from webapp.services.console.failures import dead_letter_stats
+from webapp.services.console.filters import Filters
+from webapp.services.console.issues import group_failures
 
 # --- demo data ----------------------------------------------------------------------------
 
@@ -22,8 +23,8 @@ def test_demo_data_fills_an_empty_database_only(sqlite_app):
     states = set(db.session.execute(select(Operation.state)).scalars())
     db.session.rollback()
     assert {"email", "webhook"} <= kinds and {"succeeded", "dead", "scheduled"} <= states
-    assert queries.dead_letter_stats()["total"] > 5
-    assert len(queries.issues(Filters(status="all")).issues) >= 4
+    assert dead_letter_stats()["total"] > 5
+    assert len(group_failures(Filters(status="all")).issues) >= 4
     assert (
         db.session.execute(
             select(func.count())

@@ -11,8 +11,8 @@ from webapp.extensions import db
 from webapp.models import OperationAttempt
 from webapp.models.commerce import Customer, Product, Purchase
 from webapp.models.email import EmailLog
-from webapp.services.console import queries
-from webapp.services.console.queries import Filters
+from webapp.services.console.failures import list_operations
+from webapp.services.console.filters import Filters, count_matching
 
 # --- failed operations: list, filters, keyset ---------------------------------------------
 
@@ -71,9 +71,9 @@ def test_search_finds_operations_by_customer_email(app):
     make_op(kind="webhook", payload={}, subject=f"purchase:{purchase.id + 1000}")
     make_op(payload={"purchase_id": "not-a-number"})  # junk in a payload never breaks the search
     make_op(payload={"purchase_id": None, "to": "someone@else.org"})
-    found = queries.list_operations(Filters(q="grace.hopper")).rows
+    found = list_operations(Filters(q="grace.hopper")).rows
     assert sorted(op.id for op in found) == sorted([related.id, webhook.id, welcome.id])
-    assert [op.payload["to"] for op in queries.list_operations(Filters(q="ELSE.ORG")).rows] == ["someone@else.org"]
+    assert [op.payload["to"] for op in list_operations(Filters(q="ELSE.ORG")).rows] == ["someone@else.org"]
 
 
 def test_keyset_pagination_walks_every_row_once_in_order(client, sqlite_app):
@@ -93,12 +93,12 @@ def test_keyset_pagination_on_each_backend(app):
     now = utcnow()
     for n in range(5):
         make_op(dead_ago=timedelta(minutes=n % 2))
-    page1 = queries.list_operations(Filters(), limit=2, now=now)
-    page2 = queries.list_operations(Filters(), cursor=page1.next_cursor, limit=2, now=now)
-    page3 = queries.list_operations(Filters(), cursor=page2.next_cursor, limit=2, now=now)
+    page1 = list_operations(Filters(), limit=2, now=now)
+    page2 = list_operations(Filters(), cursor=page1.next_cursor, limit=2, now=now)
+    page3 = list_operations(Filters(), cursor=page2.next_cursor, limit=2, now=now)
     ids = [op.id for page in (page1, page2, page3) for op in page.rows]
     assert len(ids) == len(set(ids)) == 5 and page3.next_cursor is None
-    assert queries.count_matching(Filters(q="SMTP")) == 5
+    assert count_matching(Filters(q="SMTP")) == 5
 
 
 def test_details_show_payload_attempts_purchase_customer_and_email_log(client):

@@ -10,8 +10,9 @@ from webapp.domain.fingerprints import fingerprint_of, normalise_error
 from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.models import Operation
-from webapp.services.console import queries
-from webapp.services.console.queries import Filters
+from webapp.services.console.failures import get_operations, list_operations
+from webapp.services.console.filters import Filters
+from webapp.services.console.issues import group_failures
 from webapp.services.engine import operations, runner
 
 # --- issues / fingerprints ----------------------------------------------------------------
@@ -44,9 +45,7 @@ def test_issues_group_by_fingerprint_and_act_on_groups(client):
     assert "Retry 3 operations" in preview.text
     response = post(client, f"/admin/issues/{key}/resolve", {"note": "provider outage"})
     assert "Resolved 3 operations" in response.text
-    states = {
-        op.id: op.resolved_at is not None for op in queries.get_operations([*(op.id for op in timeouts), refused.id])
-    }
+    states = {op.id: op.resolved_at is not None for op in get_operations([*(op.id for op in timeouts), refused.id])}
     assert states == {**{op.id: True for op in timeouts}, refused.id: False}
 
 
@@ -62,11 +61,11 @@ def test_the_engine_stores_the_fingerprint_when_an_operation_dies(app):
     assert stored.error_message and stored.error_fingerprint == fingerprint_of(stored.error_class, stored.error_message)
     db.session.rollback()
     # The Issues view and the fingerprint filter find it by the stored value.
-    found = queries.issues(Filters(status="all"))
+    found = group_failures(Filters(status="all"))
     assert [(issue.fingerprint, issue.count) for issue in found.issues] == [(stored.error_fingerprint, 1)]
-    assert [
-        op.id for op in queries.list_operations(Filters(status="all", fingerprint=stored.error_fingerprint)).rows
-    ] == [operation.id]
+    assert [op.id for op in list_operations(Filters(status="all", fingerprint=stored.error_fingerprint)).rows] == [
+        operation.id
+    ]
 
 
 def test_issues_count_every_failure_and_say_how_many_groups_are_shown(app):
@@ -76,13 +75,13 @@ def test_issues_count_every_failure_and_say_how_many_groups_are_shown(app):
         make_op(error=f"Connection refused by 10.0.0.{n}")
     make_op(error="Mailbox full")
     make_op(error="Mailbox full", resolved_at=utcnow(), resolved_by="x")  # not in "unresolved"
-    found = queries.issues(Filters(), shown=2)
+    found = group_failures(Filters(), shown=2)
     assert (found.total_groups, found.total_failures) == (3, 9)
     top = found.issues
     assert [issue.count for issue in top] == [5, 3]
     assert top[0].names == {"email.welcome", "email.refund"} and top[0].sample == "SMTP timeout after <n>s"
     assert top[0].first_seen <= top[0].last_seen
-    everything = queries.issues(Filters(status="all"))
+    everything = group_failures(Filters(status="all"))
     assert {issue.sample: (issue.count, issue.unresolved) for issue in everything.issues}["Mailbox full"] == (2, 1)
 
 
@@ -103,7 +102,7 @@ def test_resolving_a_group_leaves_failures_that_arrived_after_the_page_was_shown
     key = fingerprint_of("TransientError", "SMTP timeout after 1s")
     response = post(client, f"/admin/issues/{key}/resolve", {"note": "provider outage", "until": as_of})
     assert "Resolved 2 operations" in response.text
-    resolved = {op.id: op.resolved_at is not None for op in queries.get_operations([*(op.id for op in shown), late.id])}
+    resolved = {op.id: op.resolved_at is not None for op in get_operations([*(op.id for op in shown), late.id])}
     assert resolved == {shown[0].id: True, shown[1].id: True, late.id: False}
     too_long = post(client, f"/admin/issues/{key}/resolve", {"note": "x" * 2001, "until": as_of})
     assert too_long.status_code == 400

@@ -11,8 +11,8 @@ from tests.support.console import make_op
 from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.models import Operation
-from webapp.services.console import queries
-from webapp.services.console.queries import Filters
+from webapp.services.console.filters import Filters, count_matching, filter_conditions, parse_filters, sort_column
+from webapp.services.console.issues import group_failures
 
 # --- the queries stay on indexes (so they stay fast at a million rows) ------------------------
 
@@ -67,10 +67,10 @@ FILTER_COMBINATIONS = [
 )
 def test_every_filter_pages_through_an_index(app, combination):
     make_op()
-    filters = queries.parse_filters(combination)
-    column = queries._sort_column(filters)
+    filters = parse_filters(combination)
+    column = sort_column(filters)
     later = utcnow()
-    query = select(Operation).where(*queries.filter_conditions(filters))
+    query = select(Operation).where(*filter_conditions(filters))
     if filters.dead_only:  # page 2 of a keyset walk, exactly as list_operations builds it
         query = query.where(or_(column < later, and_(column == later, Operation.id < 10**9)))
         query = query.order_by(column.desc(), Operation.id.desc())
@@ -87,9 +87,9 @@ def test_issues_group_without_scanning_the_table(app, status):
     fingerprint = func.coalesce(Operation.error_fingerprint, "none")
     query = (
         select(fingerprint, Operation.name, func.count(), func.min(Operation.dead_at))
-        .where(*queries.filter_conditions(filters))
+        .where(*filter_conditions(filters))
         .group_by(fingerprint, Operation.name)
     )
     assert_indexed(explain(query), grouping=True)
     # And the function builds that same shape: its result agrees with a plain count.
-    assert queries.issues(filters).total_failures == queries.count_matching(filters)
+    assert group_failures(filters).total_failures == count_matching(filters)

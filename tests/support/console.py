@@ -11,7 +11,7 @@ from flask.testing import FlaskClient
 from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.models import Operation
-from webapp.services.console import queries
+from webapp.services.console.failures import get_operations
 
 PASSWORD = "correct horse battery"
 PAGES = [
@@ -127,5 +127,5 @@ def listed_ids(html: str) -> list[int]:
 
 def resolved_notes(*ids: int) -> dict:
     """Each operation's resolution note, or False while it is unresolved (read fresh)."""
-    found = {op.id: op.resolved_at is not None and op.resolution_note for op in queries.get_operations(list(ids))}
+    found = {op.id: op.resolved_at is not None and op.resolution_note for op in get_operations(list(ids))}
     return {operation_id: found[operation_id] for operation_id in ids}

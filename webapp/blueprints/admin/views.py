@@ -22,8 +22,17 @@ from werkzeug.exceptions import HTTPException
 from webapp.blueprints.admin.blueprint import bp
 from webapp.domain.states import TERMINAL
 from webapp.domain.time import utcnow
-from webapp.services.console import bulk, queries
-from webapp.services.console.queries import FilterError, Filters
+from webapp.services.console import bulk
+from webapp.services.console.export import export_csv, export_json
+from webapp.services.console.failures import (
+    dead_letter_stats,
+    get_operation_detail,
+    get_operations,
+    list_operations,
+    operation_names,
+)
+from webapp.services.console.filters import MAX_ID, FilterError, Filters, parse_filters
+from webapp.services.console.issues import group_failures
 from webapp.services.email.circuits import circuit_states
 from webapp.services.engine import operations, pauses
 from webapp.services.engine.registry import KINDS
@@ -31,7 +40,7 @@ from webapp.services.monitoring import alerts, health_page
 
 TERMINAL_STATES = {state.value for state in TERMINAL}
 # Ids in URLs: integers that fit the BIGINT columns (a larger one is a 404, not a database error).
-ID = f"int(max={queries.MAX_ID})"
+ID = f"int(max={MAX_ID})"
 
 
 def _by() -> str:
@@ -40,16 +49,14 @@ def _by() -> str:
 
 def _filters(args=None) -> Filters:
     try:
-        return queries.parse_filters(request.args if args is None else args)
+        return parse_filters(request.args if args is None else args)
     except FilterError as exc:
         abort(400, description=str(exc))
 
 
 def _page(filters: Filters):
     try:
-        return queries.list_operations(
-            filters, cursor=request.args.get("cursor"), limit=current_app.config["ADMIN_PAGE_SIZE"]
-        )
+        return list_operations(filters, cursor=request.args.get("cursor"), limit=current_app.config["ADMIN_PAGE_SIZE"])
     except FilterError as exc:
         abort(400, description=str(exc))
 
@@ -129,9 +136,9 @@ def failed_operations():
         "admin/failed_operations.html",
         page=page,
         filters=filters,
-        stats=queries.dead_letter_stats(),
+        stats=dead_letter_stats(),
         kinds=KINDS,
-        names=queries.operation_names(),
+        names=operation_names(),
         jobs=bulk.recent_jobs(3),
     )
 
@@ -149,11 +156,11 @@ def operations_page():
 @login_required
 def stats():
     """The failed-operations stat cards."""
-    return render_template("admin/_stats.html", stats=queries.dead_letter_stats())
+    return render_template("admin/_stats.html", stats=dead_letter_stats())
 
 
 def _row(operation_id: int, message: str | None = None, status: int = 200):
-    operation = queries.get_operations([operation_id])
+    operation = get_operations([operation_id])
     if not operation:
         abort(404, description=f"operation {operation_id} does not exist")
     response = make_response(
@@ -178,7 +185,7 @@ def operation_row(operation_id: int):
 @login_required
 def operation_details(operation_id: int):
     """Payload, error, stack, every attempt, the related purchase, customer and email log."""
-    detail = queries.get_operation_detail(operation_id)
+    detail = get_operation_detail(operation_id)
     if detail is None:
         abort(404, description=f"operation {operation_id} does not exist")
     return render_template("admin/_op_details.html", **detail)
@@ -305,14 +312,14 @@ def issues():
     """Failures grouped by their stored error fingerprint (grouped in SQL, over every match)."""
     filters = _filters()
     as_of = utcnow()
-    found = queries.issues(filters, now=as_of)
+    found = group_failures(filters, now=as_of)
     return render_template(
         "admin/issues.html",
         found=found,
         issues=found.issues,
         filters=filters,
         kinds=KINDS,
-        names=queries.operation_names(),
+        names=operation_names(),
         as_of=as_of.isoformat(),
     )
 
@@ -361,7 +368,7 @@ def export(fmt: str):
     if fmt not in ("csv", "json"):
         abort(404, description="export as .csv or .json")
     filters = _filters()
-    generate = queries.export_csv if fmt == "csv" else queries.export_json
+    generate = export_csv if fmt == "csv" else export_json
     stamp = utcnow().strftime("%Y%m%dT%H%M%SZ")
     return Response(
         stream_with_context(generate(filters)),

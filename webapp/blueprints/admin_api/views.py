@@ -8,23 +8,24 @@ from flask import current_app, g, jsonify, request
 
 from webapp.blueprints.admin_api.blueprint import bp
 from webapp.blueprints.json_api import ApiError, iso
-from webapp.services.console import bulk, queries
-from webapp.services.console.queries import FilterError
+from webapp.services.console import bulk, failures
+from webapp.services.console.export import operation_record
+from webapp.services.console.filters import MAX_ID, FilterError, Filters, parse_filters
 from webapp.services.engine import operations, pauses
 from webapp.services.monitoring import health_page
 
 MAX_LIMIT = 500
 # Ids in URLs: integers that fit the BIGINT columns (a larger one is a 404, not a database error).
-ID = f"int(max={queries.MAX_ID})"
+ID = f"int(max={MAX_ID})"
 
 
 def _actor() -> str:
     return f"token:{g.api_token.name}"
 
 
-def _filters(args) -> queries.Filters:
+def _filters(args) -> Filters:
     try:
-        return queries.parse_filters(args)
+        return parse_filters(args)
     except FilterError as exc:
         raise ApiError(400, "invalid_filter", str(exc)) from None
 
@@ -54,10 +55,10 @@ def _note(body: dict) -> str:
 
 
 def _operation_json(operation_id: int) -> dict:
-    detail = queries.get_operation_detail(operation_id)
+    detail = failures.get_operation_detail(operation_id)
     if detail is None:
         raise ApiError(404, "not_found", f"operation {operation_id} does not exist")
-    record = queries.operation_record(detail["operation"], iso)
+    record = operation_record(detail["operation"], iso)
     record["error_stack"] = detail["operation"].error_stack
     record["attempts_log"] = [
         {
@@ -106,7 +107,7 @@ def _job_json(job) -> dict:
         "id": job.id,
         "action": job.action,
         "state": job.state,
-        "filters": queries.Filters.from_json(job.filters or {}).to_json(),
+        "filters": Filters.from_json(job.filters or {}).to_json(),
         "total": job.total,
         "processed": job.processed,
         "retried": job.succeeded,
@@ -128,11 +129,11 @@ def list_operations():
     """Operations matching the console's filters, keyset-paginated (``cursor`` from the last page)."""
     filters = _filters(request.args)
     try:
-        page = queries.list_operations(filters, cursor=request.args.get("cursor"), limit=_limit())
+        page = failures.list_operations(filters, cursor=request.args.get("cursor"), limit=_limit())
     except FilterError as exc:
         raise ApiError(400, "invalid_cursor", str(exc)) from None
     return jsonify(
-        operations=[queries.operation_record(op, iso) for op in page.rows],
+        operations=[operation_record(op, iso) for op in page.rows],
         next_cursor=page.next_cursor,
         filters=filters.to_json(),
     )
@@ -231,8 +232,8 @@ def delivery_stats():
 @bp.get("/recent-failures")
 def recent_failures():
     """The latest dead-lettered operations (resolved or not), newest first."""
-    page = queries.list_operations(queries.Filters(status="all"), limit=_limit(20))
-    failures = [
+    page = failures.list_operations(Filters(status="all"), limit=_limit(20))
+    recent = [
         {
             "id": op.id,
             "kind": op.kind,
@@ -250,7 +251,7 @@ def recent_failures():
         }
         for op in page.rows
     ]
-    return jsonify(failures=failures, count=len(failures))
+    return jsonify(failures=recent, count=len(recent))
 
 
 @bp.get("/health")
@@ -279,12 +280,12 @@ def dead_letter_queue():
     if not filters.dead_only:
         raise ApiError(400, "invalid_filter", "the dead-letter queue holds dead operations only")
     try:
-        page = queries.list_operations(filters, cursor=request.args.get("cursor"), limit=_limit())
+        page = failures.list_operations(filters, cursor=request.args.get("cursor"), limit=_limit())
     except FilterError as exc:
         raise ApiError(400, "invalid_cursor", str(exc)) from None
     items = []
     for op in page.rows:
-        record = queries.operation_record(op, iso)
+        record = operation_record(op, iso)
         record["error_stack"] = op.error_stack
         items.append(record)
     return jsonify(dead_letters=items, count=len(items), next_cursor=page.next_cursor)

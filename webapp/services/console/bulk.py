@@ -20,7 +20,7 @@ from webapp.domain.states import State
 from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.models import BulkJob, BulkJobItem, Operation
-from webapp.services.console.queries import Filters, filter_conditions
+from webapp.services.console.filters import Filters, filter_conditions
 from webapp.services.engine.doorbell import ring_after_commit
 from webapp.services.engine.operations import checked_note, create_operation
 from webapp.services.engine.registry import handler

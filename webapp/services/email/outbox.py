@@ -49,4 +49,3 @@ def queue_email(
     if subject is None:
         subject = f"purchase:{purchase_id}" if purchase_id is not None else f"email:{to}"
     return create_operation(operation_name(template), payload, idempotency_key=idempotency_key, subject=subject[:255])
-
