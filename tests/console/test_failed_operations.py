@@ -9,8 +9,8 @@ from tests.support.console import listed_ids, make_op
 from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.models import OperationAttempt
-from webapp.models.commerce import Customer, Product, Purchase
 from webapp.models.email import EmailLog
+from webapp.models.payments import Customer, Product, Purchase
 from webapp.services.console.failures import list_operations
 from webapp.services.console.filters import Filters, count_matching
 

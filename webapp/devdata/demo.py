@@ -18,8 +18,8 @@ from webapp.domain.fingerprints import fingerprint_of
 from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.models import Operation, OperationAttempt
-from webapp.models.commerce import Customer, Product, Purchase, StripeEvent
 from webapp.models.email import EmailLog
+from webapp.models.payments import Customer, Product, Purchase, StripeEvent
 
 
 class NotEmpty(RuntimeError):

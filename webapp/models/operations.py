@@ -1,4 +1,4 @@
-"""The record of every reliable side effect and of each attempt at it."""
+"""The record of every reliable side effect, of each attempt at it, and of paused operation names."""
 
 from __future__ import annotations
 
@@ -112,3 +112,14 @@ class OperationAttempt(db.Model):
         Index("ix_operation_attempts_operation_id_number", "operation_id", "number"),
         Index("ix_operation_attempts_started_at", "started_at"),
     )
+
+
+class OperationPause(db.Model):
+    """An operation name whose processing is on hold: its operations are stored and wait."""
+
+    __tablename__ = "operation_pauses"
+
+    name: Mapped[str] = mapped_column(String(120), primary_key=True)
+    paused_at: Mapped[datetime] = mapped_column(default=utcnow)
+    paused_by: Mapped[str] = mapped_column(String(255))
+    note: Mapped[str | None] = mapped_column(Text)

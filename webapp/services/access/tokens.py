@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.models import ApiToken
-from webapp.models.commerce import TOKEN_SCOPES
+from webapp.models.access import TOKEN_SCOPES
 
 # A recognisable prefix per scope helps secret scanners and people tell tokens apart.
 TOKEN_PREFIXES = {"storefront": "bst_sf_", "admin": "bst_ad_"}

@@ -16,8 +16,8 @@ from webapp.domain.states import State
 from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.models import Operation, OperationAttempt
-from webapp.models.commerce import Customer, Purchase
 from webapp.models.email import EmailLog
+from webapp.models.payments import Customer, Purchase
 from webapp.services.console.filters import MAX_ID, FilterError, Filters, descending, filter_conditions, sort_column
 from webapp.services.engine.registry import KINDS
 

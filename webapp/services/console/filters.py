@@ -16,7 +16,7 @@ from webapp.domain.fingerprints import FINGERPRINT_LENGTH
 from webapp.domain.time import as_naive_utc, iso, utcnow
 from webapp.extensions import db
 from webapp.models import Operation
-from webapp.models.commerce import Customer, Purchase
+from webapp.models.payments import Customer, Purchase
 from webapp.services.engine.registry import KINDS
 
 STATUSES = ("unresolved", "resolved", "all", "retrying", "scheduled")

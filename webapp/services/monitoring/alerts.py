@@ -26,7 +26,7 @@ from webapp.domain.retry import RetryPolicy
 from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.models import Alert, AlertState, Operation
-from webapp.models.alerts import ALERT_LEVELS, ALERT_TYPES
+from webapp.models.monitoring import ALERT_LEVELS, ALERT_TYPES
 from webapp.services.engine.operations import create_operation
 from webapp.services.engine.registry import handler
 from webapp.services.engine.runner import on_outcome

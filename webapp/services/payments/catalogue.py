@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.models import Product
-from webapp.models.commerce import PRODUCT_KINDS
+from webapp.models.payments import PRODUCT_KINDS
 from webapp.services.payments.errors import Conflict, NotFound, ValidationFailed
 
 SKU_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")

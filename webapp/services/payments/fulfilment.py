@@ -12,7 +12,7 @@ from __future__ import annotations
 from sqlalchemy import or_, update
 
 from webapp.extensions import db
-from webapp.models.commerce import Purchase
+from webapp.models.payments import Purchase
 from webapp.services.email.outbox import FULFILMENT_TEMPLATES
 from webapp.services.engine.runner import on_outcome
 

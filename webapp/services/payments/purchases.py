@@ -17,7 +17,7 @@ from webapp.domain.errors import TransientError
 from webapp.domain.time import iso, utcnow
 from webapp.extensions import db
 from webapp.models import Customer, Product, Purchase
-from webapp.models.commerce import PAYMENT_METHODS
+from webapp.models.payments import PAYMENT_METHODS
 from webapp.services.email import queue_email
 from webapp.services.payments.errors import Conflict, NotFound, ValidationFailed
 

@@ -1,4 +1,4 @@
-"""Alerting, pauses and maintenance records: alerts, threshold states, pauses, roll-ups."""
+"""Monitoring records: alerts and their threshold states, and the metric roll-ups kept when rows are cleaned up."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from webapp.domain.time import utcnow
 from webapp.extensions import db
-from webapp.models.commerce import StripeEvent
 from webapp.models.types import BigId, JsonDocument
 
 ALERT_LEVELS = ("info", "warning", "error", "critical")
+
+
 ALERT_TYPES = (
     "email_failure",
     "webhook_failure",
@@ -69,29 +70,6 @@ class AlertState(db.Model):
     changed_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class OperationPause(db.Model):
-    """An operation name whose processing is on hold: its operations are stored and wait."""
-
-    __tablename__ = "operation_pauses"
-
-    name: Mapped[str] = mapped_column(String(120), primary_key=True)
-    paused_at: Mapped[datetime] = mapped_column(default=utcnow)
-    paused_by: Mapped[str] = mapped_column(String(255))
-    note: Mapped[str | None] = mapped_column(Text)
-
-
-class AutoRequeue(db.Model):
-    """A dead operation the auto-requeue job retried (it is retried that way only once)."""
-
-    __tablename__ = "auto_requeues"
-
-    operation_id: Mapped[int] = mapped_column(
-        BigId, ForeignKey("operations.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
-    )
-    requeued_at: Mapped[datetime] = mapped_column(default=utcnow)
-    attempts_before: Mapped[int]
-
-
 class MetricRollup(db.Model):
     """Counts carried over from rows cleanup deleted, so /metrics counters never go down."""
 
@@ -103,21 +81,3 @@ class MetricRollup(db.Model):
     # A histogram bucket's upper bound ("0.1", "+Inf"), or "" for plain counters.
     label: Mapped[str] = mapped_column(String(40), primary_key=True)
     value: Mapped[int] = mapped_column(BigInteger, default=0)
-
-
-class MaintenanceCursor(db.Model):
-    """How far a cleanup step has got through a table, so each run starts where the last stopped."""
-
-    __tablename__ = "maintenance_cursors"
-
-    name: Mapped[str] = mapped_column(String(80), primary_key=True)
-    position: Mapped[datetime | None]
-    # The primary key of the last row done at ``position`` (ties on the timestamp).
-    last_key: Mapped[str | None] = mapped_column(String(255))
-    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
-
-
-# Deleting an operation sets stripe_events.operation_id to NULL (ON DELETE SET NULL); without
-# an index each deleted operation would scan stripe_events, so cleanup batches would slow
-# down as events pile up. Declared here, with the cleanup that needs it (and in 0005).
-Index("ix_stripe_events_operation_id", StripeEvent.operation_id)
