@@ -1,4 +1,4 @@
-"""Helpers for the alerting, maintenance, metrics and pause tests (issue 5)."""
+"""Helpers for the alerting, maintenance, metrics and pause tests."""
 
 from __future__ import annotations
 
