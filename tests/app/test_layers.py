@@ -201,10 +201,13 @@ def _forbidden_imports(path: Path) -> list[str]:
                 found.append(f"from {node.module} import ...")
             elif node.module == "flask":
                 found += [f"from flask import {a.name}" for a in node.names if a.name in REQUEST_STATE]
-        elif isinstance(node, ast.Attribute) and node.attr in REQUEST_STATE:
-            # ``flask.request`` used through ``import flask``.
-            if isinstance(node.value, ast.Name) and node.value.id == "flask":
-                found.append(f"flask.{node.attr}")
+        elif (
+            isinstance(node, ast.Attribute)
+            and node.attr in REQUEST_STATE
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "flask"  # ``flask.request`` used through ``import flask``
+        ):
+            found.append(f"flask.{node.attr}")
     return found
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from datetime import timedelta
+from itertools import pairwise
 
 import pytest
 from hypothesis import assume, given, settings
@@ -333,7 +334,7 @@ def test_random_walks_through_allowed_moves_stay_valid(start, data):
     # operation never moves again.
     if not TRANSITIONS[state]:
         assert state in TERMINAL
-    for earlier, later in zip(path, path[1:]):
+    for earlier, later in pairwise(path):
         assert earlier not in {State.SUCCEEDED, State.CANCELLED}
         if later is State.RUNNING:
             assert earlier in CLAIMABLE

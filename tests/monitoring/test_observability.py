@@ -40,7 +40,7 @@ class Gunicorn:
     def __init__(self, backend, workers: int, **env):
         self.log_path = backend.tmp / "gunicorn.log"
         self.access_path = backend.tmp / "access.log"
-        self._log = open(self.log_path, "wb")
+        self._log = open(self.log_path, "wb")  # noqa: SIM115  (open while gunicorn runs; closed in stop())
         # The access log names the worker (pid) that answered each request (and its query string).
         self.proc = subprocess.Popen(
             [
@@ -138,7 +138,7 @@ def scrape_concurrently(server: Gunicorn, count: int) -> list[tuple[str, dict]]:
     with ThreadPoolExecutor(count) as pool:
         bodies = list(pool.map(get, probes))
     pids = [wait_for(lambda p=probe: server.answered_by(p), message="the access log line") for probe in probes]
-    return list(zip(pids, bodies))
+    return list(zip(pids, bodies, strict=True))
 
 
 def expected_from_database() -> dict:
