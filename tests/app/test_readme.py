@@ -26,7 +26,7 @@ def readme() -> str:
 
 def test_every_environment_setting_is_in_the_readme_configuration_table():
     env = RecordingEnvironment()
-    config.from_environment(env)
+    config.load(env)
     table = readme().split("## Configuration", 1)[1]
     documented = set(re.findall(r"`([A-Z][A-Z0-9_]+)`", table))
     assert len(env.asked) > 40  # the recorder saw the real configuration
