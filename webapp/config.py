@@ -360,6 +360,12 @@ FIXED = {
 }
 
 
+def default_of(key: str) -> object:
+    """The fixed default of setting ``key``, for a library default that must not drift from it."""
+    [setting] = [setting for setting in SETTINGS if setting.key == key and not callable(setting.default)]
+    return setting.default
+
+
 def load(env: Mapping | None = None, overrides: Mapping | None = None) -> dict:
     """The Flask config: each setting from ``overrides`` (by key), else the environment, else its default.
 

@@ -268,10 +268,10 @@ def heartbeats(now: datetime, config: Mapping) -> list[Heartbeat]:
     intervals = {job.name: job.interval(config) for job in registered_jobs()}
     for name, row in rows.items():
         intervals.setdefault(name, row.interval_seconds)
-    return [_heartbeat(name, interval, rows.get(name), config, now) for name, interval in intervals.items()]
+    return [_heartbeat(name, interval, rows.get(name), now, config) for name, interval in intervals.items()]
 
 
-def _heartbeat(name: str, interval: float, row: PeriodicJob | None, config: Mapping, now: datetime) -> Heartbeat:
+def _heartbeat(name: str, interval: float, row: PeriodicJob | None, now: datetime, config: Mapping) -> Heartbeat:
     last = row.last_finished_at if row else None
     age = None if last is None else max((now - last).total_seconds(), 0.0)
     limit = stale_after(interval, config)
