@@ -14,7 +14,7 @@ class QueueConfigurationError(ValueError):
     """``HUEY_URL`` names a backend Backstop does not support."""
 
 
-def huey_from_url(url: str, name: str = "backstop") -> Huey:
+def huey_from_url(url: str, name: str) -> Huey:
     """``sqlite:////abs/path.db`` → SqliteHuey; ``redis://host:port/db`` → RedisHuey."""
     scheme = urlsplit(url).scheme
     if scheme == "sqlite":

@@ -13,15 +13,14 @@ from webapp.logs import configure_logging
 
 
 def create_app(overrides: dict | None = None) -> Flask:
-    """Build the Flask app from the environment, then ``overrides`` (tests pass theirs)."""
+    """Build the Flask app from the environment and ``overrides`` (tests pass theirs), both parsed alike."""
     app = Flask(
         __name__,
         instance_path=str(config_module.INSTANCE_DIR),
         template_folder=str(config_module.PROJECT_ROOT / "templates"),
         static_folder=str(config_module.PROJECT_ROOT / "static"),
     )
-    app.config.update(config_module.from_environment())
-    app.config.update(overrides or {})
+    app.config.update(config_module.load(overrides=overrides))
     config_module.check_required(app.config)
     configure_logging(app.config["LOG_FORMAT"])
     configure_engine_options(app)
@@ -44,7 +43,7 @@ def create_app(overrides: dict | None = None) -> Flask:
 
 def _trust_proxies(app: Flask) -> None:
     """Behind TRUSTED_PROXY_COUNT proxies, take client address, scheme and host from their headers."""
-    hops = int(app.config.get("TRUSTED_PROXY_COUNT") or 0)
+    hops = app.config["TRUSTED_PROXY_COUNT"]
     if hops:
         from werkzeug.middleware.proxy_fix import ProxyFix
 

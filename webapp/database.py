@@ -30,15 +30,15 @@ def _server_pool_options(config, options: dict) -> dict:
     """A bounded pool, connect and statement timeouts: a slow or throttled database makes
     requests fail fast (503) and operations retry with backoff, instead of piling up."""
     connect_args = dict(options.get("connect_args") or {})
-    connect_args.setdefault("connect_timeout", int(config.get("DATABASE_CONNECT_TIMEOUT_SECONDS", 5)))
-    statement_ms = int(config.get("DATABASE_STATEMENT_TIMEOUT_MS", 30_000))
+    connect_args.setdefault("connect_timeout", config["DATABASE_CONNECT_TIMEOUT_SECONDS"])
+    statement_ms = config["DATABASE_STATEMENT_TIMEOUT_MS"]
     if statement_ms:
         connect_args.setdefault("options", f"-c statement_timeout={statement_ms}")
     return {
         "pool_pre_ping": options.get("pool_pre_ping", True),
-        "pool_size": options.get("pool_size", int(config.get("DATABASE_POOL_SIZE", 10))),
-        "max_overflow": options.get("max_overflow", int(config.get("DATABASE_MAX_OVERFLOW", 5))),
-        "pool_timeout": options.get("pool_timeout", float(config.get("DATABASE_POOL_TIMEOUT_SECONDS", 10))),
+        "pool_size": options.get("pool_size", config["DATABASE_POOL_SIZE"]),
+        "max_overflow": options.get("max_overflow", config["DATABASE_MAX_OVERFLOW"]),
+        "pool_timeout": options.get("pool_timeout", config["DATABASE_POOL_TIMEOUT_SECONDS"]),
         "pool_recycle": options.get("pool_recycle", 1800),
         "connect_args": connect_args,
     }

@@ -90,7 +90,7 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def configure_logging(log_format: str = "text") -> None:
+def configure_logging(log_format: str) -> None:
     """Install one handler on the ``backstop`` logger family (idempotent)."""
     logger = logging.getLogger("backstop")
     if getattr(logger, "_backstop_configured", False):

@@ -115,6 +115,22 @@ def test_from_ladder_with_explicit_max_attempts():
         RetryPolicy.from_ladder("1s, 5s", max_attempts=0)
 
 
+@settings(max_examples=50)
+@given(ladders)
+def test_from_steps_in_seconds_is_the_policy_of_the_same_ladder_text(steps):
+    text = ", ".join(render(step, "ms") for step in steps)
+    seconds = tuple(step.total_seconds() for step in parse_ladder(text))  # a ladder setting, as config parses it
+    assert RetryPolicy.from_steps(seconds) == RetryPolicy.from_ladder(text)
+
+
+def test_from_steps_needs_a_step_and_takes_explicit_max_attempts():
+    with pytest.raises(ValueError, match="at least one step"):
+        RetryPolicy.from_steps(())
+    assert RetryPolicy.from_steps((1.0, 5.0), max_attempts=2).max_attempts == 2
+    with pytest.raises(ValueError):
+        RetryPolicy.from_steps((1.0,), max_attempts=0)
+
+
 def test_seed_ladder_and_retries_helper():
     policy = RetryPolicy.from_ladder("1s, 5s, 30s, 5m, 30m")
     assert [policy.ceiling(n).total_seconds() for n in range(1, 7)] == [1, 5, 30, 300, 1800, 1800]

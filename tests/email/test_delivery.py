@@ -252,13 +252,13 @@ def test_circuit_opens_skips_half_opens_and_closes(email_app, httpserver):
 def test_half_open_allows_one_probe_and_a_failed_probe_reopens(email_app):
     app = email_app(EMAIL_PROVIDERS="resend", EMAIL_CIRCUIT_THRESHOLD=1, EMAIL_CIRCUIT_COOLDOWN_SECONDS=30)
     clock = Clock()
-    circuits.record_failure("resend", clock.now, "HTTP 500")
-    assert circuits.acquire("resend", clock.now) is False  # open
+    circuits.record_failure("resend", clock.now, "HTTP 500", app.config)
+    assert circuits.acquire("resend", clock.now, app.config) is False  # open
     clock.advance(31)
 
-    assert circuits.acquire("resend", clock.now) is True  # this worker probes
-    assert circuits.acquire("resend", clock.now) is False  # everyone else waits
-    circuits.record_failure("resend", clock.now, "HTTP 500 again")
+    assert circuits.acquire("resend", clock.now, app.config) is True  # this worker probes
+    assert circuits.acquire("resend", clock.now, app.config) is False  # everyone else waits
+    circuits.record_failure("resend", clock.now, "HTTP 500 again", app.config)
 
     [state] = [s for s in circuits.circuit_states(clock.now) if s["provider"] == "resend"]
     assert state["state"] == "open" and state["opened_until"] == clock.now + timedelta(seconds=30)
@@ -267,9 +267,9 @@ def test_half_open_allows_one_probe_and_a_failed_probe_reopens(email_app):
 
 
 def test_every_circuit_open_defers_until_the_first_half_opens(email_app, httpserver):
-    email_app(EMAIL_PROVIDERS="resend", EMAIL_CIRCUIT_THRESHOLD=1, EMAIL_CIRCUIT_COOLDOWN_SECONDS=60)
+    app = email_app(EMAIL_PROVIDERS="resend", EMAIL_CIRCUIT_THRESHOLD=1, EMAIL_CIRCUIT_COOLDOWN_SECONDS=60)
     clock = Clock()
-    circuits.record_failure("resend", clock.now, "down")
+    circuits.record_failure("resend", clock.now, "down", app.config)
     operation_id = queue("welcome")
 
     assert run(operation_id, clock).outcome == "deferred"

@@ -11,13 +11,13 @@ from werkzeug import Response
 
 from tests.support.email import make_email
 from tests.support.smtp import HANG, PERMANENT, TEMPORARY
+from webapp.config import ConfigurationError, load
 from webapp.domain.time import utcnow
 from webapp.services.email.providers import (
     NotConfigured,
     ProviderMisconfigured,
     RejectedError,
     TransientProviderError,
-    provider_names,
 )
 from webapp.services.email.providers.base import parse_retry_after
 from webapp.services.email.providers.postmark import PostmarkProvider
@@ -208,9 +208,10 @@ def test_missing_settings_and_unknown_names():
         ResendProvider(None, "http://x", 1)
     with pytest.raises(NotConfigured):
         PostmarkProvider("", "http://x", 1)
-    assert provider_names({"EMAIL_PROVIDERS": " SMTP, resend ,smtp,postmark"}) == ["smtp", "resend", "postmark"]
-    with pytest.raises(ValueError, match="sendgrid"):
-        provider_names({"EMAIL_PROVIDERS": "smtp,sendgrid"})
+    providers = load({"EMAIL_PROVIDERS": " SMTP, resend ,smtp,postmark"})["EMAIL_PROVIDERS"]
+    assert providers == ("smtp", "resend", "postmark")
+    with pytest.raises(ConfigurationError, match="EMAIL_PROVIDERS names an unknown provider 'sendgrid'"):
+        load({"EMAIL_PROVIDERS": "smtp,sendgrid"})
 
 
 def test_retry_after_forms():

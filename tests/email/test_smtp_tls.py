@@ -16,6 +16,7 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from tests.conftest import make_app
 from tests.support.email import Clock, email_log, load, make_email, queue, run
 from tests.support.smtp import SmtpServer
+from webapp import config
 from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.services.email.providers import NotConfigured, ProviderMisconfigured, build_provider
@@ -88,7 +89,8 @@ def url(server: SmtpServer, *, scheme: str = "smtp", password: str = PASSWORD, q
 
 def provider(smtp_url: str, ca_file: str | None = None):
     """The SMTP provider exactly as delivery builds it from the config."""
-    return build_provider("smtp", {"SMTP_URL": smtp_url, "SMTP_CA_FILE": ca_file, "EMAIL_TIMEOUT_SECONDS": 5})
+    settings = config.load({}, {"SMTP_URL": smtp_url, "SMTP_CA_FILE": ca_file, "EMAIL_TIMEOUT_SECONDS": 5})
+    return build_provider("smtp", settings)
 
 
 def test_starttls_and_auth_send_over_an_encrypted_authenticated_session(starttls_server, ca_file):

@@ -20,6 +20,7 @@ from tests.support.engine import (
     run_in_thread,
 )
 from tests.support.reads import detached
+from webapp.config import load
 from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.models import JobRun, PeriodicJob
@@ -168,13 +169,13 @@ def test_every_periodic_job_registers_itself_in_tick_order():
 
     assert [job.name for job in jobs] == TICK_ORDER
     assert [job.run for job in jobs] == [
-        reconciler.periodic_pass,
+        reconciler.reconcile,
         requeue.auto_requeue,
         cleanup.cleanup,
         checks.daily_report_job,
         checks.run_checks,
     ]
-    assert periodic.get_job("cleanup").interval({"CLEANUP_INTERVAL_SECONDS": "3600"}) == 3600.0
+    assert periodic.get_job("cleanup").interval(load({"CLEANUP_INTERVAL_SECONDS": "3600"})) == 3600.0
 
 
 def test_the_worker_tick_knows_every_job_without_importing_one():
@@ -233,7 +234,7 @@ def test_heartbeats_judge_each_job_by_its_own_interval(sqlite_app, no_jobs):
     )
     periodic.run_exclusive("job.gone", lambda now: "ok", interval_seconds=10, lease_seconds=30, clock=lambda: T0)
 
-    beats = periodic.heartbeats(config, T0 + timedelta(seconds=150))
+    beats = periodic.heartbeats(T0 + timedelta(seconds=150), config)
 
     # Registered jobs in tick order, then any job only the table knows (by the interval it ran with).
     assert [beat.name for beat in beats] == ["job.fast", "job.slow", "job.gone"]

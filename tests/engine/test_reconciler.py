@@ -21,9 +21,9 @@ def test_reconciler_recovers_an_expired_lease_as_a_crashed_attempt(app, outcomes
     runner.claim(operation_id, now=T0)
     expiry = T0 + timedelta(seconds=LEASE)
 
-    assert reconciler.reconcile(expiry - timedelta(seconds=1)).recovered == 0
+    assert reconciler.reconcile(expiry - timedelta(seconds=1), app.config).recovered == 0
     assert load(operation_id).state == "running"
-    report = reconciler.reconcile(expiry + timedelta(seconds=1))
+    report = reconciler.reconcile(expiry + timedelta(seconds=1), app.config)
 
     assert report.recovered == 1
     operation = load(operation_id)
@@ -45,7 +45,7 @@ def test_reconciler_dead_letters_a_crash_when_attempts_are_exhausted(app):
     for _ in range(POLICY.max_attempts):
         runner.claim(operation_id, now=now)
         now += timedelta(seconds=LEASE + 1)
-        assert reconciler.reconcile(now).recovered == 1
+        assert reconciler.reconcile(now, app.config).recovered == 1
         now = max(now, load(operation_id).next_attempt_at or now)
 
     operation = load(operation_id)
@@ -57,9 +57,9 @@ def test_reconciler_promotes_due_scheduled_operations(app, bell):
     operation_id = new_op("promote", run_at=T0 + timedelta(minutes=10))
     bell.rings.clear()
 
-    assert reconciler.reconcile(T0 + timedelta(minutes=9)).promoted == 0
+    assert reconciler.reconcile(T0 + timedelta(minutes=9), app.config).promoted == 0
     assert load(operation_id).state == "scheduled" and bell.rings == []
-    report = reconciler.reconcile(T0 + timedelta(minutes=10))
+    report = reconciler.reconcile(T0 + timedelta(minutes=10), app.config)
 
     assert report.promoted == 1
     assert load(operation_id).state == "pending"
@@ -70,9 +70,10 @@ def test_reconciler_re_rings_overdue_operations_once_per_window(app, bell):
     operation_id = new_op("overdue")
     bell.rings.clear()
     window = 60
+    config = {**app.config, "REDELIVER_AFTER_SECONDS": window}
 
     def rung_at(seconds: float) -> int:
-        return reconciler.reconcile(T0 + timedelta(seconds=seconds), redeliver_after=window).rung
+        return reconciler.reconcile(T0 + timedelta(seconds=seconds), config).rung
 
     assert rung_at(30) == 0  # rung at creation; not overdue yet
     assert rung_at(61) == 1
@@ -87,7 +88,9 @@ def test_reconciler_works_in_bounded_batches(app, bell):
     bell.rings.clear()
     later = T0 + timedelta(minutes=5)
 
-    reports = [reconciler.reconcile(later, batch_size=2) for _ in range(4)]
+    config = {**app.config, "RECONCILE_BATCH_SIZE": 2}
+
+    reports = [reconciler.reconcile(later, config) for _ in range(4)]
 
     assert [r.promoted for r in reports] == [2, 1, 0, 0]
     # Promoted operations were just rung; only the five overdue ones are re-rung, two at a time.

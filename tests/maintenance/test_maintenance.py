@@ -213,7 +213,7 @@ def test_stale_heartbeats_raise_job_stale_and_turn_healthz_red(sqlite_app):
     for name in ("auto_requeue", "cleanup", "checks"):
         periodic.run_exclusive(name, lambda now: "ok", interval_seconds=60, lease_seconds=30, clock=lambda: T0)
 
-    healthy, report = liveness.check(config, later(170))
+    healthy, report = liveness.check(later(170), config)
     assert healthy, report
     checks.check_jobs(later(181), config)
     db.session.commit()
@@ -221,7 +221,7 @@ def test_stale_heartbeats_raise_job_stale_and_turn_healthz_red(sqlite_app):
     assert {a.key for a in stale} == {"reconciler", "auto_requeue", "cleanup"}  # checks itself is running
     assert all(a.level == "critical" for a in stale)
     # A daily job is judged in days: two days late is fine, beyond three is stale.
-    healthy, report = liveness.check(config, later(2 * DAY))
+    healthy, report = liveness.check(later(2 * DAY), config)
     assert report["jobs"]["daily_report"]["fresh"]
     assert "daily_report" not in report["stale_jobs"] and "reconciler" in report["stale_jobs"]
     assert not healthy and report["status"] == "unhealthy"
@@ -236,7 +236,7 @@ def test_stale_heartbeats_raise_job_stale_and_turn_healthz_red(sqlite_app):
     db.session.commit()
     recovered = [a for a in alerts("job_stale") if a.state == "recovered"]
     assert [a.key for a in recovered] == ["reconciler"]
-    assert liveness.check(config, later(3 * DAY + 3))[1]["jobs"]["reconciler"]["fresh"]
+    assert liveness.check(later(3 * DAY + 3), config)[1]["jobs"]["reconciler"]["fresh"]
 
 
 def test_a_job_that_never_ran_is_stale_for_alerts_as_for_healthz(sqlite_app):
@@ -246,7 +246,7 @@ def test_a_job_that_never_ran_is_stale_for_alerts_as_for_healthz(sqlite_app):
     checks.check_jobs(later(10), config)
     db.session.commit()
 
-    healthy, report = liveness.check(config, later(10))
+    healthy, report = liveness.check(later(10), config)
     never = {"auto_requeue", "cleanup", "daily_report"}  # no row in periodic_jobs at all
     assert not healthy and set(report["stale_jobs"]) == never | {"checks"}
     stale = alerts("job_stale")
@@ -258,7 +258,7 @@ def test_stale_after_intervals_is_one_setting_for_healthz_and_alerts(sqlite_app)
     config = dict(sqlite_app.config, RECONCILE_INTERVAL_SECONDS=60, JOB_STALE_AFTER_INTERVALS=10)
     periodic.run_exclusive("reconciler", lambda now: "ok", interval_seconds=60, lease_seconds=30, clock=lambda: T0)
 
-    report = liveness.check(config, later(500))[1]
+    report = liveness.check(later(500), config)[1]
     checks.check_jobs(later(500), config)
     db.session.commit()
 
@@ -267,7 +267,7 @@ def test_stale_after_intervals_is_one_setting_for_healthz_and_alerts(sqlite_app)
     checks.check_jobs(later(601), config)
     db.session.commit()
     assert "reconciler" in {a.key for a in alerts("job_stale")}
-    assert not liveness.check(config, later(601))[1]["reconciler"]["fresh"]
+    assert not liveness.check(later(601), config)[1]["reconciler"]["fresh"]
 
 
 def test_healthz_lists_every_periodic_job(sqlite_app):

@@ -6,6 +6,7 @@ import threading
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from flask import current_app
 from sqlalchemy import func, select
 
 from tests.support.reads import detached
@@ -38,7 +39,7 @@ def scripted(ctx):
     action = step[0]
     if action == "steal":
         # Another worker's reconciler decides this attempt's lease expired while it runs.
-        reconciler.reconcile(step[1])
+        reconciler.reconcile(step[1], current_app.config)
     if ctx.payload.get("write"):
         db.session.add(PeriodicJob(name=ctx.payload["write"]))
     if action == "transient":

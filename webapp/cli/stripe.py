@@ -13,7 +13,6 @@ from webapp.cli.common import fail
 from webapp.devdata import stripe_samples
 from webapp.extensions import db
 from webapp.models import Purchase
-from webapp.services.payments import intake
 
 stripe_cli = AppGroup("stripe", help="Stripe developer affordances.")
 
@@ -28,7 +27,7 @@ stripe_cli = AppGroup("stripe", help="Stripe developer affordances.")
 @click.option("--timeout", default=10.0, show_default=True)
 def send_event(event_type, url, purchase_id, amount_refunded, event_id, secret, timeout):
     """Build a realistic EVENT_TYPE event, sign it like Stripe and POST it (like `stripe trigger`)."""
-    secret = secret or next(iter(intake.parse_secrets(current_app.config.get("STRIPE_WEBHOOK_SECRET"))), None)
+    secret = secret or next(iter(current_app.config["STRIPE_WEBHOOK_SECRET"]), None)
     if not secret:
         fail("no signing secret: set STRIPE_WEBHOOK_SECRET or pass --secret")
     event = stripe_samples.build_event(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -65,7 +66,17 @@ class RetryPolicy:
     @classmethod
     def from_ladder(cls, text: str, max_attempts: int | None = None) -> RetryPolicy:
         """A ladder policy; by default one retry per rung."""
-        steps = parse_ladder(text)
+        return cls._laddered(parse_ladder(text), max_attempts)
+
+    @classmethod
+    def from_steps(cls, seconds: Sequence[float], max_attempts: int | None = None) -> RetryPolicy:
+        """A ladder policy from rungs already parsed into seconds (a ladder setting); one retry per rung."""
+        if not seconds:
+            raise ValueError("a ladder needs at least one step")
+        return cls._laddered(tuple(timedelta(seconds=step) for step in seconds), max_attempts)
+
+    @classmethod
+    def _laddered(cls, steps: tuple[timedelta, ...], max_attempts: int | None) -> RetryPolicy:
         # An explicit 0 must reach __post_init__ and be refused, not fall back to the default.
         attempts = len(steps) + 1 if max_attempts is None else max_attempts
         return cls(max_attempts=attempts, ladder=steps, jitter=False)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from flask import Flask
 
-from webapp.config import comma_list
 from webapp.services import email, payments
 from webapp.services.console import bulk
 from webapp.services.engine import reconciler
@@ -37,4 +36,4 @@ def init_app(app: Flask) -> None:
     """Register every handler with this app's settings, and import ``BACKSTOP_HANDLER_MODULES``."""
     email.init_app(app)
     payments.init_app(app)
-    import_handler_modules(comma_list(app.config.get("BACKSTOP_HANDLER_MODULES")))
+    import_handler_modules(app.config["BACKSTOP_HANDLER_MODULES"])

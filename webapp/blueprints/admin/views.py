@@ -399,7 +399,7 @@ def _cards_context(window: str) -> dict:
 
 def _status_context() -> dict:
     return {
-        "heartbeats": health_page.heartbeats(current_app.config),
+        "heartbeats": health_page.heartbeats(utcnow(), current_app.config),
         "circuits": circuit_states(),
         "alerts": alerts.recent_alerts(10),
         "pauses": pauses.list_pauses(),

@@ -8,6 +8,7 @@ from flask import current_app, g, jsonify, request
 
 from webapp.blueprints.admin_api.blueprint import bp
 from webapp.blueprints.json_api import ApiError, iso
+from webapp.domain.time import utcnow
 from webapp.services.console import bulk, failures
 from webapp.services.console.export import operation_record
 from webapp.services.console.filters import MAX_ID, FilterError, Filters, parse_filters
@@ -216,7 +217,7 @@ def bulk_job_cancel(job_id: int):
 @bp.get("/queue-health")
 def queue_health():
     """Counts by state, Huey's depth and whether the reconciler beats."""
-    return jsonify(health_page.queue_health(current_app.config))
+    return jsonify(health_page.queue_health(utcnow(), current_app.config))
 
 
 @bp.get("/delivery-stats")

@@ -51,7 +51,7 @@ def allow(*methods: str):
 
 def json_body() -> tuple[dict, bytes]:
     """The request's JSON object and raw bytes; 413, 415 or 400 otherwise."""
-    limit = int(current_app.config.get("API_MAX_BYTES") or 64 * 1024)
+    limit = current_app.config["API_MAX_BYTES"]
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, "payload_too_large", f"the body is larger than {limit} bytes")
     if request.mimetype != "application/json":

@@ -15,7 +15,7 @@ REALM = "metrics"
 
 
 def _authorized() -> bool:
-    expected = current_app.config.get("METRICS_TOKEN")
+    expected = current_app.config["METRICS_TOKEN"]
     if not expected:
         return True
     raw = bearer_token(request)

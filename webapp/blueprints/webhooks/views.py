@@ -23,11 +23,11 @@ def stripe_webhook():
         response = error_response(405, "method_not_allowed", "use POST")
         response.headers["Allow"] = "POST"
         return response
-    max_bytes = int(current_app.config.get("WEBHOOK_MAX_BYTES") or 1024 * 1024)
+    max_bytes = current_app.config["WEBHOOK_MAX_BYTES"]
     body = _read_body(max_bytes)
     if body is None:
         return _reject(WebhookRejected(intake.TOO_LARGE, f"body is larger than {max_bytes} bytes"))
-    secrets = intake.parse_secrets(current_app.config.get("STRIPE_WEBHOOK_SECRET"))
+    secrets = current_app.config["STRIPE_WEBHOOK_SECRET"]
     try:
         event = intake.verify(body, request.headers.get("Stripe-Signature"), secrets)
     except WebhookRejected as rejected:

@@ -17,18 +17,10 @@ from sqlalchemy import case, select, update
 from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.models import EmailProviderCircuit
-from webapp.services.email.providers import provider_names
 from webapp.services.email.sql import insert_ignore
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 MAX_ERROR = 1000
-
-
-def _settings(config=None) -> tuple[int, timedelta]:
-    config = config or current_app.config
-    threshold = max(int(config.get("EMAIL_CIRCUIT_THRESHOLD") or 5), 1)
-    cooldown = timedelta(seconds=float(config.get("EMAIL_CIRCUIT_COOLDOWN_SECONDS") or 60.0))
-    return threshold, cooldown
 
 
 def state_of(opened_until: datetime | None, now: datetime) -> str:
@@ -41,10 +33,7 @@ def state_of(opened_until: datetime | None, now: datetime) -> str:
 def circuit_states(now: datetime | None = None) -> list[dict]:
     """Every configured provider's circuit (plus any with a stored state), for health pages and metrics."""
     now = now or utcnow()
-    try:
-        configured = provider_names(current_app.config)
-    except ValueError:
-        configured = []
+    configured = list(current_app.config["EMAIL_PROVIDERS"])
     rows = {row.provider: row for row in db.session.execute(select(EmailProviderCircuit)).scalars()}
     db.session.rollback()  # a read only; never hold a (SQLite: write-locking) transaction open
     names = configured + sorted(name for name in rows if name not in configured)
@@ -75,9 +64,9 @@ def blocked_until(names: list[str], now: datetime) -> dict[str, datetime]:
     return {provider: opened_until for provider, opened_until in rows}
 
 
-def acquire(provider: str, now: datetime, config=None) -> bool:
+def acquire(provider: str, now: datetime, config) -> bool:
     """May this worker use ``provider`` now? Closed: yes. Open: no. Half-open: only the probe winner."""
-    _, cooldown = _settings(config)
+    cooldown = timedelta(seconds=config["EMAIL_CIRCUIT_COOLDOWN_SECONDS"])
     opened_until = db.session.execute(
         select(EmailProviderCircuit.opened_until).where(EmailProviderCircuit.provider == provider)
     ).scalar_one_or_none()
@@ -113,9 +102,9 @@ def record_success(provider: str, now: datetime) -> None:
     db.session.commit()
 
 
-def record_failure(provider: str, now: datetime, error: str, config=None) -> None:
+def record_failure(provider: str, now: datetime, error: str, config) -> None:
     """Count a failure; the one that reaches the threshold (or fails a probe) opens the circuit."""
-    threshold, cooldown = _settings(config)
+    threshold, cooldown = config["EMAIL_CIRCUIT_THRESHOLD"], timedelta(seconds=config["EMAIL_CIRCUIT_COOLDOWN_SECONDS"])
     insert_ignore(
         EmailProviderCircuit,
         [{"provider": provider, "consecutive_failures": 0, "opened_until": None, "updated_at": now}],

@@ -34,7 +34,6 @@ from webapp.services.email.providers import (
     RejectedError,
     SendResult,
     build_provider,
-    provider_names,
 )
 from webapp.services.email.render import outgoing, render_email
 
@@ -57,8 +56,8 @@ def deliver(ctx) -> None:
     ratelimit.reserve(
         to,
         now=now,
-        per_recipient=int(config.get("EMAIL_RATE_PER_RECIPIENT_PER_MINUTE") or 0),
-        global_limit=int(config.get("EMAIL_RATE_GLOBAL_PER_MINUTE") or 0),
+        per_recipient=config["EMAIL_RATE_PER_RECIPIENT_PER_MINUTE"],
+        global_limit=config["EMAIL_RATE_GLOBAL_PER_MINUTE"],
     )
     record = _Recorder(operation.id, payload.get("purchase_id"), ctx.attempt, to, template)
     send_with_failover(email, names, now=now, config=config, record=record)
@@ -100,10 +99,7 @@ def _render(template: str, payload: dict, to: str, ctx):
 
 
 def _provider_names(config) -> list[str]:
-    try:
-        names = provider_names(config)
-    except ValueError as exc:
-        raise TransientError(str(exc)) from exc
+    names = list(config["EMAIL_PROVIDERS"])
     if not names:
         raise TransientError("EMAIL_PROVIDERS is empty: no email provider to send with")
     return names

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from webapp.config import ConfigurationError
 from webapp.domain.retry import RetryPolicy
 from webapp.services.email.delivery import deliver
 from webapp.services.email.outbox import TEMPLATES, operation_name
-from webapp.services.email.providers import provider_names
 from webapp.services.engine.registry import HandlerContext, registry
 
 # Emails: 3 retries (4 attempts), exponential backoff with full jitter (seeds 000/001).
@@ -26,18 +24,13 @@ def register_handlers(policy: RetryPolicy | None = None) -> None:
 
 def policy_from_config(config) -> RetryPolicy:
     """The email retry policy: ``EMAIL_RETRY_LADDER`` if set (tests, operators), else the default."""
-    ladder = (config.get("EMAIL_RETRY_LADDER") or "").strip()
-    return RetryPolicy.from_ladder(ladder) if ladder else DEFAULT_EMAIL_POLICY
+    ladder = config["EMAIL_RETRY_LADDER"]
+    return RetryPolicy.from_steps(ladder) if ladder else DEFAULT_EMAIL_POLICY
 
 
 def init_app(app) -> None:
-    """Check the email settings and register the handlers with this app's retry policy."""
-    try:
-        provider_names(app.config)
-        policy = policy_from_config(app.config)
-    except ValueError as exc:
-        raise ConfigurationError(f"email settings: {exc}") from None
-    register_handlers(policy)
+    """Register the handlers with this app's retry policy."""
+    register_handlers(policy_from_config(app.config))
 
 
 register_handlers()

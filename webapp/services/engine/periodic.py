@@ -40,11 +40,11 @@ class RegisteredJob:
 
     def interval(self, config: Mapping) -> float:
         """Seconds between runs."""
-        return float(config[self.interval_key])
+        return config[self.interval_key]
 
     def lease(self, config: Mapping) -> float:
         """How long one run may hold the lease."""
-        return float(config[self.lease_key])
+        return config[self.lease_key]
 
 
 _jobs: dict[str, RegisteredJob] = {}
@@ -254,25 +254,24 @@ class Heartbeat:
 
 def stale_after(interval_seconds: float, config: Mapping) -> float:
     """Seconds after which a job's heartbeat is stale: a multiple of its own interval."""
-    return float(interval_seconds) * float(config.get("JOB_STALE_AFTER_INTERVALS", 3))
+    return interval_seconds * config["JOB_STALE_AFTER_INTERVALS"]
 
 
-def heartbeats(config: Mapping, now: datetime | None = None) -> list[Heartbeat]:
+def heartbeats(now: datetime, config: Mapping) -> list[Heartbeat]:
     """Every periodic job (registered or seen in the table), in tick order: age, staleness, last error.
 
     A job is stale when it never finished a run or its heartbeat is older than
     ``JOB_STALE_AFTER_INTERVALS`` of its own interval, so a daily job is judged in days.
     """
-    now = now or utcnow()
     rows = {row.name: row for row in db.session.execute(select(PeriodicJob)).scalars()}
     db.session.rollback()
     intervals = {job.name: job.interval(config) for job in registered_jobs()}
     for name, row in rows.items():
         intervals.setdefault(name, row.interval_seconds)
-    return [_heartbeat(name, interval, rows.get(name), config, now) for name, interval in intervals.items()]
+    return [_heartbeat(name, interval, rows.get(name), now, config) for name, interval in intervals.items()]
 
 
-def _heartbeat(name: str, interval: float, row: PeriodicJob | None, config: Mapping, now: datetime) -> Heartbeat:
+def _heartbeat(name: str, interval: float, row: PeriodicJob | None, now: datetime, config: Mapping) -> Heartbeat:
     last = row.last_finished_at if row else None
     age = None if last is None else max((now - last).total_seconds(), 0.0)
     limit = stale_after(interval, config)

@@ -40,20 +40,16 @@ class WorkerCrashed(TransientError):
     """The worker running an attempt disappeared before its lease ran out."""
 
 
-def reconcile(now: datetime, *, batch_size: int = 500, redeliver_after: float = 60.0) -> ReconcileReport:
-    """One full pass of the reconciler (each step its own short transaction)."""
+# First in every tick: the jobs after it see operations it recovered and promoted.
+@periodic_job(JOB_NAME, interval="RECONCILE_INTERVAL_SECONDS", lease="RECONCILE_LEASE_SECONDS", order=0)
+def reconcile(now: datetime, config: Mapping) -> ReconcileReport:
+    """One full pass of the reconciler (each step its own short transaction), in configured batches."""
+    batch_size = config["RECONCILE_BATCH_SIZE"]
     return ReconcileReport(
         recovered=recover_expired_leases(now, batch_size),
         promoted=promote_scheduled(now, batch_size),
-        rung=ring_overdue(now, batch_size, redeliver_after),
+        rung=ring_overdue(now, batch_size, config["REDELIVER_AFTER_SECONDS"]),
     )
-
-
-# First in every tick: the jobs after it see operations it recovered and promoted.
-@periodic_job(JOB_NAME, interval="RECONCILE_INTERVAL_SECONDS", lease="RECONCILE_LEASE_SECONDS", order=0)
-def periodic_pass(now: datetime, config: Mapping) -> ReconcileReport:
-    """The periodic reconciler job: one pass with the configured batch size and redelivery delay."""
-    return reconcile(now, batch_size=config["RECONCILE_BATCH_SIZE"], redeliver_after=config["REDELIVER_AFTER_SECONDS"])
 
 
 def _lock_batch(query, batch_size: int):

@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
 
+from webapp.config import default_of
 from webapp.domain.errors import Deferral, PermanentError, classify
 from webapp.domain.fingerprints import fingerprint_of
 from webapp.domain.retry import Decision, RetryPolicy
@@ -32,7 +33,8 @@ log = logging.getLogger("backstop.engine")
 
 MAX_MESSAGE = 4000
 MAX_STACK = 20000
-DEFAULT_LEASE_SECONDS = 300.0
+# For callers without an app config (the worker passes OPERATION_LEASE_SECONDS itself).
+DEFAULT_LEASE_SECONDS = default_of("OPERATION_LEASE_SECONDS")
 
 
 # Functions called as ``listener(operation, outcome)`` inside the transaction that records an

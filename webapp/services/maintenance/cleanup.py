@@ -61,10 +61,6 @@ class CleanupReport:
         )
 
 
-def _days(config: Mapping, key: str, default: float) -> timedelta:
-    return timedelta(days=float(config.get(key, default)))
-
-
 @contextmanager
 def _no_collection_while_locked():
     """Keep Python's cyclic garbage collector out of a lock-holding batch.
@@ -119,13 +115,11 @@ class _Batches:
 @periodic_job("cleanup", interval="CLEANUP_INTERVAL_SECONDS", lease="CLEANUP_LEASE_SECONDS", order=20)
 def cleanup(now: datetime, config: Mapping) -> CleanupReport:
     """Delete or trim old records in bounded batches; returns (and logs) counts and per-batch timings."""
-    size = max(int(config.get("CLEANUP_BATCH_SIZE", 200)), 1)
+    size = config["CLEANUP_BATCH_SIZE"]
     report = CleanupReport()
-    batches = _Batches(
-        report, float(config.get("CLEANUP_MAX_SECONDS", 120)), float(config.get("CLEANUP_BATCH_PAUSE_SECONDS", 0.01))
-    )
-    succeeded_cutoff = now - _days(config, "RETENTION_SUCCEEDED_DAYS", 30)
-    dead_cutoff = now - _days(config, "RETENTION_RESOLVED_DEAD_DAYS", 90)
+    batches = _Batches(report, config["CLEANUP_MAX_SECONDS"], config["CLEANUP_BATCH_PAUSE_SECONDS"])
+    succeeded_cutoff = now - timedelta(days=config["RETENTION_SUCCEEDED_DAYS"])
+    dead_cutoff = now - timedelta(days=config["RETENTION_RESOLVED_DEAD_DAYS"])
     for kind in KINDS:  # one kind at a time so the (kind, succeeded_at) index serves the query
         report.succeeded += batches.drain(
             lambda kind=kind: _delete_operations(
@@ -142,16 +136,16 @@ def cleanup(now: datetime, config: Mapping) -> CleanupReport:
             select(Operation.id).where(Operation.state == State.DEAD.value, Operation.resolved_at < dead_cutoff), size
         )
     )
-    body_cutoff = now - _days(config, "RETENTION_STRIPE_BODY_DAYS", 30)
+    body_cutoff = now - timedelta(days=config["RETENTION_STRIPE_BODY_DAYS"])
     report.stripe_bodies += batches.drain(lambda: _trim_stripe_bodies(body_cutoff, size, now))
     # A success commits at most one lease after its succeeded_at: look no closer to now than that.
-    settled_before = now - timedelta(seconds=float(config.get("OPERATION_LEASE_SECONDS", 300)))
+    settled_before = now - timedelta(seconds=config["OPERATION_LEASE_SECONDS"])
     report.stripe_bodies += batches.drain(lambda: _trim_late_settled_bodies(settled_before, size, now))
-    runs_cutoff = now - _days(config, "RETENTION_JOB_RUNS_DAYS", 14)
+    runs_cutoff = now - timedelta(days=config["RETENTION_JOB_RUNS_DAYS"])
     report.job_runs += batches.drain(
         lambda: _delete_ids(JobRun, select(JobRun.id).where(JobRun.started_at < runs_cutoff).order_by(JobRun.id), size)
     )
-    alerts_cutoff = now - _days(config, "RETENTION_ALERTS_DAYS", 90)
+    alerts_cutoff = now - timedelta(days=config["RETENTION_ALERTS_DAYS"])
     report.alerts += batches.drain(
         lambda: _delete_ids(Alert, select(Alert.id).where(Alert.created_at < alerts_cutoff).order_by(Alert.id), size)
     )

@@ -8,7 +8,6 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import select
 
-from webapp.config import comma_list
 from webapp.domain.errors import ErrorKind
 from webapp.domain.states import State
 from webapp.extensions import db
@@ -21,13 +20,9 @@ log = logging.getLogger("backstop.maintenance")
 AUTO_REQUEUE_BY = "auto-requeue"
 
 
-def _kinds(config: Mapping) -> list[str]:
-    return comma_list(config.get("AUTO_REQUEUE_KINDS", "email,webhook,job"))
-
-
 def requeue_candidates(now: datetime, config: Mapping) -> list[int]:
     """Dead operations due for their one automatic retry, oldest death first."""
-    cutoff = now - timedelta(seconds=float(config.get("AUTO_REQUEUE_AFTER_SECONDS", 86400)))
+    cutoff = now - timedelta(seconds=config["AUTO_REQUEUE_AFTER_SECONDS"])
     ids = (
         db.session.execute(
             select(Operation.id)
@@ -36,12 +31,12 @@ def requeue_candidates(now: datetime, config: Mapping) -> list[int]:
                 Operation.resolved_at.is_(None),
                 Operation.dead_at <= cutoff,
                 Operation.error_kind == ErrorKind.TRANSIENT.value,
-                Operation.attempts < int(config.get("AUTO_REQUEUE_MAX_ATTEMPTS", 10)),
-                Operation.kind.in_(_kinds(config)),
+                Operation.attempts < config["AUTO_REQUEUE_MAX_ATTEMPTS"],
+                Operation.kind.in_(config["AUTO_REQUEUE_KINDS"]),
                 Operation.id.not_in(select(AutoRequeue.operation_id)),
             )
             .order_by(Operation.dead_at, Operation.id)
-            .limit(int(config.get("AUTO_REQUEUE_BATCH_SIZE", 100)))
+            .limit(config["AUTO_REQUEUE_BATCH_SIZE"])
         )
         .scalars()
         .all()

@@ -69,13 +69,9 @@ class AlertError(ValueError):
     """An alert with an unknown type or level."""
 
 
-def _config(name: str, default=None):
-    return current_app.config.get(name, default)
-
-
 def admin_url(path: str = "/admin/failed-operations", **query) -> str:
     """An absolute link into the admin console (``PUBLIC_BASE_URL`` + path + query)."""
-    base = (_config("PUBLIC_BASE_URL") or "").rstrip("/")
+    base = current_app.config["PUBLIC_BASE_URL"]
     query = {key: value for key, value in query.items() if value not in (None, "")}
     return f"{base}{path}" + (f"?{urlencode(query)}" if query else "")
 
@@ -102,7 +98,7 @@ def raise_alert(
         raise AlertError(f"unknown alert level {level!r}")
     now = now or utcnow()
     key = key[:255]
-    if dedupe and _alerted_since(type_, key, now - timedelta(seconds=float(_config("ALERT_DEDUPE_SECONDS", 900)))):
+    if dedupe and _alerted_since(type_, key, now - _dedupe_window()):
         log.info("alert %s %s suppressed: already alerted within the window", type_, key)
         return None
     alert = Alert(
@@ -134,6 +130,10 @@ def raise_alert(
         extra={"alert_id": alert.id, "alert_type": type_, "level": level},
     )
     return alert
+
+
+def _dedupe_window() -> timedelta:
+    return timedelta(seconds=current_app.config["ALERT_DEDUPE_SECONDS"])
 
 
 def _alerted_since(
@@ -184,7 +184,7 @@ def evaluate_threshold(
         row.level = level  # steady, or calmer: no news
         return None
     row.state, row.level, row.changed_at = "firing", level, now
-    window = now - timedelta(seconds=float(_config("ALERT_DEDUPE_SECONDS", 900)))
+    window = now - _dedupe_window()
     if _alerted_since(type_, key, window, min_rank=LEVEL_RANK[level], state="firing"):
         return None
     alert = raise_alert(type_, level, key, title, message, context, state="firing", now=now, dedupe=False)
@@ -321,8 +321,9 @@ def deliver_alert(ctx) -> None:
         return  # deleted by retention, or already delivered by an earlier attempt
     db.session.expunge(alert)
     db.session.rollback()  # no transaction (no SQLite write lock) while Slack is called
-    url = _config("SLACK_WEBHOOK_URL")
+    config = current_app.config
+    url = config["SLACK_WEBHOOK_URL"]
     if not url:
         return
-    post_to_slack(url, slack_payload(alert), timeout=float(_config("ALERT_SLACK_TIMEOUT_SECONDS", 10)), now=ctx.now)
+    post_to_slack(url, slack_payload(alert), timeout=config["ALERT_SLACK_TIMEOUT_SECONDS"], now=ctx.now)
     db.session.execute(Alert.__table__.update().where(Alert.id == alert.id).values(delivered_at=ctx.now))

@@ -67,7 +67,7 @@ def check_dead_letters(now: datetime, config: Mapping):
     not even by piling up (Slack down for an afternoon). They stay listed as dead letters.
     """
     count = unresolved_dead_letters(include_alerts=False)
-    warning, critical = int(config["ALERT_DLQ_WARNING"]), int(config["ALERT_DLQ_CRITICAL"])
+    warning, critical = config["ALERT_DLQ_WARNING"], config["ALERT_DLQ_CRITICAL"]
     context = {
         "value": count,
         "warning": f"> {warning}",
@@ -94,12 +94,12 @@ def check_failure_rate(kind: str, now: datetime, config: Mapping):
     over three emails says nothing, and an alert must be able to recover once a bad hour ends.
     """
     label, prefix = RATE_KINDS[kind]
-    window = float(config["ALERT_FAILURE_RATE_WINDOW_SECONDS"])
+    window = config["ALERT_FAILURE_RATE_WINDOW_SECONDS"]
     succeeded, dead = terminal_counts(kind, now - timedelta(seconds=window))
     total = succeeded + dead
     rate = 100.0 * succeeded / total if total else 100.0
-    warning, critical = float(config[f"{prefix}_WARNING"]), float(config[f"{prefix}_CRITICAL"])
-    level = level_below(rate, warning, critical) if total >= int(config["ALERT_FAILURE_RATE_MIN_SAMPLE"]) else None
+    warning, critical = config[f"{prefix}_WARNING"], config[f"{prefix}_CRITICAL"]
+    level = level_below(rate, warning, critical) if total >= config["ALERT_FAILURE_RATE_MIN_SAMPLE"] else None
     context = {
         "value": f"{rate:.1f}%",
         "sample": f"{succeeded} ok, {dead} dead",
@@ -128,7 +128,7 @@ def check_jobs(now: datetime, config: Mapping, *, skip: str | None = CHECKS_JOB)
     job, including one that never finished a run and so has no heartbeat at all.
     """
     raised = []
-    for beat in periodic.heartbeats(config, now):
+    for beat in periodic.heartbeats(now, config):
         if beat.name == skip:
             continue  # this very job is running, so it is not stale
         raised.append(_job_stale(beat, now))
@@ -277,9 +277,9 @@ def daily_report(now: datetime, config: Mapping) -> dict:
 def _report_level(report: dict, config: Mapping) -> str:
     for kind, (_, prefix) in RATE_KINDS.items():
         rate = report["kinds"][kind]["rate"]
-        if rate is not None and rate < float(config[f"{prefix}_WARNING"]):
+        if rate is not None and rate < config[f"{prefix}_WARNING"]:
             return "warning"
-    return "warning" if report["unresolved_dead_letters"] > int(config["ALERT_DLQ_WARNING"]) else "info"
+    return "warning" if report["unresolved_dead_letters"] > config["ALERT_DLQ_WARNING"] else "info"
 
 
 def _rate_text(entry: dict) -> str:

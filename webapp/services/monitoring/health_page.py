@@ -286,14 +286,13 @@ def trend(window: str, now: datetime | None = None) -> dict:
     return {"labels": labels, "successes": successes, "failures": failures}
 
 
-def heartbeats(config: Mapping, now: datetime | None = None) -> list[periodic.Heartbeat]:
+def heartbeats(now: datetime, config: Mapping) -> list[periodic.Heartbeat]:
     """Each periodic job's heartbeat by name, judged exactly as /healthz, /metrics and ``job_stale`` judge it."""
-    return sorted(periodic.heartbeats(config, now), key=lambda beat: beat.name)
+    return sorted(periodic.heartbeats(now, config), key=lambda beat: beat.name)
 
 
-def queue_health(config: Mapping, now: datetime | None = None) -> dict:
+def queue_health(now: datetime, config: Mapping) -> dict:
     """Seed 003's queue-health view, from the operations table and Huey."""
-    now = now or utcnow()
     by_state = dict(db.session.execute(select(Operation.state, func.count()).group_by(Operation.state)).all())
     db.session.rollback()
     depth = queue_depth()
@@ -301,7 +300,7 @@ def queue_health(config: Mapping, now: datetime | None = None) -> dict:
     waiting = sum(by_state.get(state, 0) for state in ("pending", "retrying", "scheduled"))
     return {
         "healthy": depth is not None
-        and not any(beat.stale for beat in heartbeats(config, now) if beat.name == RECONCILER),
+        and not any(beat.stale for beat in heartbeats(now, config) if beat.name == RECONCILER),
         "metrics": {state.value: by_state.get(state.value, 0) for state in State},
         "queue": depth,
         "stats": {

@@ -7,7 +7,6 @@ from datetime import datetime
 
 from sqlalchemy import text
 
-from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.services.engine import periodic
 from webapp.services.engine.doorbell import get_doorbell
@@ -16,25 +15,24 @@ from webapp.services.engine.reconciler import JOB_NAME as RECONCILER
 JOB_FIELDS = ("heartbeat_age_seconds", "interval_seconds", "stale_after_seconds", "fresh", "runs", "last_error")
 
 
-def check(config: Mapping, now: datetime | None = None) -> tuple[bool, dict]:
+def check(now: datetime, config: Mapping) -> tuple[bool, dict]:
     """Return ``(healthy, report)``; unhealthy when the database is down or any job's heartbeat is stale.
 
     Every periodic job is reported under ``jobs``; the reconciler also under ``reconciler``.
     """
-    now = now or utcnow()
     report: dict = {"status": "ok"}
     database_ok = _database_reachable(report)
     _queue_reachable(report)
-    healthy = database_ok and _heartbeats_fresh(report, config, now)
+    healthy = database_ok and _heartbeats_fresh(report, now, config)
     if not healthy:
         report["status"] = "unhealthy"
     return healthy, report
 
 
-def _heartbeats_fresh(report: dict, config: Mapping, now: datetime) -> bool:
+def _heartbeats_fresh(report: dict, now: datetime, config: Mapping) -> bool:
     """Report every job's heartbeat; a failed read is unhealthy, not a 500."""
     try:
-        return _read_heartbeats(report, config, now)
+        return _read_heartbeats(report, now, config)
     except Exception as exc:  # e.g. a database whose schema is not migrated yet
         db.session.rollback()
         report["reconciler"] = {
@@ -46,8 +44,8 @@ def _heartbeats_fresh(report: dict, config: Mapping, now: datetime) -> bool:
         return False
 
 
-def _read_heartbeats(report: dict, config: Mapping, now: datetime) -> bool:
-    beats = {beat.name: beat for beat in periodic.heartbeats(config, now)}
+def _read_heartbeats(report: dict, now: datetime, config: Mapping) -> bool:
+    beats = {beat.name: beat for beat in periodic.heartbeats(now, config)}
     report["jobs"] = {name: beat.as_dict(*JOB_FIELDS) for name, beat in beats.items()}
     report["reconciler"] = beats[RECONCILER].as_dict("heartbeat_age_seconds", "stale_after_seconds", "fresh")
     stale = sorted(name for name, beat in beats.items() if beat.stale)

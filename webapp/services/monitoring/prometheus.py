@@ -154,7 +154,7 @@ class DatabaseCollector:
             labels=["job"],
         )
         stale = GaugeMetricFamily("backstop_periodic_job_stale", "1 when a job's heartbeat is stale", labels=["job"])
-        for beat in sorted(periodic.heartbeats(self.config, now), key=lambda beat: beat.name):
+        for beat in sorted(periodic.heartbeats(now, self.config), key=lambda beat: beat.name):
             seconds = beat.heartbeat_age_seconds
             age.add_metric([beat.name], float("nan") if seconds is None else float(seconds))
             stale.add_metric([beat.name], 0 if beat.fresh else 1)

@@ -20,27 +20,24 @@ class StripeSettings:
     """How to reach Stripe's API (from the app config; ``api_base`` points at a test server)."""
 
     secret_key: str | None
-    api_base: str | None = None
-    timeout_seconds: float = 10.0
-    connect_timeout_seconds: float = 5.0
-    max_network_retries: int = 2
-    success_url: str = "http://127.0.0.1:5000/checkout/success?purchase_id={purchase_id}"
-    cancel_url: str = "http://127.0.0.1:5000/checkout/cancelled?purchase_id={purchase_id}"
+    api_base: str | None
+    timeout_seconds: float
+    connect_timeout_seconds: float
+    max_network_retries: int
+    success_url: str
+    cancel_url: str
 
     @classmethod
     def from_config(cls, config) -> StripeSettings:
         """Settings from a Flask config mapping."""
-        base = (config.get("PUBLIC_BASE_URL") or "http://127.0.0.1:5000").rstrip("/")
         return cls(
-            secret_key=config.get("STRIPE_SECRET_KEY"),
-            api_base=(config.get("STRIPE_API_BASE") or None),
-            timeout_seconds=float(config.get("STRIPE_TIMEOUT_SECONDS") or 10.0),
-            connect_timeout_seconds=float(config.get("STRIPE_CONNECT_TIMEOUT_SECONDS") or 5.0),
-            max_network_retries=int(config.get("STRIPE_MAX_NETWORK_RETRIES") or 0),
-            success_url=config.get("STRIPE_CHECKOUT_SUCCESS_URL")
-            or f"{base}/checkout/success?purchase_id={{purchase_id}}",
-            cancel_url=config.get("STRIPE_CHECKOUT_CANCEL_URL")
-            or f"{base}/checkout/cancelled?purchase_id={{purchase_id}}",
+            secret_key=config["STRIPE_SECRET_KEY"],
+            api_base=config["STRIPE_API_BASE"],
+            timeout_seconds=config["STRIPE_TIMEOUT_SECONDS"],
+            connect_timeout_seconds=config["STRIPE_CONNECT_TIMEOUT_SECONDS"],
+            max_network_retries=config["STRIPE_MAX_NETWORK_RETRIES"],
+            success_url=config["STRIPE_CHECKOUT_SUCCESS_URL"],
+            cancel_url=config["STRIPE_CHECKOUT_CANCEL_URL"],
         )
 
 

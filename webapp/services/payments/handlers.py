@@ -47,8 +47,8 @@ def stripe_handler(*event_types: str):
 
 def policy_from_config(config) -> RetryPolicy:
     """``WEBHOOK_RETRY_LADDER`` if set (tests, operators), else 5 exponential retries."""
-    ladder = (config.get("WEBHOOK_RETRY_LADDER") or "").strip()
-    return RetryPolicy.from_ladder(ladder) if ladder else WEBHOOK_POLICY
+    ladder = config["WEBHOOK_RETRY_LADDER"]
+    return RetryPolicy.from_steps(ladder) if ladder else WEBHOOK_POLICY
 
 
 def register_handlers(policy: RetryPolicy) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -17,7 +18,6 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from webapp.config import comma_list
 from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.models import StripeEvent, WebhookRejection
@@ -68,13 +68,8 @@ class Intake:
     operation_id: int | None
 
 
-def parse_secrets(value: str | None) -> list[str]:
-    """The webhook secrets from ``STRIPE_WEBHOOK_SECRET`` (comma-separated during rotation)."""
-    return comma_list(value)
-
-
 def verify(
-    payload: bytes, header: str | None, secrets: list[str], *, tolerance: int = SIGNATURE_TOLERANCE_SECONDS
+    payload: bytes, header: str | None, secrets: Sequence[str], *, tolerance: int = SIGNATURE_TOLERANCE_SECONDS
 ) -> dict:
     """Check ``Stripe-Signature`` against every secret with the stripe SDK; return the event.
 

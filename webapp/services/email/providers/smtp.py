@@ -97,9 +97,9 @@ class SmtpProvider:
     @classmethod
     def from_config(cls, config) -> SmtpProvider:
         """The provider for ``SMTP_URL``, trusting ``SMTP_CA_FILE``'s CAs when it is set."""
-        provider = cls(config.get("SMTP_URL"), float(config.get("EMAIL_TIMEOUT_SECONDS") or 10.0))
+        provider = cls(config["SMTP_URL"], config["EMAIL_TIMEOUT_SECONDS"])
         if provider.settings.ssl or provider.settings.starttls:
-            provider.ssl_context = tls_context(config.get("SMTP_CA_FILE"))
+            provider.ssl_context = tls_context(config["SMTP_CA_FILE"])
         return provider
 
     def send(self, email: OutgoingEmail, now: datetime) -> SendResult:
