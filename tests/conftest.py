@@ -20,7 +20,8 @@ from tests.support import servers
 from webapp import create_app
 from webapp.extensions import db
 
-pytest_plugins = ["tests.support.smtp"]  # the real SMTP server fixture, for every test module
+# The real SMTP server fixture for every test module; the lock that lets `alone` tests run by themselves.
+pytest_plugins = ["tests.support.smtp", "tests.support.parallel"]
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 from statistics import mean
 
+import pytest
 from sqlalchemy import select
 
 from tests.support.polling import wait_for
@@ -84,6 +85,7 @@ def test_sigint_interrupts_and_the_operation_is_put_back_for_the_next_worker(app
     assert calls(paths["log"]) == [f"{operation_id} 1", f"{operation_id} 1"]
 
 
+@pytest.mark.alone  # times the pick-up
 def test_idle_sqlite_worker_picks_up_new_work_within_half_a_second(sqlite_app, sqlite_backend, start_worker, tmp_path):
     start_worker(sqlite_backend)
     # The worker is up (and idle) once its scheduler has run the reconciler.
