@@ -13,7 +13,7 @@ from flask import g
 from flask.testing import FlaskClient
 from sqlalchemy import and_, func, or_, select
 
-from tests.conftest import make_app
+from tests.conftest import _sqlite_backend, make_app
 from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.models import AdminUser, BulkJob, FailedLogin, Operation, OperationAttempt
@@ -876,13 +876,13 @@ def test_refingerprint_command_repairs_stale_fingerprints(sqlite_app):
     assert stored.error_fingerprint == fingerprint_of("TransientError", "SMTP timeout after 3s")
 
 
-def test_migration_0006_fingerprints_existing_failures(sqlite_backend):
+def test_migration_0006_fingerprints_existing_failures(tmp_path):
     import flask_migrate
     from sqlalchemy import text
 
     from webapp import create_app
 
-    app = create_app(sqlite_backend.config())
+    app = create_app(_sqlite_backend(tmp_path).config())  # an empty database, migrated step by step here
     with app.app_context():
         flask_migrate.upgrade(revision="0005")
         db.session.execute(
