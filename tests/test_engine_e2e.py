@@ -9,7 +9,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from tests.conftest import make_app
-from tests.support.polling import wait_for
+from tests.support.polling import DEADLINE, wait_for
 from tests.support.reads import attempts_of, detached, load
 from webapp.domain.time import utcnow
 from webapp.extensions import db
@@ -26,7 +26,7 @@ def create(name: str, key: str, **payload) -> int:
     return operation.id
 
 
-def wait_state(operation_id: int, states, timeout: float = 30) -> Operation:
+def wait_state(operation_id: int, states, timeout: float = DEADLINE) -> Operation:
     """Poll until the operation is in one of ``states``."""
     states = {states} if isinstance(states, str) else set(states)
     return wait_for(
@@ -157,9 +157,7 @@ def test_two_schedulers_never_reconcile_concurrently(app, backend, start_worker)
     start_worker(backend, "a")
     start_worker(backend, "b")
 
-    runs = wait_for(
-        lambda: _finished_runs() if len(_finished_runs()) >= 6 else None, timeout=30, message="six reconciler runs"
-    )
+    runs = wait_for(lambda: _finished_runs() if len(_finished_runs()) >= 6 else None, message="six reconciler runs")
 
     for earlier, later in zip(runs, runs[1:]):
         assert earlier.finished_at <= later.started_at, (earlier, later)

@@ -8,7 +8,7 @@ from statistics import mean
 import pytest
 from sqlalchemy import select
 
-from tests.support.polling import wait_for
+from tests.support.polling import DEADLINE, wait_for
 from tests.support.reads import attempts_of, detached, load
 from webapp.extensions import db
 from webapp.models import JobRun, Operation
@@ -23,7 +23,7 @@ def create(name: str, key: str, **payload) -> int:
     return operation.id
 
 
-def wait_state(operation_id: int, states, timeout: float = 30) -> Operation:
+def wait_state(operation_id: int, states, timeout: float = DEADLINE) -> Operation:
     return wait_for(
         lambda: (op := load(operation_id)).state in states and op,
         timeout=timeout,
