@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +21,8 @@ from tests.support import servers
 from webapp import create_app
 from webapp.extensions import db
 
-pytest_plugins = ["tests.support.smtp"]  # the real SMTP server fixture, for every test module
+# The real SMTP server fixture for every test module; the lock that lets `alone` tests run by themselves.
+pytest_plugins = ["tests.support.smtp", "tests.support.parallel"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -88,14 +90,66 @@ def _sqlite_backend(tmp_path: Path) -> Backend:
     )
 
 
+class Templates:
+    """Databases migrated to head once per test session (each xdist worker has its own), which
+    each test gets a copy of: copying is far cheaper than running every migration again."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self._sqlite: Path | None = None
+        self._postgres: str | None = None
+
+    def _migrate(self, database_url: str) -> None:
+        queue = f"sqlite:///{self.folder / 'huey.sqlite3'}"
+        app = make_app(Backend("template", database_url, queue, "template", self.folder))
+        with app.app_context():
+            db.engine.dispose()  # nobody may stay connected to a template
+
+    def sqlite_copy(self, backend: Backend) -> Backend:
+        """Put a copy of the migrated SQLite database where ``backend`` keeps its data."""
+        if self._sqlite is None:
+            path = self.folder / "template.sqlite3"
+            self._migrate(f"sqlite:///{path}")
+            # The last connection closed, so the WAL is checkpointed into the file and removed.
+            assert not path.with_name(path.name + "-wal").exists()
+            self._sqlite = path
+        shutil.copyfile(self._sqlite, backend.database_url.removeprefix("sqlite:///"))
+        return backend
+
+    def postgres_copy(self) -> str:
+        """A new PostgreSQL database copied from the migrated template; its URL."""
+        if self._postgres is None:
+            url = servers.create_postgres_database()
+            try:
+                self._migrate(url)
+            except BaseException:
+                servers.drop_postgres_database(url)
+                raise
+            self._postgres = url
+        return servers.create_postgres_database(template_url=self._postgres)
+
+    def drop(self) -> None:
+        """Drop the PostgreSQL template, if one was made."""
+        if self._postgres is not None:
+            servers.drop_postgres_database(self._postgres)
+
+
+@pytest.fixture(scope="session")
+def templates(tmp_path_factory):
+    """The session's migrated template databases."""
+    templates = Templates(tmp_path_factory.mktemp("templates"))
+    yield templates
+    templates.drop()
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=[pytest.mark.postgres, pytest.mark.redis])])
-def backend(request, tmp_path):
-    """Each end-to-end test runs on SQLite + SqliteHuey and on PostgreSQL + RedisHuey."""
+def backend(request, tmp_path, templates):
+    """Each end-to-end test runs on SQLite + SqliteHuey and on PostgreSQL + RedisHuey (schema at head)."""
     if request.param == "sqlite":
-        yield _sqlite_backend(tmp_path)
+        yield templates.sqlite_copy(_sqlite_backend(tmp_path))
         return
     servers.require_server("Redis", servers.REDIS_HOST, servers.REDIS_PORT)
-    url = servers.create_postgres_database()
+    url = templates.postgres_copy()
     name = f"q{uuid.uuid4().hex[:8]}"
     try:
         yield Backend("postgres", url, f"redis://{servers.REDIS_HOST}:{servers.REDIS_PORT}/0", name, tmp_path)
@@ -105,9 +159,9 @@ def backend(request, tmp_path):
 
 
 @pytest.fixture
-def sqlite_backend(tmp_path):
-    """SQLite + SqliteHuey only, for tests about the engine's logic rather than the backend."""
-    return _sqlite_backend(tmp_path)
+def sqlite_backend(tmp_path, templates):
+    """SQLite + SqliteHuey only (schema at head), for tests about the engine's logic rather than the backend."""
+    return templates.sqlite_copy(_sqlite_backend(tmp_path))
 
 
 @contextmanager
@@ -122,7 +176,7 @@ def inside(app):
 
 
 def make_app(backend: Backend, **overrides):
-    """An app on ``backend`` with its schema migrated to head."""
+    """An app on ``backend`` with its schema migrated to head (nothing to do on a template's copy)."""
     app = create_app(backend.config(**overrides))
     tasks.bind(app)
     with app.app_context():

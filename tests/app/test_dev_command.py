@@ -8,7 +8,6 @@ import os
 import re
 import signal
 import smtplib
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -20,13 +19,7 @@ import requests
 
 from tests.conftest import ROOT
 from tests.support.polling import wait_for
-
-
-def free_port() -> int:
-    """A port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.support.ports import free_port
 
 
 def healthz(port: int):

@@ -23,7 +23,8 @@ from webapp.models import Operation
 from webapp.services.console import admins
 from webapp.services.engine import operations
 
-pytestmark = pytest.mark.browser
+# One worker runs the module: its server, demo data and Chromium are set up once.
+pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("browser")]
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
+from tests.conftest import _sqlite_backend
 from tests.support.console import listed_ids, make_op, post
 from webapp.domain.fingerprints import fingerprint_of, normalise_error
 from webapp.domain.time import utcnow
@@ -120,13 +121,13 @@ def test_refingerprint_command_repairs_stale_fingerprints(sqlite_app):
     assert stored.error_fingerprint == fingerprint_of("TransientError", "SMTP timeout after 3s")
 
 
-def test_migration_0006_fingerprints_existing_failures(sqlite_backend):
+def test_migration_0006_fingerprints_existing_failures(tmp_path):
     import flask_migrate
     from sqlalchemy import text
 
     from webapp import create_app
 
-    app = create_app(sqlite_backend.config())
+    app = create_app(_sqlite_backend(tmp_path).config())  # an empty database, migrated step by step here
     with app.app_context():
         flask_migrate.upgrade(revision="0005")
         db.session.execute(

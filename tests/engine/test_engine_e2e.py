@@ -141,9 +141,7 @@ def test_two_schedulers_never_reconcile_concurrently(app, backend, start_worker)
     start_worker(backend, "a")
     start_worker(backend, "b")
 
-    runs = wait_for(
-        lambda: _finished_runs() if len(_finished_runs()) >= 6 else None, timeout=30, message="six reconciler runs"
-    )
+    runs = wait_for(lambda: _finished_runs() if len(_finished_runs()) >= 6 else None, message="six reconciler runs")
 
     for earlier, later in zip(runs, runs[1:]):
         assert earlier.finished_at <= later.started_at, (earlier, later)

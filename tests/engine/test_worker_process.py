@@ -5,9 +5,10 @@ from __future__ import annotations
 import signal
 from statistics import mean
 
+import pytest
 from sqlalchemy import select
 
-from tests.support.polling import wait_for
+from tests.support.polling import DEADLINE, wait_for
 from tests.support.reads import attempts_of, detached, load
 from webapp.extensions import db
 from webapp.models import JobRun, Operation
@@ -22,7 +23,7 @@ def create(name: str, key: str, **payload) -> int:
     return operation.id
 
 
-def wait_state(operation_id: int, states, timeout: float = 30) -> Operation:
+def wait_state(operation_id: int, states, timeout: float = DEADLINE) -> Operation:
     return wait_for(
         lambda: (op := load(operation_id)).state in states and op,
         timeout=timeout,
@@ -84,6 +85,7 @@ def test_sigint_interrupts_and_the_operation_is_put_back_for_the_next_worker(app
     assert calls(paths["log"]) == [f"{operation_id} 1", f"{operation_id} 1"]
 
 
+@pytest.mark.alone  # times the pick-up
 def test_idle_sqlite_worker_picks_up_new_work_within_half_a_second(sqlite_app, sqlite_backend, start_worker, tmp_path):
     start_worker(sqlite_backend)
     # The worker is up (and idle) once its scheduler has run the reconciler.

@@ -7,7 +7,7 @@ import time
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, insert, select
+from sqlalchemy import DateTime, String, cast, func, insert, literal, select, true
 
 from tests.support.monitoring import T0, alerts, create, create_and_run, insert_operations, later, operation_row, run_at
 from webapp.domain.errors import PermanentError
@@ -295,30 +295,48 @@ def test_daily_report_counts_rates_and_top_failures_once_a_day(sqlite_app):
     assert checks.send_daily_report(now + timedelta(hours=1), sqlite_app.config) is None
 
 
+def insert_many_old_operations(number: int, *, at) -> None:
+    """``number`` succeeded operations ``old-0``, ``old-1``, ... created ``at``, each with one attempt.
+
+    The database copies one ORM-made row (building the rows in Python would take seconds): the
+    copies have exactly its column values, only their idempotency keys differ."""
+    insert_operations([operation_row(0, at=at, idempotency_key="old-0")])
+    operations_table = Operation.__table__
+    n = select(literal(1).label("i")).cte("n", recursive=True)
+    n = n.union_all(select(n.c.i + 1).where(n.c.i < number - 1))
+    copied = [column for column in operations_table.columns if column.name not in ("id", "idempotency_key")]
+    copies = (
+        select(*copied, literal("old-") + cast(n.c.i, String))
+        .select_from(n.join(operations_table, true()))
+        .where(operations_table.c.idempotency_key == "old-0")
+    )
+    db.session.execute(insert(Operation).from_select([*(c.name for c in copied), "idempotency_key"], copies))
+    first = db.session.execute(select(func.min(Operation.id))).scalar_one()
+    attempts = (
+        select(
+            operations_table.c.id,
+            literal(1),
+            literal(at, DateTime()),
+            literal(at, DateTime()),
+            (operations_table.c.id - first) % 700,
+            literal("succeeded"),
+        )
+        .where(operations_table.c.idempotency_key.like("old-%"))
+        .order_by(operations_table.c.id)
+    )
+    columns = ["operation_id", "number", "started_at", "finished_at", "duration_ms", "outcome"]
+    db.session.execute(insert(OperationAttempt).from_select(columns, attempts))
+    db.session.commit()
+
+
+@pytest.mark.alone  # times every batch
 def test_cleanup_of_200k_rows_in_short_batches_while_writes_continue(sqlite_backend):
     from tests.conftest import make_app
 
     app = make_app(sqlite_backend, CLEANUP_BATCH_PAUSE_SECONDS=0.005)  # default batch size
     with app.app_context():
         old = T0 - timedelta(days=40)
-        insert_operations([operation_row(i, at=old, idempotency_key=f"old-{i}") for i in range(100_000)])
-        first = db.session.execute(select(func.min(Operation.id))).scalar_one()
-        for start in range(0, 100_000, 20_000):
-            db.session.execute(
-                insert(OperationAttempt),
-                [
-                    {
-                        "operation_id": first + i,
-                        "number": 1,
-                        "started_at": old,
-                        "finished_at": old,
-                        "duration_ms": i % 700,
-                        "outcome": "succeeded",
-                    }
-                    for i in range(start, start + 20_000)
-                ],
-            )
-            db.session.commit()
+        insert_many_old_operations(100_000, at=old)
         assert count(Operation) + count(OperationAttempt) == 200_000
 
         writes, errors, done = [], [], threading.Event()

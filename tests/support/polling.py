@@ -8,12 +8,16 @@ from pathlib import Path
 from tests.support.reads import load
 from webapp.models import Operation
 
+# A deadline only bounds a hang: real processes on a busy two-core machine (parallel test workers,
+# each starting Python processes that import the app) can take tens of seconds to start.
+DEADLINE = 60.0
+
 
 class Timeout(AssertionError):
     """A condition did not become true before its deadline."""
 
 
-def wait_for(condition, *, timeout: float = 20.0, interval: float = 0.05, message: str = "condition"):
+def wait_for(condition, *, timeout: float = DEADLINE, interval: float = 0.05, message: str = "condition"):
     """Call ``condition`` until it returns something truthy, and return that; fail at the deadline."""
     deadline = time.monotonic() + timeout
     while True:
@@ -25,7 +29,7 @@ def wait_for(condition, *, timeout: float = 20.0, interval: float = 0.05, messag
         time.sleep(interval)
 
 
-def wait_state(operation_id: int, states, timeout: float = 30) -> Operation:
+def wait_state(operation_id: int, states, timeout: float = DEADLINE) -> Operation:
     """Poll until the operation is in one of ``states``."""
     states = {states} if isinstance(states, str) else set(states)
     return wait_for(

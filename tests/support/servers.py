@@ -31,14 +31,16 @@ def require_server(name: str, host: str, port: int) -> None:
     pytest.skip(message)
 
 
-def create_postgres_database() -> str:
-    """Create an empty throw-away database on the local server and return its URL."""
+def create_postgres_database(template_url: str | None = None) -> str:
+    """Create a throw-away database on the local server and return its URL: empty, or a copy of
+    the database at ``template_url`` (which nobody may be connected to)."""
     import psycopg
 
     require_server("PostgreSQL", POSTGRES_HOST, POSTGRES_PORT)
     name = f"backstop_test_{uuid.uuid4().hex[:12]}"
+    template = f' TEMPLATE "{template_url.rsplit("/", 1)[1]}"' if template_url else ""
     with psycopg.connect(f"postgresql://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}/test", autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"{template}')
     return f"postgresql+psycopg://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}/{name}"
 
 

@@ -7,7 +7,6 @@ worker processes pointed at it through SMTP_URL) exercise real SMTP conversation
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 from dataclasses import dataclass
 from email import message_from_bytes
@@ -61,14 +60,18 @@ class SmtpServer:
         """``controller_options`` go to aiosmtpd's Controller: ``tls_context`` (STARTTLS),
         ``ssl_context`` (implicit TLS), ``authenticator``, ``require_starttls``, ..."""
         self.host = "127.0.0.1"
-        self.port = _free_port()
         self.mode = ACCEPT
         self.messages: list[Received] = []
         # Message-ID of every message offered with DATA, whatever the answer was.
         self.offered: list[str] = []
         self._lock = threading.Lock()
         self._release = threading.Event()
-        self._controller = Controller(_Handler(self), hostname=self.host, port=self.port, **controller_options)
+        self._controller = _EphemeralController(_Handler(self), hostname=self.host, port=0, **controller_options)
+
+    @property
+    def port(self) -> int:
+        """The port the kernel gave the server (known once started)."""
+        return self._controller.port
 
     @property
     def url(self) -> str:
@@ -105,10 +108,13 @@ class SmtpServer:
         self._controller.stop()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+class _EphemeralController(Controller):
+    """aiosmtpd's Controller listening on port 0: the kernel picks a free port, so parallel tests never collide."""
+
+    def _trigger_server(self):
+        # Runs once the server listens and before start() returns: learn the port it was given.
+        self.port = self.server.sockets[0].getsockname()[1]
+        super()._trigger_server()
 
 
 @pytest.fixture
