@@ -6,7 +6,8 @@ shared lock on a file of this test run; an ``alone`` test holds it exclusively. 
 lock gives the exclusive request priority: once an ``alone`` test waits, no other test starts.
 
 The slow tests (those starting real processes) are handed out first, so that the run does not
-end with one worker busy on a long test while the others have nothing left to do.
+end with one worker busy on a long test while the others have nothing left to do; the ``alone``
+tests come last, when the tests they must wait for are short.
 """
 
 from __future__ import annotations
@@ -51,15 +52,17 @@ def _run_folder(config) -> Path | None:
 SLOW_FIXTURES = {"start_worker", "start_gunicorn"}
 
 
-def _slow(item) -> bool:
-    """Whether the test starts real processes (or must run alone): seconds to tens of seconds."""
-    return bool(SLOW_FIXTURES & set(item.fixturenames)) or item.get_closest_marker("alone") is not None
+def _turn_in_run(item) -> int:
+    """0 for a test starting real processes (seconds to tens of seconds), 2 for an ``alone`` test, else 1."""
+    if item.get_closest_marker("alone") is not None:
+        return 2
+    return 0 if SLOW_FIXTURES & set(item.fixturenames) else 1
 
 
 def pytest_collection_modifyitems(config, items):
-    """On xdist workers, put the slow tests first (every worker sorts alike, so collections agree)."""
+    """On xdist workers, order slow, quick, alone (every worker sorts alike, so collections agree)."""
     if hasattr(config, "workerinput"):
-        items.sort(key=lambda item: not _slow(item))
+        items.sort(key=_turn_in_run)
 
 
 @pytest.hookimpl(wrapper=True)
