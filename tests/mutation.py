@@ -1,0 +1,396 @@
+"""Mutation testing (cosmic-ray) of one module against the fast tests that cover it.
+
+    nice -n 10 .venv/bin/python -m tests.mutation webapp/services/engine/runner.py
+    nice -n 10 .venv/bin/python -m tests.mutation webapp/services/engine/runner.py --survivors
+
+The run happens in a throw-away copy of the working tree (cosmic-ray mutates files on disk), so
+the tree you work in is never touched. Steps:
+
+1. Copy the files git knows about (tracked, and untracked-but-not-ignored) to a temporary folder.
+2. Run the covering tests once there, recording which tests call which functions of the module
+   (the baseline: every test must pass on the unmutated code).
+3. ``cosmic-ray init``: every mutant of the module. Mutants that are not valid Python, that only
+   touch annotations (never evaluated under ``from __future__ import annotations``) or that come
+   from an excluded operator (see ``EXCLUDED_OPERATORS``) are marked skipped.
+4. ``cosmic-ray exec``: for each mutant, run only the tests that call the mutated function
+   (all covering tests for a module-level mutant), stopping at the first failure.
+5. Print the score (killed / (killed + survived)) and every survivor's diff.
+
+The session is kept in ``.mutation/<module>.sqlite`` (``cr-report`` reads it); ``--survivors``
+re-tests only the previous session's survivors against the current tests (same module code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import difflib
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SESSIONS = ROOT / ".mutation"
+MAP_FILE = Path(".mutation-map.json")  # inside the copy
+
+# Which fast tests (SQLite or PostgreSQL in-process: no worker process, browser or gunicorn)
+# cover which module. The first listed run first, so a mutant is usually killed by a focused test.
+COVERING: dict[str, list[str]] = {
+    "webapp/domain": ["tests/domain", "tests/test_domain.py"],
+    "webapp/services/engine/runner.py": ["tests/engine", "tests/test_services.py"],
+    "webapp/services/engine/reconciler.py": ["tests/engine", "tests/test_services.py"],
+    "webapp/services/email/ratelimit.py": ["tests/email", "tests/test_email_delivery.py"],
+    "webapp/services/payments/intake.py": ["tests/payments", "tests/test_webhooks.py"],
+}
+
+# Operators left out: arithmetic swapped for bitwise operators (noise: a TypeError at once), and
+# equality swapped with identity (equivalent on None, or decided by CPython's interning).
+EXCLUDED_OPERATORS = [
+    r"core/ReplaceBinaryOperator_\w+_(BitOr|BitAnd|BitXor|LShift|RShift)$",
+    r"core/ReplaceComparisonOperator_(Eq|NotEq|Lt|LtE|Gt|GtE)_(Is|IsNot)$",
+    r"core/ReplaceComparisonOperator_(Is|IsNot)_(Eq|NotEq|Lt|LtE|Gt|GtE)$",
+]
+
+PYTEST_ARGS = ["-q", "-p", "no:cacheprovider", "--no-header", "-W", "ignore", "--hypothesis-profile=mutation"]
+
+
+# --- the driver (runs in your tree; never imports the project) ---------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a mutation session for one module and print its score and survivors."""
+    parser = argparse.ArgumentParser(prog="python -m tests.mutation", description=__doc__.split("\n")[0])
+    parser.add_argument("module", nargs="?", help=f"one of: {', '.join(COVERING)}")
+    parser.add_argument("--survivors", action="store_true", help="re-test only the last session's survivors")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds per mutant (default: 5x the baseline)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary copy (its path is printed)")
+    args = parser.parse_args(argv)
+    if args.module not in COVERING:
+        parser.error(f"module must be one of: {', '.join(COVERING)}")
+    module = args.module
+    session = SESSIONS / (module.replace("/", "_").removesuffix(".py") + ".sqlite")
+    SESSIONS.mkdir(exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="backstop-mutation-"))
+    try:
+        _copy_tree(work)
+        tests = [path for path in COVERING[module] if (work / path).exists()]
+        print(f"module {module}; covering tests: {' '.join(tests)}", flush=True)
+        started = time.monotonic()
+        record = subprocess.run(
+            [sys.executable, "-m", "tests.mutation", "_record", module, *tests], cwd=work, env=_env(), check=False
+        )
+        if record.returncode != 0:
+            print("the covering tests fail on the unmutated code: fix them first", file=sys.stderr)
+            return 2
+        baseline = time.monotonic() - started
+        timeout = args.timeout or max(120.0, 5 * baseline)
+        print(f"baseline {baseline:.0f} s; timeout per mutant {timeout:.0f} s", flush=True)
+        _run_session(work, module, session, timeout, survivors_only=args.survivors)
+    finally:
+        if args.keep:
+            print(f"copy kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    return _report(session, module)
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
+
+
+def _copy_tree(target: Path) -> None:
+    """Copy the files git tracks or would track (not ignored ones) into ``target``."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        source = ROOT / name
+        if source.is_symlink() or not source.is_file():
+            continue
+        destination = target / name
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, destination)
+
+
+def _run_session(work: Path, module: str, session: Path, timeout: float, *, survivors_only: bool) -> None:
+    from cosmic_ray.commands import execute, init
+    from cosmic_ray.config import ConfigDict
+    from cosmic_ray.modules import find_modules
+    from cosmic_ray.work_db import WorkDB, use_db
+
+    config = ConfigDict(
+        {
+            "module-path": module,
+            "timeout": timeout,
+            "excluded-modules": [],
+            "test-command": f"{sys.executable} -m tests.mutation _test",
+            "distributor": ConfigDict({"name": "local"}),
+        }
+    )
+    fingerprint = _code_fingerprint(work, module)
+    previous = _survivor_ids(session, fingerprint) if survivors_only else None
+    if survivors_only and previous is None:
+        raise SystemExit("--survivors needs a finished session of the same module code; run without it first")
+    if not survivors_only:
+        session.unlink(missing_ok=True)
+    os.chdir(work)  # cosmic-ray mutates paths relative to the current directory
+    mode = WorkDB.Mode.open if survivors_only else WorkDB.Mode.create
+    with use_db(str(session), mode) as work_db:
+        if survivors_only:
+            _forget_results(work_db, previous)
+        else:
+            init(list(find_modules([Path(module)])), work_db, config.operators_config)
+            skipped = _skip_uninteresting(work_db)
+            _write_meta(work_db, fingerprint)
+            print(f"{work_db.num_work_items} mutants, {skipped} skipped", flush=True)
+        execute(work_db, config)
+    os.chdir(ROOT)
+
+
+def _code_fingerprint(work: Path, module: str) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(_module_files(work, module)):
+        digest.update(str(path.relative_to(work)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _module_files(base: Path, module: str) -> list[Path]:
+    path = base / module
+    return sorted(path.rglob("*.py")) if path.is_dir() else [path]
+
+
+def _write_meta(work_db, fingerprint: str) -> None:
+    with work_db._session_maker.begin() as db:  # cosmic-ray has no API for extra metadata
+        db.connection().exec_driver_sql("CREATE TABLE IF NOT EXISTS backstop_meta (code TEXT)")
+        db.connection().exec_driver_sql("DELETE FROM backstop_meta")
+        db.connection().exec_driver_sql("INSERT INTO backstop_meta VALUES (?)", (fingerprint,))
+
+
+def _survivor_ids(session: Path, fingerprint: str) -> list[str] | None:
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import TestOutcome
+
+    if not session.exists():
+        return None
+    with use_db(str(session), WorkDB.Mode.open) as work_db:
+        with work_db._session_maker.begin() as db:
+            try:
+                stored = db.connection().exec_driver_sql("SELECT code FROM backstop_meta").scalar()
+            except Exception:  # an older or foreign session
+                return None
+        if stored != fingerprint or work_db.num_results < work_db.num_work_items:
+            return None
+        return [
+            item.job_id for item, result in work_db.completed_work_items if result.test_outcome == TestOutcome.SURVIVED
+        ]
+
+
+def _forget_results(work_db, job_ids: list[str]) -> None:
+    from cosmic_ray.work_db import WorkResultStorage
+
+    with work_db._session_maker.begin() as db:
+        db.query(WorkResultStorage).filter(WorkResultStorage.job_id.in_(job_ids)).delete()
+
+
+def _skip_uninteresting(work_db) -> int:
+    """Mark skipped the mutants that are invalid, annotation-only or from an excluded operator."""
+    from cosmic_ray.mutating import mutate_code
+    from cosmic_ray.plugins import get_operator
+    from cosmic_ray.work_item import WorkerOutcome, WorkResult
+
+    excluded = re.compile("|".join(EXCLUDED_OPERATORS))
+    sources: dict[Path, tuple[str, str]] = {}
+    reasons: dict[str, list[str]] = {}
+    for item in work_db.pending_work_items:
+        [mutation] = item.mutations
+        if excluded.match(mutation.operator_name):
+            reasons.setdefault("excluded operator", []).append(item.job_id)
+            continue
+        if mutation.module_path not in sources:
+            code = mutation.module_path.read_text()
+            sources[mutation.module_path] = (code, _shape(code))
+        code, shape = sources[mutation.module_path]
+        operator = get_operator(mutation.operator_name)(**(mutation.operator_args or {}))
+        mutated = mutate_code(code, operator, mutation.occurrence)
+        try:
+            mutated_shape = _shape(mutated) if mutated is not None else shape
+        except SyntaxError:
+            reasons.setdefault("not valid Python", []).append(item.job_id)
+            continue
+        if mutated_shape == shape:
+            reasons.setdefault("changes only annotations", []).append(item.job_id)
+    for reason, job_ids in reasons.items():
+        work_db.set_multiple_results(job_ids, WorkResult(output=reason, worker_outcome=WorkerOutcome.SKIPPED))
+    return sum(len(job_ids) for job_ids in reasons.values())
+
+
+def _shape(code: str) -> str:
+    """The module's AST without annotations (unevaluated under ``from __future__ import annotations``)."""
+    tree = ast.parse(code)
+    lazy = any(
+        isinstance(node, ast.ImportFrom)
+        and node.module == "__future__"
+        and any(a.name == "annotations" for a in node.names)
+        for node in tree.body
+    )
+    if lazy:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.arg):
+                node.annotation = None
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                node.returns = None
+            elif isinstance(node, ast.AnnAssign):
+                node.annotation = ast.Constant(None)
+    return ast.dump(tree)
+
+
+def _report(session: Path, module: str) -> int:
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import TestOutcome, WorkerOutcome
+
+    killed, survivors, skipped = 0, [], 0
+    with use_db(str(session), WorkDB.Mode.open) as work_db:
+        for item, result in work_db.completed_work_items:
+            if result.worker_outcome == WorkerOutcome.SKIPPED:
+                skipped += 1
+            elif result.test_outcome == TestOutcome.SURVIVED:
+                survivors.append((item, result))
+            else:
+                killed += 1
+        pending = work_db.num_work_items - work_db.num_results
+    for item, result in sorted(
+        survivors, key=lambda pair: (str(pair[0].mutations[0].module_path), pair[0].mutations[0].start_pos)
+    ):
+        mutation = item.mutations[0]
+        print(f"\nSURVIVED {mutation.module_path}:{mutation.start_pos[0]} {mutation.operator_name} (job {item.job_id})")
+        print(
+            "\n".join(
+                line for line in (result.diff or "").splitlines() if line[:1] in "+-" and line[:3] not in ("+++", "---")
+            )
+        )
+    total = killed + len(survivors)
+    score = 100.0 * killed / total if total else 100.0
+    print(f"\n{module}: {total} mutants, {killed} killed, {len(survivors)} survived, score {score:.1f}%", end="")
+    print(f" ({skipped} skipped{f', {pending} not run' if pending else ''}); session {session.relative_to(ROOT)}")
+    return 0
+
+
+# --- inside the copy: record which tests call what, and run the tests a mutant needs ---------------
+
+
+def _functions(code: str) -> list[tuple[int, int, int]]:
+    """``(code object's first line, first body line, last line)`` of every function in ``code``."""
+    spans = []
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            first = min([node.lineno] + [d.lineno for d in node.decorator_list])
+            spans.append((first, node.body[0].lineno, node.end_lineno))
+    return spans
+
+
+def _hypothesis_profile() -> None:
+    from hypothesis import settings
+
+    # Same examples every run, and no example database carried from one mutant to the next.
+    settings.register_profile("mutation", derandomize=True, database=None)
+
+
+def _record(module: str, tests: list[str]) -> int:
+    """Run the covering tests once, noting for each test which functions of ``module`` it called."""
+    import threading
+
+    import pytest
+
+    targets = {str(path.resolve()): str(path) for path in _module_files(Path("."), module)}
+    calls: dict[str, set[tuple[str, int]]] = {}
+    order: list[str] = []
+    current: set[tuple[str, int]] = set()
+
+    def tracer(frame, event, arg):
+        filename = targets.get(frame.f_code.co_filename)
+        if filename is not None and event == "call":
+            current.add((filename, frame.f_code.co_firstlineno))
+
+    class Recorder:
+        @pytest.hookimpl(wrapper=True)
+        def pytest_runtest_protocol(self, item, nextitem):
+            current.clear()
+            sys.settrace(tracer)
+            threading.settrace(tracer)
+            try:
+                return (yield)
+            finally:
+                sys.settrace(None)
+                threading.settrace(None)
+                order.append(item.nodeid)
+                calls[item.nodeid] = set(current)
+
+    _hypothesis_profile()
+    status = pytest.main([*PYTEST_ARGS, *tests], plugins=[Recorder()])
+    files = {name: Path(name).read_text() for name in targets.values()}
+    MAP_FILE.write_text(
+        json.dumps(
+            {
+                "files": files,
+                "functions": {name: _functions(code) for name, code in files.items()},
+                "tests": order,
+                "calls": {nodeid: sorted(called) for nodeid, called in calls.items()},
+            }
+        )
+    )
+    return int(status)
+
+
+def _changed_lines(original: str, current: str) -> set[int]:
+    lines: set[int] = set()
+    matcher = difflib.SequenceMatcher(a=original.splitlines(), b=current.splitlines(), autojunk=False)
+    for tag, i1, i2, _, _ in matcher.get_opcodes():
+        if tag != "equal":
+            lines.update(range(i1 + 1, max(i2, i1 + 1) + 1))
+    return lines
+
+
+def _tests_for_mutant(saved: dict) -> list[str]:
+    """The tests that call the function holding the mutation; all of them for module-level code."""
+    wanted: set[tuple[str, int]] = set()
+    for name, original in saved["files"].items():
+        for line in _changed_lines(original, Path(name).read_text()):
+            enclosing = [span for span in saved["functions"][name] if span[1] <= line <= span[2]]
+            if not enclosing:
+                return list(saved["tests"])  # module-level: constants, defaults, class bodies
+            innermost = max(enclosing, key=lambda span: span[1])
+            wanted.add((name, innermost[0]))
+    return [t for t in saved["tests"] if wanted & {tuple(c) for c in saved["calls"][t]}]
+
+
+def _test_mutant() -> int:
+    """Run the tests the current mutant can affect; exit 0 (survived) when no test reaches it."""
+    import pytest
+
+    saved = json.loads(MAP_FILE.read_text())
+    selected = _tests_for_mutant(saved)
+    if not selected:
+        print("no test calls the mutated code")
+        return 0
+    _hypothesis_profile()
+    return int(pytest.main([*PYTEST_ARGS, "-x", *selected]))
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["_record"]:
+        sys.exit(_record(sys.argv[2], sys.argv[3:]))
+    if sys.argv[1:2] == ["_test"]:
+        sys.exit(_test_mutant())
+    sys.exit(main())
