@@ -11,7 +11,7 @@ the tree you work in is never touched. Steps:
    (the baseline: every test must pass on the unmutated code).
 3. ``cosmic-ray init``: every mutant of the module. Mutants that are not valid Python, that only
    touch annotations (never evaluated under ``from __future__ import annotations``) or that come
-   from an excluded operator (see ``EXCLUDED_OPERATORS``) are marked skipped.
+   swap an operator for one outside ``REPLACEMENTS`` are marked skipped.
 4. ``cosmic-ray exec``: for each mutant, run only the tests that call the mutated function
    (all covering tests for a module-level mutant), stopping at the first failure.
 5. Print the score (killed / (killed + survived)) and every survivor's diff.
@@ -25,11 +25,11 @@ from __future__ import annotations
 import argparse
 import ast
 import difflib
-import hashlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -39,24 +39,48 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SESSIONS = ROOT / ".mutation"
 MAP_FILE = Path(".mutation-map.json")  # inside the copy
+SOCKET = ".mutation.sock"  # inside the copy: the warm test server's address
 
 # Which fast tests (SQLite or PostgreSQL in-process: no worker process, browser or gunicorn)
-# cover which module. The first listed run first, so a mutant is usually killed by a focused test.
-COVERING: dict[str, list[str]] = {
-    "webapp/domain": ["tests/domain", "tests/test_domain.py"],
-    "webapp/services/engine/runner.py": ["tests/engine", "tests/test_services.py"],
-    "webapp/services/engine/reconciler.py": ["tests/engine", "tests/test_services.py"],
-    "webapp/services/email/ratelimit.py": ["tests/email", "tests/test_email_delivery.py"],
-    "webapp/services/payments/intake.py": ["tests/payments", "tests/test_webhooks.py"],
+# cover which module, and which of them to run. The first listed run first, so a mutant is
+# usually killed by a focused test. The PostgreSQL runs of the engine tests repeat the SQLite
+# ones, so they are left out, except for the reconciler, whose row locking exists only there.
+SQLITE_ONLY = "not postgres"
+COVERING: dict[str, tuple[list[str], str]] = {
+    "webapp/domain": (["tests/domain", "tests/test_domain.py"], SQLITE_ONLY),
+    "webapp/services/engine/runner.py": (["tests/engine", "tests/test_services.py"], SQLITE_ONLY),
+    "webapp/services/engine/reconciler.py": (["tests/engine", "tests/test_services.py"], ""),
+    "webapp/services/email/ratelimit.py": (["tests/email", "tests/test_email_delivery.py"], SQLITE_ONLY),
+    "webapp/services/payments/intake.py": (["tests/payments", "tests/test_webhooks.py"], SQLITE_ONLY),
 }
 
-# Operators left out: arithmetic swapped for bitwise operators (noise: a TypeError at once), and
-# equality swapped with identity (equivalent on None, or decided by CPython's interning).
-EXCLUDED_OPERATORS = [
-    r"core/ReplaceBinaryOperator_\w+_(BitOr|BitAnd|BitXor|LShift|RShift)$",
-    r"core/ReplaceComparisonOperator_(Eq|NotEq|Lt|LtE|Gt|GtE)_(Is|IsNot)$",
-    r"core/ReplaceComparisonOperator_(Is|IsNot)_(Eq|NotEq|Lt|LtE|Gt|GtE)$",
-]
+# Arithmetic, bitwise and comparison operators are replaced the way PIT's default mutators do:
+# + and - swap, * and / swap, // and % and ** become / or *; a boundary moves (< and <=, > and >=)
+# or a condition is negated (== and !=, < and >=, > and <=, is and is not). cosmic-ray's other
+# swaps (+ to >>, == to is, < to ==, ...) are skipped: a TypeError at once, or noise.
+REPLACEMENTS = {
+    "Add": {"Sub"},
+    "Sub": {"Add"},
+    "Mul": {"Div"},
+    "Div": {"Mul"},
+    "FloorDiv": {"Div"},
+    "Mod": {"Mul"},
+    "Pow": {"Mul"},
+    "BitOr": {"BitAnd"},
+    "BitAnd": {"BitOr"},
+    "BitXor": {"BitAnd"},
+    "LShift": {"RShift"},
+    "RShift": {"LShift"},
+    "Eq": {"NotEq"},
+    "NotEq": {"Eq"},
+    "Lt": {"LtE", "GtE"},
+    "LtE": {"Lt", "Gt"},
+    "Gt": {"GtE", "LtE"},
+    "GtE": {"Gt", "Lt"},
+    "Is": {"IsNot"},
+    "IsNot": {"Is"},
+}
+_REPLACEMENT = re.compile(r"core/Replace(?:Binary|Comparison)Operator_(\w+)_(\w+)$")
 
 PYTEST_ARGS = ["-q", "-p", "no:cacheprovider", "--no-header", "-W", "ignore", "--hypothesis-profile=mutation"]
 
@@ -66,6 +90,7 @@ PYTEST_ARGS = ["-q", "-p", "no:cacheprovider", "--no-header", "-W", "ignore", "-
 
 def main(argv: list[str] | None = None) -> int:
     """Run a mutation session for one module and print its score and survivors."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # still remove the copy
     parser = argparse.ArgumentParser(prog="python -m tests.mutation", description=__doc__.split("\n")[0])
     parser.add_argument("module", nargs="?", help=f"one of: {', '.join(COVERING)}")
     parser.add_argument("--survivors", action="store_true", help="re-test only the last session's survivors")
@@ -80,19 +105,34 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="backstop-mutation-"))
     try:
         _copy_tree(work)
-        tests = [path for path in COVERING[module] if (work / path).exists()]
-        print(f"module {module}; covering tests: {' '.join(tests)}", flush=True)
+        paths, markers = COVERING[module]
+        tests = [path for path in paths if (work / path).exists()]
+        print(f"module {module}; covering tests: {' '.join(tests)} {f'-m {markers!r}' if markers else ''}", flush=True)
         started = time.monotonic()
-        record = subprocess.run(
-            [sys.executable, "-m", "tests.mutation", "_record", module, *tests], cwd=work, env=_env(), check=False
-        )
+        command = [
+            sys.executable,
+            "-m",
+            "tests.mutation",
+            "_record",
+            module,
+            *tests,
+            *(["-m", markers] if markers else []),
+        ]
+        record = subprocess.run(command, cwd=work, env=_env(), check=False)
         if record.returncode != 0:
             print("the covering tests fail on the unmutated code: fix them first", file=sys.stderr)
             return 2
         baseline = time.monotonic() - started
         timeout = args.timeout or max(120.0, 5 * baseline)
         print(f"baseline {baseline:.0f} s; timeout per mutant {timeout:.0f} s", flush=True)
-        _run_session(work, module, session, timeout, survivors_only=args.survivors)
+        command = [sys.executable, "-m", "tests.mutation", "_serve", str(timeout)]
+        server = subprocess.Popen(command, cwd=work, env=_env(), stdout=subprocess.PIPE)
+        try:
+            server.stdout.readline()  # "test server ready"
+            _run_session(work, module, session, timeout + 30, survivors_only=args.survivors)
+        finally:
+            server.kill()
+            server.wait()
     finally:
         if args.keep:
             print(f"copy kept in {work}")
@@ -139,31 +179,28 @@ def _run_session(work: Path, module: str, session: Path, timeout: float, *, surv
             "distributor": ConfigDict({"name": "local"}),
         }
     )
-    fingerprint = _code_fingerprint(work, module)
-    previous = _survivor_ids(session, fingerprint) if survivors_only else None
-    if survivors_only and previous is None:
-        raise SystemExit("--survivors needs a finished session of the same module code; run without it first")
-    if not survivors_only:
-        session.unlink(missing_ok=True)
     os.chdir(work)  # cosmic-ray mutates paths relative to the current directory
-    mode = WorkDB.Mode.open if survivors_only else WorkDB.Mode.create
-    with use_db(str(session), mode) as work_db:
+    try:
+        modules = list(find_modules([Path(module)]))
         if survivors_only:
-            _forget_results(work_db, previous)
-        else:
-            init(list(find_modules([Path(module)])), work_db, config.operators_config)
+            # The same mutants (operator and occurrence in each file) must exist in today's code.
+            with use_db(str(work / "current.sqlite"), WorkDB.Mode.create) as current:
+                init(modules, current, config.operators_config)
+                today = _mutant_keys(current)
+            with use_db(str(session), WorkDB.Mode.open) as work_db:
+                if _mutant_keys(work_db) != today or work_db.num_results < work_db.num_work_items:
+                    raise SystemExit("--survivors needs a finished session whose mutants the current code still has")
+                _forget_results(work_db, _survivor_ids(work_db))
+                execute(work_db, config)
+            return
+        session.unlink(missing_ok=True)
+        with use_db(str(session), WorkDB.Mode.create) as work_db:
+            init(modules, work_db, config.operators_config)
             skipped = _skip_uninteresting(work_db)
-            _write_meta(work_db, fingerprint)
             print(f"{work_db.num_work_items} mutants, {skipped} skipped", flush=True)
-        execute(work_db, config)
-    os.chdir(ROOT)
-
-
-def _code_fingerprint(work: Path, module: str) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(_module_files(work, module)):
-        digest.update(str(path.relative_to(work)).encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
+            execute(work_db, config)
+    finally:
+        os.chdir(ROOT)
 
 
 def _module_files(base: Path, module: str) -> list[Path]:
@@ -171,30 +208,15 @@ def _module_files(base: Path, module: str) -> list[Path]:
     return sorted(path.rglob("*.py")) if path.is_dir() else [path]
 
 
-def _write_meta(work_db, fingerprint: str) -> None:
-    with work_db._session_maker.begin() as db:  # cosmic-ray has no API for extra metadata
-        db.connection().exec_driver_sql("CREATE TABLE IF NOT EXISTS backstop_meta (code TEXT)")
-        db.connection().exec_driver_sql("DELETE FROM backstop_meta")
-        db.connection().exec_driver_sql("INSERT INTO backstop_meta VALUES (?)", (fingerprint,))
+def _mutant_keys(work_db) -> list[tuple[str, str, int]]:
+    return sorted((str(m.module_path), m.operator_name, m.occurrence) for i in work_db.work_items for m in i.mutations)
 
 
-def _survivor_ids(session: Path, fingerprint: str) -> list[str] | None:
-    from cosmic_ray.work_db import WorkDB, use_db
+def _survivor_ids(work_db) -> list[str]:
     from cosmic_ray.work_item import TestOutcome
 
-    if not session.exists():
-        return None
-    with use_db(str(session), WorkDB.Mode.open) as work_db:
-        with work_db._session_maker.begin() as db:
-            try:
-                stored = db.connection().exec_driver_sql("SELECT code FROM backstop_meta").scalar()
-            except Exception:  # an older or foreign session
-                return None
-        if stored != fingerprint or work_db.num_results < work_db.num_work_items:
-            return None
-        return [
-            item.job_id for item, result in work_db.completed_work_items if result.test_outcome == TestOutcome.SURVIVED
-        ]
+    done = work_db.completed_work_items
+    return [item.job_id for item, result in done if result.test_outcome == TestOutcome.SURVIVED]
 
 
 def _forget_results(work_db, job_ids: list[str]) -> None:
@@ -205,18 +227,18 @@ def _forget_results(work_db, job_ids: list[str]) -> None:
 
 
 def _skip_uninteresting(work_db) -> int:
-    """Mark skipped the mutants that are invalid, annotation-only or from an excluded operator."""
+    """Mark skipped the mutants that are invalid, annotation-only or an operator swap left out."""
     from cosmic_ray.mutating import mutate_code
     from cosmic_ray.plugins import get_operator
     from cosmic_ray.work_item import WorkerOutcome, WorkResult
 
-    excluded = re.compile("|".join(EXCLUDED_OPERATORS))
     sources: dict[Path, tuple[str, str]] = {}
     reasons: dict[str, list[str]] = {}
-    for item in work_db.pending_work_items:
+    for item in work_db.work_items:
         [mutation] = item.mutations
-        if excluded.match(mutation.operator_name):
-            reasons.setdefault("excluded operator", []).append(item.job_id)
+        swap = _REPLACEMENT.match(mutation.operator_name)
+        if swap and swap[2] not in REPLACEMENTS.get(swap[1], ()):
+            reasons.setdefault("operator swap left out", []).append(item.job_id)
             continue
         if mutation.module_path not in sources:
             code = mutation.module_path.read_text()
@@ -307,8 +329,8 @@ def _hypothesis_profile() -> None:
     settings.register_profile("mutation", derandomize=True, database=None)
 
 
-def _record(module: str, tests: list[str]) -> int:
-    """Run the covering tests once, noting for each test which functions of ``module`` it called."""
+def _record(module: str, selection: list[str]) -> int:
+    """Run the covering tests once (paths and pytest options), noting which functions of ``module`` each calls."""
     import threading
 
     import pytest
@@ -338,7 +360,7 @@ def _record(module: str, tests: list[str]) -> int:
                 calls[item.nodeid] = set(current)
 
     _hypothesis_profile()
-    status = pytest.main([*PYTEST_ARGS, *tests], plugins=[Recorder()])
+    status = pytest.main([*PYTEST_ARGS, *selection], plugins=[Recorder()])
     files = {name: Path(name).read_text() for name in targets.values()}
     MAP_FILE.write_text(
         json.dumps(
@@ -347,6 +369,7 @@ def _record(module: str, tests: list[str]) -> int:
                 "functions": {name: _functions(code) for name, code in files.items()},
                 "tests": order,
                 "calls": {nodeid: sorted(called) for nodeid, called in calls.items()},
+                "preload": _third_party_modules(),
             }
         )
     )
@@ -375,17 +398,100 @@ def _tests_for_mutant(saved: dict) -> list[str]:
     return [t for t in saved["tests"] if wanted & {tuple(c) for c in saved["calls"][t]}]
 
 
+def _third_party_modules() -> list[str]:
+    """Modules imported so far that are not the project's (the warm server imports them once)."""
+    own = {"webapp", "tasks", "tests", "wsgi", "bench", "__main__"}
+    return sorted(name for name in list(sys.modules) if name.partition(".")[0] not in own)
+
+
+def _serve(timeout: float) -> int:
+    """Answer test runs for mutants: fork a child per run from a process with the libraries imported.
+
+    Importing Flask, SQLAlchemy, Stripe and the rest takes seconds, far longer than most mutants'
+    tests; each child still imports the project itself fresh from disk, so it sees the mutant.
+    """
+    import importlib
+    import socket
+
+    for name in json.loads(MAP_FILE.read_text())["preload"]:
+        try:
+            importlib.import_module(name)
+        except Exception:  # a module that only imports in some context: the child will import it
+            pass
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(SOCKET)
+    server.listen(1)
+    print("test server ready", flush=True)
+    while True:
+        connection, _ = server.accept()
+        with connection:
+            args = json.loads(_receive(connection))
+            with tempfile.TemporaryFile() as output:
+                child = os.fork()
+                if child == 0:
+                    _run_child(args, output.fileno())
+                code = _wait(child, timeout)
+                output.seek(0)
+                text = output.read().decode(errors="replace")
+            connection.sendall(json.dumps({"code": code, "output": text}).encode() + b"\n")
+
+
+def _run_child(args: list[str], output: int) -> None:
+    """In the forked child: run pytest with its output in ``output``, then exit with pytest's status."""
+    os.setsid()
+    os.dup2(output, 1)
+    os.dup2(output, 2)
+    code = 3
+    try:
+        _hypothesis_profile()
+        import pytest
+
+        code = int(pytest.main(args))
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _wait(child: int, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        pid, status = os.waitpid(child, os.WNOHANG)
+        if pid:
+            return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 1
+        if time.monotonic() > deadline:
+            os.killpg(child, signal.SIGKILL)
+            os.waitpid(child, 0)
+            return 1  # a mutant that hangs the tests is killed, as cosmic-ray counts timeouts
+        time.sleep(0.05)
+
+
+def _receive(connection) -> bytes:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = connection.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 def _test_mutant() -> int:
     """Run the tests the current mutant can affect; exit 0 (survived) when no test reaches it."""
-    import pytest
+    import socket
 
     saved = json.loads(MAP_FILE.read_text())
     selected = _tests_for_mutant(saved)
     if not selected:
         print("no test calls the mutated code")
         return 0
-    _hypothesis_profile()
-    return int(pytest.main([*PYTEST_ARGS, "-x", *selected]))
+    args = [*PYTEST_ARGS, "-x", *selected]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.connect(SOCKET)
+        client.sendall(json.dumps(args).encode() + b"\n")
+        answer = json.loads(_receive(client))
+    print(answer["output"])
+    return answer["code"]
 
 
 if __name__ == "__main__":
@@ -393,4 +499,6 @@ if __name__ == "__main__":
         sys.exit(_record(sys.argv[2], sys.argv[3:]))
     if sys.argv[1:2] == ["_test"]:
         sys.exit(_test_mutant())
+    if sys.argv[1:2] == ["_serve"]:
+        sys.exit(_serve(float(sys.argv[2])))
     sys.exit(main())
