@@ -253,9 +253,18 @@ def _skip_uninteresting(work_db) -> int:
             continue
         if mutated_shape == shape:
             reasons.setdefault("changes only annotations", []).append(item.job_id)
+        elif "BinaryOperator" in mutation.operator_name and _arithmetic(mutated) == _arithmetic(code):
+            # parso reads the ``*`` of keyword-only parameters and ``**kwargs`` as operators.
+            reasons.setdefault("a parameter marker, not an operator", []).append(item.job_id)
     for reason, job_ids in reasons.items():
         work_db.set_multiple_results(job_ids, WorkResult(output=reason, worker_outcome=WorkerOutcome.SKIPPED))
     return sum(len(job_ids) for job_ids in reasons.values())
+
+
+def _arithmetic(code: str) -> list[str]:
+    """The binary operators of ``code``, in order."""
+    nodes = (node for node in ast.walk(ast.parse(code)) if isinstance(node, (ast.BinOp, ast.AugAssign)))
+    return [type(node.op).__name__ for node in nodes]
 
 
 def _shape(code: str) -> str:
