@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 import pytest
 
@@ -60,6 +61,7 @@ def test_a_successful_attempt_records_how_long_the_handler_ran(sqlite_app, timer
     assert attempt.duration_ms == 1250
     [line] = attempt_log
     assert line.duration_ms == 1250 and "in 1250 ms" in line.getMessage()
+    assert line.error_class is None
 
 
 def test_a_failed_attempt_records_how_long_the_handler_ran_before_failing(sqlite_app, timer, attempt_log):
@@ -71,3 +73,22 @@ def test_a_failed_attempt_records_how_long_the_handler_ran_before_failing(sqlite
     assert (attempt.outcome, attempt.duration_ms) == ("failed", 500)
     [line] = attempt_log
     assert (line.outcome, line.duration_ms) == ("retrying", 500)
+    assert line.error_class == "tests.engine.scripted.Boom"
+
+
+def test_an_attempt_put_back_at_the_instant_it_started_lasted_zero_ms(sqlite_app):
+    operation_id = new_op("instant-put-back")
+    runner.claim(operation_id, now=T0)
+
+    runner.put_back(operation_id, 1, now=T0, reason="worker stopping")
+
+    assert attempts_of(operation_id)[0].duration_ms == 0
+
+
+def test_a_clock_that_went_backwards_never_gives_a_negative_duration(sqlite_app):
+    operation_id = new_op("clock-skew")
+    runner.claim(operation_id, now=T0)
+
+    runner.put_back(operation_id, 1, now=T0 - timedelta(seconds=3), reason="worker stopping")
+
+    assert attempts_of(operation_id)[0].duration_ms == 0
