@@ -46,3 +46,12 @@ def test_a_retry_is_rung_again_exactly_one_window_after_it_fell_due(sqlite_app, 
     assert reconciler.reconcile(overdue - TICK, redeliver_after=WINDOW).rung == 0
     assert reconciler.reconcile(overdue, redeliver_after=WINDOW).rung == 1
     assert bell.rings == [(operation_id, None)]
+
+
+def test_a_new_report_counts_nothing_and_names_each_count():
+    report = reconciler.ReconcileReport()
+    assert str(report) == "recovered=0 promoted=0 rung=0"
+
+    report.rung += 2
+
+    assert str(report) == "recovered=0 promoted=0 rung=2"
