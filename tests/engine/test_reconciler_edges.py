@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from tests.engine.scripted import LEASE, T0, new_op
+from tests.engine.scripted import LEASE, NAME, T0, new_op
 from tests.support.reads import load
-from webapp.services.engine import reconciler, runner
+from webapp.config import from_environment
+from webapp.extensions import db
+from webapp.services.engine import operations, reconciler, runner
 
 TICK = timedelta(microseconds=1)
 WINDOW = 60  # redeliver_after, seconds
@@ -55,3 +57,17 @@ def test_a_new_report_counts_nothing_and_names_each_count():
     report.rung += 2
 
     assert str(report) == "recovered=0 promoted=0 rung=2"
+
+
+def test_called_without_settings_it_uses_the_settings_defaults(sqlite_app, bell):
+    defaults = from_environment({})
+    window = timedelta(seconds=defaults["REDELIVER_AFTER_SECONDS"])
+    ids = [
+        operations.create_operation(NAME, {}, idempotency_key=f"default-{n}", now=T0).id
+        for n in range(defaults["RECONCILE_BATCH_SIZE"] + 1)
+    ]
+    db.session.commit()
+
+    assert reconciler.reconcile(T0 + window - TICK).rung == 0
+    assert reconciler.reconcile(T0 + window).rung == len(ids) - 1  # one batch
+    assert reconciler.reconcile(T0 + window).rung == 1
