@@ -143,19 +143,20 @@ def losing_races(monkeypatch, losses: int) -> list[int]:
     return lost
 
 
-def test_a_worker_that_loses_races_for_a_slot_tries_again(sqlite_app, monkeypatch):
+def test_a_worker_that_loses_seven_races_in_a_row_still_sends(sqlite_app, monkeypatch):
     send(now=T0 - 2 * MINUTE, per_recipient=20)  # the scope's slots exist already
-    lost = losing_races(monkeypatch, ratelimit.MAX_RACES - 1)
+    lost = losing_races(monkeypatch, 7)
 
     send(now=T0, per_recipient=20)
 
-    assert len(lost) == ratelimit.MAX_RACES - 1
+    assert len(lost) == 7
     monkeypatch.undo()
     assert ratelimit.sends_in_window(ANN, T0) == 1
 
 
-def test_a_worker_that_loses_every_race_defers_the_send_a_moment(sqlite_app, monkeypatch):
-    losing_races(monkeypatch, ratelimit.MAX_RACES)
+def test_a_worker_that_loses_eight_races_in_a_row_defers_the_send_a_moment(sqlite_app, monkeypatch):
+    send(now=T0 - 2 * MINUTE, per_recipient=20)
+    losing_races(monkeypatch, 8)
 
     with pytest.raises(Deferral) as deferred:
         send(now=T0, per_recipient=20)
@@ -163,3 +164,31 @@ def test_a_worker_that_loses_every_race_defers_the_send_a_moment(sqlite_app, mon
     assert T0 < deferred.value.until <= T0 + timedelta(seconds=1)
     monkeypatch.undo()
     assert ratelimit.sends_in_window(ANN, T0) == 0
+
+
+def test_a_database_error_while_reserving_gives_every_slot_back_and_is_raised(sqlite_app, monkeypatch):
+    real_execute = db.session.execute
+
+    def execute(statement, *args, **kwargs):
+        if isinstance(statement, Update) and statement.table.name == "email_rate_slots":
+            updates.append(1)
+            if len(updates) == 2:  # the global slot, after the recipient's was taken
+                raise OperationalError("UPDATE email_rate_slots", {}, Exception("disk I/O error"))
+        return real_execute(statement, *args, **kwargs)
+
+    send(now=T0 - 2 * MINUTE)  # both scopes' slots exist
+    updates: list[int] = []
+    monkeypatch.setattr(db.session, "execute", execute)
+
+    with pytest.raises(OperationalError):
+        send(now=T0)
+
+    assert ratelimit.sends_in_window(ANN, T0) == 0
+
+
+def test_a_send_counts_in_the_window_for_exactly_one_minute(sqlite_app):
+    send(now=T0)
+
+    assert ratelimit.sends_in_window(ANN, T0 + MINUTE - TICK) == 1
+    assert ratelimit.sends_in_window(None, T0 + MINUTE - TICK) == 1
+    assert ratelimit.sends_in_window(ANN, T0 + MINUTE) == 0
