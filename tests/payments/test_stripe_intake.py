@@ -6,14 +6,18 @@ import json
 import logging
 import time
 from datetime import datetime, timedelta
+from types import SimpleNamespace
 
 import pytest
 from sqlalchemy.exc import IntegrityError, OperationalError
+from stripe import _webhook as stripe_webhook
 
 from tests.support import shop
 from tests.support import stripe_signing as signing
 from webapp.devdata.stripe_samples import build_event
+from webapp.domain.time import utcnow
 from webapp.extensions import db
+from webapp.models import WebhookRejection
 from webapp.services.payments import intake
 from webapp.services.payments.intake import WebhookRejected
 
@@ -101,12 +105,31 @@ def test_verify_names_why_a_delivery_is_refused():
     }
 
 
+def test_a_signature_is_accepted_for_five_minutes_and_stale_after(monkeypatch):
+    signed_at = 1_900_000_000
+    body = json.dumps(event())
+    header = signing.header(body, SECRET, timestamp=signed_at)
+    monkeypatch.setattr(stripe_webhook, "time", SimpleNamespace(time=lambda: signed_at + 300))
+
+    assert intake.verify(body.encode(), header, [SECRET])["id"] == "evt_1"
+    monkeypatch.setattr(stripe_webhook, "time", SimpleNamespace(time=lambda: signed_at + 301))
+    with pytest.raises(WebhookRejected) as raised:
+        intake.verify(body.encode(), header, [SECRET])
+    assert raised.value.reason == intake.STALE_TIMESTAMP
+
+
 def test_a_signature_within_the_tolerance_is_accepted_with_any_current_secret():
     body = json.dumps(event())
     header = signing.header(body, "whsec_old", SECRET)
 
     assert intake.verify(body.encode(), header, ["whsec_new", SECRET])["id"] == "evt_1"
     assert intake.parse_secrets(" whsec_a, whsec_b ,") == ["whsec_a", "whsec_b"]
+
+
+def last_rejected(reason: str) -> datetime:
+    last_at = db.session.get(WebhookRejection, reason).last_at
+    db.session.rollback()
+    return last_at
 
 
 # --- storing an event ---------------------------------------------------------------------------
@@ -197,6 +220,7 @@ def test_the_api_version_is_kept_only_as_printable_text(sqlite_app, api_version,
         ({"id": "cs_1", "metadata": {"purchase_id": "  "}}, "stripe:cs_1"),
         ({"id": "cs_1", "metadata": "not a dict"}, "stripe:cs_1"),
         ({"id": "cs_" + "x" * 250}, "stripe:cs_" + "x" * 245),
+        ({"id": "cs_1", "metadata": {"purchase_id": "9" * 250}}, "purchase:" + "9" * 200),
         ({"metadata": {}}, None),
     ],
 )
@@ -229,6 +253,15 @@ def test_rejections_are_counted_by_reason_with_the_last_time(sqlite_app):
     intake.count_rejection(intake.TOO_LARGE, now=NOW)
 
     assert intake.rejection_counts() == {intake.STALE_TIMESTAMP: 2, intake.TOO_LARGE: 1}
+    assert last_rejected(intake.STALE_TIMESTAMP) == NOW + timedelta(seconds=1)
+
+
+def test_a_rejection_counted_without_a_time_is_stamped_now(sqlite_app):
+    before = utcnow()
+
+    intake.count_rejection(intake.TOO_LARGE)
+
+    assert before <= last_rejected(intake.TOO_LARGE) <= utcnow()
 
 
 def test_a_rejection_that_cannot_be_counted_is_logged_not_raised(sqlite_app, monkeypatch, stripe_log):
