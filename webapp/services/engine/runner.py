@@ -35,6 +35,8 @@ MAX_MESSAGE = 4000
 MAX_STACK = 20000
 # For callers without an app config (the worker passes OPERATION_LEASE_SECONDS itself).
 DEFAULT_LEASE_SECONDS = default_of("OPERATION_LEASE_SECONDS")
+# The timer that measures attempts (seconds, monotonic); tests replace it to control durations.
+monotonic = time.monotonic
 
 
 # Functions called as ``listener(operation, outcome)`` inside the transaction that records an
@@ -141,7 +143,7 @@ def _lease_seconds(name: str, default: float) -> float:
 
 def _run_claimed(operation: Operation, attempt: OperationAttempt, clock) -> RunResult:
     operation_id, number, name = operation.id, attempt.number, operation.name
-    started = time.monotonic()
+    started = monotonic()
     try:
         handler = registry.get(name)
         handler.fn(HandlerContext(operation=operation, attempt=number, now=clock()))
@@ -298,7 +300,7 @@ def close_attempt(
     if attempt is None:
         return
     if started_monotonic is not None:
-        duration_ms = int((time.monotonic() - started_monotonic) * 1000)
+        duration_ms = int((monotonic() - started_monotonic) * 1000)
     else:
         duration_ms = max(int((now - attempt.started_at).total_seconds() * 1000), 0)
     attempt.finished_at = now
@@ -333,7 +335,7 @@ def _describe(exc: BaseException) -> tuple[str, str]:
 def _log_attempt(
     operation_id: int, name: str, number: int, outcome: str, started: float, exc: BaseException | None = None
 ) -> None:
-    duration_ms = int((time.monotonic() - started) * 1000)
+    duration_ms = int((monotonic() - started) * 1000)
     log.info(
         "operation %s %s attempt %s %s in %d ms",
         operation_id,

@@ -1,0 +1,28 @@
+"""Times are naive UTC everywhere: an aware time is converted, a naive one is taken as UTC already."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+from webapp.domain.time import as_naive_utc, utcnow
+
+
+def test_an_aware_time_is_converted_to_naive_utc():
+    paris_summer = datetime(2030, 7, 1, 14, 30, tzinfo=timezone(timedelta(hours=2)))
+
+    assert as_naive_utc(paris_summer) == datetime(2030, 7, 1, 12, 30)
+    assert as_naive_utc(paris_summer).tzinfo is None
+
+
+def test_a_naive_time_is_taken_as_utc_and_left_alone():
+    naive = datetime(2030, 7, 1, 14, 30)
+
+    assert as_naive_utc(naive) is naive
+
+
+def test_now_is_naive_utc():
+    before = datetime.now(UTC).replace(tzinfo=None)
+    now = utcnow()
+
+    assert now.tzinfo is None
+    assert before <= now <= datetime.now(UTC).replace(tzinfo=None)

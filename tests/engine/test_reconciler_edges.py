@@ -1,0 +1,73 @@
+"""The reconciler's time edges: a lease ends after its expiry instant, a ring is overdue at its window."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from tests.engine.scripted import LEASE, NAME, T0, new_op
+from tests.support.reads import load
+from webapp.config import from_environment
+from webapp.extensions import db
+from webapp.services.engine import operations, reconciler, runner
+
+TICK = timedelta(microseconds=1)
+WINDOW = 60  # redeliver_after, seconds
+
+
+def test_a_lease_that_runs_out_exactly_now_still_belongs_to_its_worker(sqlite_app, bell):
+    operation_id = new_op("lease-edge")
+    runner.claim(operation_id, now=T0)
+    expiry = T0 + timedelta(seconds=LEASE)
+
+    assert reconciler.reconcile(expiry).recovered == 0
+    assert load(operation_id).state == "running"
+    assert reconciler.reconcile(expiry + TICK).recovered == 1
+    assert load(operation_id).state == "retrying"
+
+
+def test_an_operation_rung_once_is_rung_again_exactly_one_window_later(sqlite_app, bell):
+    # Due long ago, but rung (enqueued) at T0: the window counts from the ring.
+    operation_id = new_op("rung-edge", now=T0 - timedelta(hours=1))
+    reconciler.reconcile(T0, redeliver_after=WINDOW)
+    bell.rings.clear()
+    window_end = T0 + timedelta(seconds=WINDOW)
+
+    assert reconciler.reconcile(window_end - TICK, redeliver_after=WINDOW).rung == 0
+    assert reconciler.reconcile(window_end, redeliver_after=WINDOW).rung == 1
+    assert bell.rings == [(operation_id, None)]
+
+
+def test_a_retry_is_rung_again_exactly_one_window_after_it_fell_due(sqlite_app, bell):
+    # Failed at T0 (rung then, for its due time T0 + 2 s): overdue one window after that due time.
+    operation_id = new_op("due-edge", "transient")
+    due = runner.execute(operation_id, now=T0, clock=lambda: T0).due_at
+    assert due == T0 + timedelta(seconds=2)
+    bell.rings.clear()
+    overdue = due + timedelta(seconds=WINDOW)
+
+    assert reconciler.reconcile(overdue - TICK, redeliver_after=WINDOW).rung == 0
+    assert reconciler.reconcile(overdue, redeliver_after=WINDOW).rung == 1
+    assert bell.rings == [(operation_id, None)]
+
+
+def test_a_new_report_counts_nothing_and_names_each_count():
+    report = reconciler.ReconcileReport()
+    assert str(report) == "recovered=0 promoted=0 rung=0"
+
+    report.rung += 2
+
+    assert str(report) == "recovered=0 promoted=0 rung=2"
+
+
+def test_called_without_settings_it_uses_the_settings_defaults(sqlite_app, bell):
+    defaults = from_environment({})
+    window = timedelta(seconds=defaults["REDELIVER_AFTER_SECONDS"])
+    ids = [
+        operations.create_operation(NAME, {}, idempotency_key=f"default-{n}", now=T0).id
+        for n in range(defaults["RECONCILE_BATCH_SIZE"] + 1)
+    ]
+    db.session.commit()
+
+    assert reconciler.reconcile(T0 + window - TICK).rung == 0
+    assert reconciler.reconcile(T0 + window).rung == len(ids) - 1  # one batch
+    assert reconciler.reconcile(T0 + window).rung == 1
