@@ -205,7 +205,7 @@ class Worker:
 
     def __init__(self, backend: Backend, label: str, **env):
         self.log_path = backend.tmp / f"worker-{label}.log"
-        self._log = open(self.log_path, "wb")
+        self._log = open(self.log_path, "wb")  # noqa: SIM115  (open while the worker runs; closed in stop())
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "flask", "--app", "wsgi", "worker", "-w", "2"],
             cwd=ROOT,

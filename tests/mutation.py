@@ -46,12 +46,24 @@ SOCKET = ".mutation.sock"  # inside the copy: the warm test server's address
 # usually killed by a focused test. The PostgreSQL runs of the engine tests repeat the SQLite
 # ones, so they are left out, except for the reconciler, whose row locking exists only there.
 SQLITE_ONLY = "not postgres"
+# The engine's in-process tests: everything in tests/engine/ but the ones that start workers.
+ENGINE_FAST_TESTS = sorted(
+    str(path.relative_to(ROOT))
+    for path in (ROOT / "tests" / "engine").glob("test_*.py")
+    if path.stem not in ("test_engine_e2e", "test_worker_process", "test_pauses")
+)
 COVERING: dict[str, tuple[list[str], str]] = {
-    "webapp/domain": (["tests/domain", "tests/test_domain.py"], SQLITE_ONLY),
-    "webapp/services/engine/runner.py": (["tests/engine", "tests/test_services.py"], SQLITE_ONLY),
-    "webapp/services/engine/reconciler.py": (["tests/engine", "tests/test_services.py"], ""),
-    "webapp/services/email/ratelimit.py": (["tests/email", "tests/test_email_delivery.py"], SQLITE_ONLY),
-    "webapp/services/payments/intake.py": (["tests/payments", "tests/test_webhooks.py"], SQLITE_ONLY),
+    "webapp/domain": (["tests/domain"], SQLITE_ONLY),
+    "webapp/services/engine/runner.py": (ENGINE_FAST_TESTS, SQLITE_ONLY),
+    "webapp/services/engine/reconciler.py": (ENGINE_FAST_TESTS, ""),
+    "webapp/services/email/ratelimit.py": (
+        ["tests/email/test_send_rate_limits.py", "tests/email/test_delivery.py"],
+        SQLITE_ONLY,
+    ),
+    "webapp/services/payments/intake.py": (
+        ["tests/payments/test_stripe_intake.py", "tests/payments/test_stripe_webhooks.py"],
+        SQLITE_ONLY,
+    ),
 }
 
 # Arithmetic, bitwise and comparison operators are replaced the way PIT's default mutators do:
@@ -82,7 +94,17 @@ REPLACEMENTS = {
 }
 _REPLACEMENT = re.compile(r"core/Replace(?:Binary|Comparison)Operator_(\w+)_(\w+)$")
 
-PYTEST_ARGS = ["-q", "-p", "no:cacheprovider", "--no-header", "-W", "ignore", "--hypothesis-profile=mutation"]
+PYTEST_ARGS = [
+    "-q",
+    "-p",
+    "no:cacheprovider",
+    "-p",
+    "no:xdist",
+    "--no-header",
+    "-W",
+    "ignore",
+    "--hypothesis-profile=mutation",
+]
 
 
 # --- the driver (runs in your tree; never imports the project) ---------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
 from tests.support.engine import RecordingDoorbell
@@ -28,7 +30,7 @@ def outcomes():
     def listener(operation, outcome):
         seen.append((operation.id, operation.state, operation.attempts, outcome))
         # Listener writes commit with the outcome they observe.
-        db.session.add(PeriodicJob(name=f"listener-{operation.id}-{outcome}-{len(seen)}"))
+        db.session.add(PeriodicJob(name=f"listener-{operation.id}-{outcome}-{uuid.uuid4().hex[:8]}"))
 
     runner.on_outcome(listener)
     yield seen

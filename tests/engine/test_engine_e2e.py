@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 from datetime import timedelta
+from itertools import pairwise
 
 from sqlalchemy import select
 
@@ -39,7 +40,7 @@ def test_fails_twice_then_succeeds_with_policy_spacing(app, backend, start_worke
     assert all(row.finished_at and row.duration_ms is not None for row in rows)
     assert "flaky failure on attempt 1" in rows[0].error_message
     # The ladder is 1s then 2s: each gap is at least the rung, plus bounded pickup latency.
-    gaps = [(b.started_at - a.started_at).total_seconds() for a, b in zip(rows, rows[1:])]
+    gaps = [(b.started_at - a.started_at).total_seconds() for a, b in pairwise(rows)]
     assert 1.0 <= gaps[0] < 3.5, gaps
     assert 2.0 <= gaps[1] < 4.5, gaps
     assert len(calls(log)) == 3
@@ -143,7 +144,7 @@ def test_two_schedulers_never_reconcile_concurrently(app, backend, start_worker)
 
     runs = wait_for(lambda: _finished_runs() if len(_finished_runs()) >= 6 else None, message="six reconciler runs")
 
-    for earlier, later in zip(runs, runs[1:]):
+    for earlier, later in pairwise(runs):
         assert earlier.finished_at <= later.started_at, (earlier, later)
     # One run per interval, not one per consumer per interval.
     span = (runs[-1].started_at - runs[0].started_at).total_seconds()

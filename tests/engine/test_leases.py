@@ -9,7 +9,7 @@ from sqlalchemy import update
 
 from tests.engine.scripted import LEASE, T0, new_op
 from tests.support.reads import attempts_of, load
-from webapp.config import from_environment
+from webapp.config import load as load_settings
 from webapp.extensions import db
 from webapp.models import Operation, OperationAttempt
 from webapp.services.engine import operations, runner
@@ -26,7 +26,7 @@ def test_a_handler_without_its_own_lease_is_held_for_the_configured_default(sqli
 
     runner.claim(operation.id, now=T0)
 
-    default = from_environment({})["OPERATION_LEASE_SECONDS"]  # what workers pass when nothing is set
+    default = load_settings({})["OPERATION_LEASE_SECONDS"]  # what workers pass when nothing is set
     assert lease_of(operation.id) == timedelta(seconds=default) == timedelta(minutes=5)
 
 

@@ -8,6 +8,7 @@ from sqlalchemy import delete
 
 from tests.engine.scripted import LEASE, T0, Boom, new_op
 from tests.support.reads import attempts_of, load
+from webapp.config import load as load_settings
 from webapp.extensions import db
 from webapp.models import Operation, OperationAttempt, PeriodicJob
 from webapp.services.engine import reconciler, runner
@@ -18,7 +19,7 @@ RETAKEN = EXPIRED + timedelta(seconds=2)  # the retry is due (2 s backoff) and w
 
 def take_over(operation_id: int) -> None:
     """Worker A's attempt 1 is recovered as crashed, and worker B claims attempt 2."""
-    assert reconciler.reconcile(EXPIRED).recovered == 1
+    assert reconciler.reconcile(EXPIRED, load_settings({})).recovered == 1
     assert load(operation_id).next_attempt_at == RETAKEN
     claimed = runner.claim(operation_id, now=RETAKEN)
     assert not isinstance(claimed, runner.RunResult), claimed

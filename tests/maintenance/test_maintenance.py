@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from datetime import timedelta
@@ -75,7 +76,7 @@ def _stripe_event(event_id: str, at, state: str) -> None:
         StripeEvent(
             id=event_id,
             type="checkout.session.completed",
-            payload='{"id": "%s"}' % event_id,
+            payload=json.dumps({"id": event_id}),
             received_at=at,
             processing_state=state,
         )
@@ -148,7 +149,7 @@ def _webhook_event(i: int, event_id: str, received, state: str, op_state: str) -
         StripeEvent(
             id=event_id,
             type="checkout.session.completed",
-            payload='{"id": "%s"}' % event_id,
+            payload=json.dumps({"id": event_id}),
             received_at=received,
             processing_state=state,
             operation_id=operation_id,
