@@ -419,7 +419,7 @@ def _record(module: str) -> int:
                 calls[item.nodeid] = set(current)
 
     _hypothesis_profile()
-    status = pytest.main([*PYTEST_ARGS, *TESTS_FILE.read_text().split()], plugins=[Recorder()])
+    status = pytest.main([*PYTEST_ARGS, *TESTS_FILE.read_text().splitlines()], plugins=[Recorder()])
     files = {name: Path(name).read_text() for name in targets.values()}
     MAP_FILE.write_text(
         json.dumps(
