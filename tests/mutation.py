@@ -101,8 +101,8 @@ PYTEST_ARGS = [
     "-q",
     "-p",
     "no:cacheprovider",
-    "-p",
-    "no:xdist",
+    "-n",
+    "0",  # one process: the repository's addopts spread tests over xdist workers
     "--no-header",
     "-W",
     "ignore",
@@ -175,8 +175,8 @@ def _collect(work: Path, module: str) -> list[str]:
             "-q",
             "-p",
             "no:cacheprovider",
-            "-p",
-            "no:xdist",
+            "-n",
+            "0",
             path,
         ]
         listed = subprocess.run(
