@@ -42,9 +42,10 @@ MAP_FILE = Path(".mutation-map.json")  # inside the copy
 SOCKET = ".mutation.sock"  # inside the copy: the warm test server's address
 
 # Which fast tests (SQLite or PostgreSQL in-process: no worker process, browser or gunicorn)
-# cover which module, and which of them to run. The first listed run first, so a mutant is
-# usually killed by a focused test. The PostgreSQL runs of the engine tests repeat the SQLite
-# ones, so they are left out, except for the reconciler, whose row locking exists only there.
+# cover which module: (path, pytest -m expression) pairs, the first listed run first, so a mutant
+# is usually killed by a focused test. The PostgreSQL runs of tests parametrised on both backends
+# repeat their SQLite runs for these modules, so they are left out, except for the reconciler and
+# the tests of PostgreSQL-only statements (row locking, ON CONFLICT).
 SQLITE_ONLY = "not postgres"
 # The engine's in-process tests: everything in tests/engine/ but the ones that start workers.
 ENGINE_FAST_TESTS = sorted(
@@ -52,19 +53,21 @@ ENGINE_FAST_TESTS = sorted(
     for path in (ROOT / "tests" / "engine").glob("test_*.py")
     if path.stem not in ("test_engine_e2e", "test_worker_process", "test_pauses")
 )
-COVERING: dict[str, tuple[list[str], str]] = {
-    "webapp/domain": (["tests/domain"], SQLITE_ONLY),
-    "webapp/services/engine/runner.py": (ENGINE_FAST_TESTS, SQLITE_ONLY),
-    "webapp/services/engine/reconciler.py": (ENGINE_FAST_TESTS, ""),
-    "webapp/services/email/ratelimit.py": (
-        ["tests/email/test_send_rate_limits.py", "tests/email/test_delivery.py"],
-        SQLITE_ONLY,
-    ),
-    "webapp/services/payments/intake.py": (
-        ["tests/payments/test_stripe_intake.py", "tests/payments/test_stripe_webhooks.py"],
-        SQLITE_ONLY,
-    ),
+COVERING: dict[str, list[tuple[str, str]]] = {
+    "webapp/domain": [("tests/domain", "")],
+    "webapp/services/engine/runner.py": [(path, SQLITE_ONLY) for path in ENGINE_FAST_TESTS],
+    "webapp/services/engine/reconciler.py": [(path, "") for path in ENGINE_FAST_TESTS],
+    "webapp/services/email/ratelimit.py": [
+        ("tests/email/test_send_rate_limits.py", ""),
+        ("tests/email/test_delivery.py", SQLITE_ONLY),
+    ],
+    "webapp/services/payments/intake.py": [
+        ("tests/payments/test_stripe_intake.py", ""),
+        ("tests/payments/test_stripe_intake_on_postgres.py", ""),
+        ("tests/payments/test_stripe_webhooks.py", SQLITE_ONLY),
+    ],
 }
+TESTS_FILE = Path(".mutation-tests.txt")  # inside the copy: the node ids to run
 
 # Arithmetic, bitwise and comparison operators are replaced the way PIT's default mutators do:
 # + and - swap, * and / swap, // and % and ** become / or *; a boundary moves (< and <=, > and >=)
@@ -98,8 +101,8 @@ PYTEST_ARGS = [
     "-q",
     "-p",
     "no:cacheprovider",
-    "-p",
-    "no:xdist",
+    "-n",
+    "0",  # one process: the repository's addopts spread tests over xdist workers
     "--no-header",
     "-W",
     "ignore",
@@ -127,19 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="backstop-mutation-"))
     try:
         _copy_tree(work)
-        paths, markers = COVERING[module]
-        tests = [path for path in paths if (work / path).exists()]
-        print(f"module {module}; covering tests: {' '.join(tests)} {f'-m {markers!r}' if markers else ''}", flush=True)
         started = time.monotonic()
-        command = [
-            sys.executable,
-            "-m",
-            "tests.mutation",
-            "_record",
-            module,
-            *tests,
-            *(["-m", markers] if markers else []),
-        ]
+        tests = _collect(work, module)
+        print(f"module {module}: {len(tests)} covering tests", flush=True)
+        if not tests:
+            print("no covering test collected", file=sys.stderr)
+            return 2
+        (work / TESTS_FILE).write_text("\n".join(tests))
+        command = [sys.executable, "-m", "tests.mutation", "_record", module]
         record = subprocess.run(command, cwd=work, env=_env(), check=False)
         if record.returncode != 0:
             print("the covering tests fail on the unmutated code: fix them first", file=sys.stderr)
@@ -161,6 +159,36 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(work, ignore_errors=True)
     return _report(session, module)
+
+
+def _collect(work: Path, module: str) -> list[str]:
+    """The node ids of the module's covering tests, in the order of ``COVERING``."""
+    ids: list[str] = []
+    for path, markers in COVERING[module]:
+        if not (work / path).exists():
+            continue
+        command = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--collect-only",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-n",
+            "0",
+            path,
+        ]
+        listed = subprocess.run(
+            [*command, "-m", markers] if markers else command,
+            cwd=work,
+            env=_env(),
+            text=True,
+            capture_output=True,
+            check=False,
+        ).stdout
+        ids += [line for line in listed.splitlines() if "::" in line and line not in ids]
+    return ids
 
 
 def _env() -> dict:
@@ -360,7 +388,7 @@ def _hypothesis_profile() -> None:
     settings.register_profile("mutation", derandomize=True, database=None)
 
 
-def _record(module: str, selection: list[str]) -> int:
+def _record(module: str) -> int:
     """Run the covering tests once (paths and pytest options), noting which functions of ``module`` each calls."""
     import threading
 
@@ -391,7 +419,7 @@ def _record(module: str, selection: list[str]) -> int:
                 calls[item.nodeid] = set(current)
 
     _hypothesis_profile()
-    status = pytest.main([*PYTEST_ARGS, *selection], plugins=[Recorder()])
+    status = pytest.main([*PYTEST_ARGS, *TESTS_FILE.read_text().splitlines()], plugins=[Recorder()])
     files = {name: Path(name).read_text() for name in targets.values()}
     MAP_FILE.write_text(
         json.dumps(
@@ -527,7 +555,7 @@ def _test_mutant() -> int:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["_record"]:
-        sys.exit(_record(sys.argv[2], sys.argv[3:]))
+        sys.exit(_record(sys.argv[2]))
     if sys.argv[1:2] == ["_test"]:
         sys.exit(_test_mutant())
     if sys.argv[1:2] == ["_serve"]:

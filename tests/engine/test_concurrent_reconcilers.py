@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import uuid
 from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
 from sqlalchemy import select, text
 
-from tests.conftest import Backend, inside, make_app
 from tests.engine.scripted import LEASE, T0, new_op
-from tests.support import servers
+from tests.support.postgres import postgres_app
 from tests.support.reads import load
 from webapp.extensions import db
 from webapp.models import Operation
@@ -25,17 +23,8 @@ LATER = T0 + timedelta(minutes=10)
 @pytest.fixture
 def pg_app(tmp_path):
     """App on PostgreSQL + RedisHuey (the rows-locking behaviour exists only there)."""
-    servers.require_server("Redis", servers.REDIS_HOST, servers.REDIS_PORT)
-    url = servers.create_postgres_database()
-    name = f"q{uuid.uuid4().hex[:8]}"
-    backend = Backend("postgres", url, f"redis://{servers.REDIS_HOST}:{servers.REDIS_PORT}/0", name, tmp_path)
-    try:
-        app = make_app(backend)
-        with inside(app):
-            yield app
-    finally:
-        servers.flush_redis_queue(name)
-        servers.drop_postgres_database(url)
+    with postgres_app(tmp_path) as app:
+        yield app
 
 
 @contextmanager
