@@ -107,7 +107,7 @@ def test_worker_killed_mid_task_is_recovered(app, backend, start_worker, tmp_pat
     assert load(operation_id).state == "running"
     start_worker(backend, "second")
 
-    operation = wait_state(operation_id, TERMINAL, timeout=40)
+    operation = wait_state(operation_id, TERMINAL)
 
     assert operation.state == "succeeded"
     rows = attempts_of(operation_id)

@@ -5,9 +5,11 @@ it would on a quiet machine, so while it runs no other worker runs a test. Every
 shared lock on a file of this test run; an ``alone`` test holds it exclusively. A second "gate"
 lock gives the exclusive request priority: once an ``alone`` test waits, no other test starts.
 
-The slow tests (those starting real processes) are handed out first, so that the run does not
-end with one worker busy on a long test while the others have nothing left to do; the ``alone``
-tests come last, when the tests they must wait for are short.
+Order: the slow tests (those starting real processes, which spend most of their time waiting)
+are spread over the first two thirds of the quick ones, so that a few run at any time beside
+quick tests that use the CPU meanwhile, and the run does not end with one worker busy on a long
+test while the others have nothing left; the ``alone`` tests come last, when the tests they must
+wait for are short.
 """
 
 from __future__ import annotations
@@ -52,17 +54,27 @@ def _run_folder(config) -> Path | None:
 SLOW_FIXTURES = {"start_worker", "start_gunicorn"}
 
 
-def _turn_in_run(item) -> int:
-    """0 for a test starting real processes (seconds to tens of seconds), 2 for an ``alone`` test, else 1."""
-    if item.get_closest_marker("alone") is not None:
-        return 2
-    return 0 if SLOW_FIXTURES & set(item.fixturenames) else 1
+def _is_slow(item) -> bool:
+    """Whether the test starts real processes: seconds to tens of seconds, mostly waiting."""
+    return bool(SLOW_FIXTURES & set(item.fixturenames))
+
+
+def _spread(items: list) -> list:
+    """Quick tests in order, the slow ones spread evenly over their first two thirds, alone tests last."""
+    alone = [item for item in items if item.get_closest_marker("alone") is not None]
+    rest = [item for item in items if item.get_closest_marker("alone") is None]
+    slow = [item for item in rest if _is_slow(item)]
+    quick = [item for item in rest if not _is_slow(item)]
+    step = (len(quick) * 2 / 3) / max(len(slow), 1)
+    keyed = [(index, 1, item) for index, item in enumerate(quick)]
+    keyed += [(number * step, 0, item) for number, item in enumerate(slow)]  # 0: before a quick one at a tie
+    return [item for _, _, item in sorted(keyed, key=lambda entry: entry[:2])] + alone
 
 
 def pytest_collection_modifyitems(config, items):
-    """On xdist workers, order slow, quick, alone (every worker sorts alike, so collections agree)."""
+    """On xdist workers, order the tests as :func:`_spread` does (every worker alike, so collections agree)."""
     if hasattr(config, "workerinput"):
-        items.sort(key=_turn_in_run)
+        items[:] = _spread(items)
 
 
 @pytest.hookimpl(wrapper=True)
