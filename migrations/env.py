@@ -4,6 +4,8 @@ from logging.config import fileConfig
 from alembic import context
 from flask import current_app
 
+from webapp.services.console.search_index import modelled
+
 # this is the Alembic Config object, which provides
 # access to the values within the .ini file in use.
 config = context.config
@@ -89,10 +91,19 @@ def run_migrations_online():
     connectable = get_engine()
 
     with connectable.connect() as connection:
+        # The dead-letter search index is built by migration 0017 outside the models.
+        conf_args.setdefault("include_object", modelled)
         context.configure(connection=connection, target_metadata=get_metadata(), **conf_args)
 
         with context.begin_transaction():
+            lift_request_statement_timeout(connection)
             context.run_migrations()
+
+
+def lift_request_statement_timeout(connection):
+    """Migrations may build indexes on big tables: DATABASE_STATEMENT_TIMEOUT_MS is for requests, not for them."""
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql("SET LOCAL statement_timeout = 0")
 
 
 if context.is_offline_mode():

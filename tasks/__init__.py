@@ -17,7 +17,9 @@ from webapp.services.engine.doorbell import set_doorbell
 
 def bind(app: Flask) -> Huey:
     """Create the app's Huey instance, register Backstop's tasks, and ring through it."""
-    huey = huey_from_url(app.config["HUEY_URL"], name=app.config["HUEY_NAME"])
+    huey = huey_from_url(
+        app.config["HUEY_URL"], name=app.config["HUEY_NAME"], timeout=app.config["HUEY_TIMEOUT_SECONDS"]
+    )
     run_operation = register_tasks(huey, app)
     set_doorbell(HueyDoorbell(huey, run_operation))
     app.extensions["backstop.huey"] = huey

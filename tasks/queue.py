@@ -14,21 +14,30 @@ class QueueConfigurationError(ValueError):
     """``HUEY_URL`` names a backend Backstop does not support."""
 
 
-def huey_from_url(url: str, name: str) -> Huey:
-    """``sqlite:////abs/path.db`` → SqliteHuey; ``redis://host:port/db`` → RedisHuey."""
+def huey_from_url(url: str, name: str, timeout: float = 2.0) -> Huey:
+    """``sqlite:////abs/path.db`` → SqliteHuey; ``redis://host:port/db`` → RedisHuey whose
+    connect and reads give up after ``timeout`` seconds."""
     scheme = urlsplit(url).scheme
     if scheme == "sqlite":
         path = url[len("sqlite:///") :]
         if not path:
             raise QueueConfigurationError("HUEY_URL needs a file path: sqlite:////absolute/path/huey.db")
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        # results=False: the database, not Huey, keeps every outcome.
-        return SqliteHuey(name, filename=path, results=False, timeout=30)
+        # results=False: the database, not Huey, keeps every outcome. fsync=False: a ring lost to
+        # a power cut is re-rung by the reconciler, so the queue need not wait for the disk on
+        # every enqueue and dequeue (SQLite's default in WAL mode, ~a disk flush per ring).
+        return SqliteHuey(name, filename=path, results=False, timeout=30, fsync=False)
     if scheme in ("redis", "rediss", "unix"):
-        # Short connect timeout: a ring to a dead Redis must fail fast (the reconciler re-rings).
-        pool = redis.ConnectionPool.from_url(url, socket_connect_timeout=2, socket_timeout=10)
-        return RedisHuey(name, connection_pool=pool, results=False)
+        # Short timeouts: a ring to a stopped or frozen (accepting, never answering) Redis must
+        # fail fast instead of holding the request that rang; the reconciler re-rings.
+        pool = redis.ConnectionPool.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+        # The consumer's blocking read must return (empty) before the socket gives up on it.
+        return RedisHuey(name, connection_pool=pool, results=False, read_timeout=min(1.0, timeout / 2))
     raise QueueConfigurationError(f"HUEY_URL must start with sqlite:// or redis://, got {scheme or url!r}")
+
+
+# Messages read from the head of the queue to find the oldest ring (ticks may come first).
+PEEK = 8
 
 
 class HueyDoorbell:
@@ -38,16 +47,27 @@ class HueyDoorbell:
         self.huey = huey
         self.run_operation = run_operation
 
-    def ring(self, operation_id: int, eta: datetime | None = None) -> None:
-        """Enqueue a run of ``operation_id`` (the claim makes duplicates harmless)."""
+    def ring(self, operation_id: int, eta: datetime | None = None, stamp: datetime | None = None) -> None:
+        """Enqueue a run of ``operation_id`` (the claim makes duplicates harmless), carrying ``stamp``."""
         if eta is None:
-            self.run_operation(operation_id)
+            self.run_operation(operation_id, stamp)
         else:
             # Our datetimes are naive UTC, but Huey reads a naive eta as local time (and drops
             # its microseconds, delivering up to a second early): hand it an aware one.
             aware = eta.replace(tzinfo=UTC) if eta.tzinfo is None else eta
-            self.run_operation.schedule(args=(operation_id,), eta=aware)
+            self.run_operation.schedule(args=(operation_id, stamp), eta=aware)
 
     def depth(self) -> dict:
         """Messages waiting in the queue and in Huey's schedule."""
         return {"pending": self.huey.pending_count(), "scheduled": self.huey.scheduled_count()}
+
+    def oldest_waiting(self) -> datetime | None:
+        """The stamp of the ring next in line (None: the queue holds no ring, or one without a stamp).
+
+        Reads at most :data:`PEEK` messages from the head of the queue (periodic ticks share
+        it), whatever the queue's length.
+        """
+        for task in self.huey.pending(limit=PEEK):
+            if task.name == self.run_operation.name:
+                return task.args[1] if len(task.args) > 1 else None
+        return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 
 from flask import Flask
 from huey import Huey, crontab
@@ -22,11 +23,11 @@ def register_tasks(huey: Huey, app: Flask):
     """Register Backstop's tasks on ``huey``, bound to ``app``; return ``run_operation``."""
 
     @huey.task(name="run_operation")
-    def run_operation(operation_id: int):
+    def run_operation(operation_id: int, stamp: datetime | None = None):
         """Claim and run one operation; a delivery that arrives early re-rings for its time."""
         with app.app_context():
             try:
-                run_and_reschedule(operation_id, lease=app.config["OPERATION_LEASE_SECONDS"])
+                run_and_reschedule(operation_id, lease=app.config["OPERATION_LEASE_SECONDS"], stamp=stamp)
             finally:
                 db.session.remove()
         return None
@@ -55,14 +56,16 @@ def register_tasks(huey: Huey, app: Flask):
     return run_operation
 
 
-def run_and_reschedule(operation_id: int, *, lease: float, clock=utcnow) -> runner.RunResult:
-    """Run an operation; if this delivery came before it was due, ring again for its time."""
+def run_and_reschedule(
+    operation_id: int, *, lease: float, clock=utcnow, stamp: datetime | None = None
+) -> runner.RunResult:
+    """Run an operation; if this delivery came before it was due, ring again for its time (same stamp)."""
     now = clock()
     result = runner.execute(operation_id, now=now, default_lease=lease)
     # Compare with the claim's time, not a later clock: if the due time passed while we
     # looked, ring at once rather than drop the ring (the reconciler would take minutes).
     if result.outcome == "not_claimed" and result.due_at and result.due_at > now:
-        ring_now(operation_id, result.due_at if result.due_at > clock() else None)
+        ring_now(operation_id, result.due_at if result.due_at > clock() else None, stamp)
     return result
 
 

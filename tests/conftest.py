@@ -14,6 +14,7 @@ from pathlib import Path
 
 import flask_migrate
 import pytest
+from hypothesis import settings
 
 import tasks
 import tests.support.handlers  # noqa: F401  (registers the test handlers here too)
@@ -21,8 +22,13 @@ from tests.support import servers
 from webapp import create_app
 from webapp.extensions import db
 
-# The real SMTP server fixture for every test module; the lock that lets `alone` tests run by themselves.
-pytest_plugins = ["tests.support.smtp", "tests.support.parallel"]
+# Property tests assert behaviour, not speed: on six workers sharing two cores an example can
+# stall for half a second, which Hypothesis's default 200 ms deadline reports as a failure.
+settings.register_profile("backstop", deadline=None)
+settings.load_profile("backstop")
+
+# The real SMTP server and gunicorn fixtures for every test module; the lock that lets `alone` tests run by themselves.
+pytest_plugins = ["tests.support.smtp", "tests.support.gunicorn", "tests.support.parallel"]
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,5 +1,6 @@
 """Mutation testing (cosmic-ray) of one module against the fast tests that cover it.
 
+    python3 -m uv sync --locked --group mutation   # first: cosmic-ray is not in the default sync
     nice -n 10 .venv/bin/python -m tests.mutation webapp/services/engine/runner.py
     nice -n 10 .venv/bin/python -m tests.mutation webapp/services/engine/runner.py --survivors
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import ast
 import difflib
+import importlib.util
 import json
 import os
 import re
@@ -124,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.module not in COVERING:
         parser.error(f"module must be one of: {', '.join(COVERING)}")
+    if importlib.util.find_spec("cosmic_ray") is None:
+        parser.error("cosmic-ray is not installed: run `python3 -m uv sync --locked --group mutation` first")
     module = args.module
     session = SESSIONS / (module.replace("/", "_").removesuffix(".py") + ".sqlite")
     SESSIONS.mkdir(exist_ok=True)
@@ -385,7 +389,7 @@ def _hypothesis_profile() -> None:
     from hypothesis import settings
 
     # Same examples every run, and no example database carried from one mutant to the next.
-    settings.register_profile("mutation", derandomize=True, database=None)
+    settings.register_profile("mutation", derandomize=True, database=None, deadline=None)
 
 
 def _record(module: str) -> int:
@@ -408,6 +412,7 @@ def _record(module: str) -> int:
         @pytest.hookimpl(wrapper=True)
         def pytest_runtest_protocol(self, item, nextitem):
             current.clear()
+            _clear_caches(targets)
             sys.settrace(tracer)
             threading.settrace(tracer)
             try:
@@ -433,6 +438,19 @@ def _record(module: str) -> int:
         )
     )
     return int(status)
+
+
+def _clear_caches(targets: dict[str, str]) -> None:
+    """Empty the ``functools`` caches of the mutated module's functions before each recorded test.
+
+    A cached function (a prepared statement builder, say) runs in the first test that needs it
+    only: without this, its mutants would be mapped to that one test and survive the others."""
+    for module in list(sys.modules.values()):
+        if str(Path(getattr(module, "__file__", None) or "/").resolve()) not in targets:
+            continue
+        for value in list(vars(module).values()):
+            if callable(getattr(value, "cache_clear", None)):
+                value.cache_clear()
 
 
 def _changed_lines(original: str, current: str) -> set[int]:

@@ -1,10 +1,11 @@
-"""Set-up the test command runs before pytest: front-end packages and Debian's Chromium.
+"""Set-up the test command runs before pytest: front-end packages, Debian's Chromium, bytecode.
 
 ``python -m tests.prepare`` is idempotent: it installs only what is missing.
 """
 
 from __future__ import annotations
 
+import compileall
 import os
 import shutil
 import subprocess
@@ -37,6 +38,19 @@ def install_chromium() -> None:
     subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=True, env=env)
 
 
+def compile_sources() -> None:
+    """Write the project's bytecode once, so every process the suite starts imports it ready-made.
+
+    Where PYTHONDONTWRITEBYTECODE is set (this project's machines set it), Python never caches
+    what it compiles: each worker, gunicorn and CLI process the tests start would compile every
+    module again, about four seconds of CPU each. ``uv sync --compile-bytecode`` does the same for
+    the installed packages."""
+    for folder in ("webapp", "tasks", "tests", "migrations", "bench"):
+        compileall.compile_dir(ROOT / folder, quiet=1)
+    compileall.compile_file(ROOT / "wsgi.py", quiet=1)
+
+
 if __name__ == "__main__":
     install_front_end()
     install_chromium()
+    compile_sources()

@@ -7,6 +7,7 @@ import logging
 from flask import Flask
 
 from webapp import config as config_module
+from webapp import headers, limits
 from webapp.database import configure_engine_options
 from webapp.extensions import db, migrate
 from webapp.logs import configure_logging
@@ -35,7 +36,9 @@ def create_app(overrides: dict | None = None) -> Flask:
     from webapp.cli import init_app as init_cli
 
     _register_handlers(app)
+    limits.install(app)  # first: no hook of a blueprint may read an oversized body
     _register_blueprints(app)
+    headers.install(app)
     init_cli(app)
     logging.getLogger("backstop").debug("app created for %s", app.config["BACKSTOP_ENV"])
     return app

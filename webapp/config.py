@@ -122,6 +122,18 @@ def names(*, lower: bool = False, known: tuple[str, ...] | None = None, what: st
     return parse
 
 
+def one_of(*choices: str) -> Parser:
+    """One of ``choices`` (case-insensitive)."""
+
+    def parse(name: str, raw: object) -> str:
+        value = str(raw).strip().lower()
+        if value not in choices:
+            raise ConfigurationError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+        return value
+
+    return parse
+
+
 def flag(name: str, raw: object) -> bool:
     """On for ``1``, ``true`` or ``yes`` (or a bool given by a caller); off otherwise."""
     return raw if isinstance(raw, bool) else str(raw) in ("1", "true", "yes")
@@ -199,6 +211,8 @@ CORE = (
     Setting("DATABASE_STATEMENT_TIMEOUT_MS", INT, 30_000),
     Setting("HUEY_URL", text, lambda parsed: default_huey_url()),
     Setting("HUEY_NAME", text, "backstop", keep_blank=True),
+    # Connect and read timeout towards Redis: a ring to a stopped or frozen queue fails within it.
+    Setting("HUEY_TIMEOUT_SECONDS", POSITIVE_NUMBER, 2.0),
     Setting("PUBLIC_BASE_URL", base_url, "http://127.0.0.1:5000"),
     Setting("LOG_FORMAT", text, "text", keep_blank=True),
     Setting("BACKSTOP_HANDLER_MODULES", names(), ()),
@@ -212,6 +226,9 @@ ENGINE = (
     Setting("OPERATION_LEASE_SECONDS", POSITIVE_NUMBER, 300.0),
     Setting("WORKER_THREADS", POSITIVE_INT, 4),
     Setting("WORKER_SHUTDOWN_TIMEOUT", NUMBER, 30.0),
+    # Consumers' heartbeats: every few seconds; a consumer silent this long is lost.
+    Setting("CONSUMER_HEARTBEAT_SECONDS", POSITIVE_NUMBER, 5.0),
+    Setting("CONSUMER_LOST_AFTER_SECONDS", POSITIVE_NUMBER, 30.0),
 )
 
 PAYMENTS = (
@@ -228,6 +245,11 @@ PAYMENTS = (
     # Empty: 5 retries with exponential backoff; e.g. "1s, 5s, 30s, 5m, 30m" for a ladder.
     Setting("WEBHOOK_RETRY_LADDER", ladder, ()),
     Setting("API_MAX_BYTES", POSITIVE_INT, 64 * 1024),
+    # An Idempotency-Key reserved this long ago with no answer belongs to a request that died
+    # (a database outage can stop it from releasing the key): another request may take it over.
+    Setting("IDEMPOTENCY_ABANDONED_AFTER_SECONDS", POSITIVE_NUMBER, 120.0),
+    # Every other route (admin pages and log-in, admin API, health, metrics): 413 above this.
+    Setting("REQUEST_MAX_BYTES", POSITIVE_INT, 256 * 1024),
 )
 
 EMAIL = (
@@ -258,8 +280,13 @@ ADMIN_CONSOLE = (
     # the login throttle) and HTTPS (Secure cookies) come from the proxy's headers.
     Setting("TRUSTED_PROXY_COUNT", INT, 0),
     Setting("LOGIN_MAX_FAILURES", INT, 5),
+    # Failures from one address, whatever the emails, within one lock window (0: no such limit).
+    Setting("LOGIN_MAX_FAILURES_PER_ADDRESS", INT, 20),
     Setting("LOGIN_LOCK_MINUTES", INT, 15),
     Setting("ADMIN_PAGE_SIZE", INT, 50),
+    # Server-side sessions: unused this long, or open this long in all, a session ends.
+    Setting("ADMIN_SESSION_IDLE_MINUTES", POSITIVE_NUMBER, 60.0),
+    Setting("ADMIN_SESSION_MAX_HOURS", POSITIVE_NUMBER, 12.0),
 )
 
 MONITORING = (
@@ -267,6 +294,14 @@ MONITORING = (
     # Alerts: no more than one per type and key per window; Slack call timeout.
     Setting("ALERT_DEDUPE_SECONDS", NUMBER, 900.0),
     Setting("ALERT_SLACK_TIMEOUT_SECONDS", NUMBER, 10.0),
+    # More channels: email to these admin addresses (through EMAIL_PROVIDERS), and a JSON webhook
+    # signed with the shared secret, or PagerDuty Events API v2 events (format "pagerduty").
+    Setting("ALERT_EMAIL_TO", names(lower=True), ()),
+    Setting("ALERT_WEBHOOK_URL", text),
+    Setting("ALERT_WEBHOOK_SECRET", text),
+    Setting("ALERT_WEBHOOK_FORMAT", one_of("json", "pagerduty"), "json"),
+    Setting("ALERT_WEBHOOK_ROUTING_KEY", text),
+    Setting("ALERT_WEBHOOK_TIMEOUT_SECONDS", POSITIVE_NUMBER, 10.0),
     # Thresholds (seed 000): unresolved dead letters above, success rates (%) below.
     Setting("ALERT_DLQ_WARNING", INT, 10),
     Setting("ALERT_DLQ_CRITICAL", INT, 50),
@@ -275,6 +310,15 @@ MONITORING = (
     Setting("ALERT_WEBHOOK_RATE_WARNING", NUMBER, 99.0),
     Setting("ALERT_WEBHOOK_RATE_CRITICAL", NUMBER, 95.0),
     Setting("ALERT_FAILURE_RATE_WINDOW_SECONDS", NUMBER, 3600.0),
+    # Backlog (seed 003: alert above 100 waiting, and above 2.0 average attempts): due operations
+    # waiting, the oldest due one's age (seconds), average attempts of operations finished in the
+    # failure-rate window. Also the health cards' defaults.
+    Setting("ALERT_QUEUE_DEPTH_WARNING", INT, 100),
+    Setting("ALERT_QUEUE_DEPTH_CRITICAL", INT, 1000),
+    Setting("ALERT_OLDEST_DUE_AGE_WARNING", NUMBER, 300.0),
+    Setting("ALERT_OLDEST_DUE_AGE_CRITICAL", NUMBER, 900.0),
+    Setting("ALERT_AVG_ATTEMPTS_WARNING", NUMBER, 2.0),
+    Setting("ALERT_AVG_ATTEMPTS_CRITICAL", NUMBER, 3.0),
     # Fewer finished operations than this in the window say nothing about a rate.
     Setting("ALERT_FAILURE_RATE_MIN_SAMPLE", INT, 20),
     # A job is stale when its heartbeat is older than this many of its own intervals.
@@ -299,6 +343,14 @@ MONITORING = (
     Setting("RETENTION_STRIPE_BODY_DAYS", NUMBER, 30.0),
     Setting("RETENTION_JOB_RUNS_DAYS", NUMBER, 14.0),
     Setting("RETENTION_ALERTS_DAYS", NUMBER, 90.0),
+    Setting("RETENTION_CONSUMERS_HOURS", NUMBER, 24.0),
+    # "Retry everything matching": an unconfirmed preview expires; finished jobs are kept this long.
+    Setting("BULK_DRAFT_EXPIRE_MINUTES", POSITIVE_NUMBER, 60.0),
+    Setting("RETENTION_BULK_JOBS_DAYS", NUMBER, 30.0),
+    # Failed-login counts untouched this long (and not locked) are forgotten.
+    Setting("RETENTION_FAILED_LOGINS_DAYS", NUMBER, 7.0),
+    # The audit log is append-only; cleanup deletes entries only once they are this old.
+    Setting("RETENTION_AUDIT_DAYS", POSITIVE_NUMBER, 365.0),
     Setting("CLEANUP_BATCH_SIZE", POSITIVE_INT, 200),
     # One run stops after this long; the next run carries on.
     Setting("CLEANUP_MAX_SECONDS", NUMBER, 120.0),
@@ -318,8 +370,9 @@ HEALTH_THRESHOLD_DEFAULTS = {
     "dlq_unresolved": ("max", 10.0, 50.0),
     "avg_time_to_success": ("max", 600.0, 1800.0),
     "retry_success_rate": ("min", 80.0, 50.0),
-    "queue_depth": ("max", 1000.0, 10000.0),
+    "queue_depth": ("max", 100.0, 1000.0),
     "oldest_due_age": ("max", 300.0, 900.0),
+    "avg_attempts": ("max", 2.0, 3.0),
 }
 
 # Health cards that show the number an alert watches, and that alert's setting prefix.
@@ -327,6 +380,9 @@ SHARED_WITH_ALERTS = {
     "email_delivery_rate": "ALERT_EMAIL_RATE",
     "webhook_success_rate": "ALERT_WEBHOOK_RATE",
     "dlq_unresolved": "ALERT_DLQ",
+    "queue_depth": "ALERT_QUEUE_DEPTH",
+    "oldest_due_age": "ALERT_OLDEST_DUE_AGE",
+    "avg_attempts": "ALERT_AVG_ATTEMPTS",
 }
 
 
@@ -382,6 +438,9 @@ def load(env: Mapping | None = None, overrides: Mapping | None = None) -> dict:
         metric: (direction, config[f"HEALTH_{metric.upper()}_WARN"], config[f"HEALTH_{metric.upper()}_CRIT"])
         for metric, (direction, _, _) in HEALTH_THRESHOLD_DEFAULTS.items()
     }
+    pagerduty = config["ALERT_WEBHOOK_FORMAT"] == "pagerduty" and config["ALERT_WEBHOOK_URL"]
+    if pagerduty and not config["ALERT_WEBHOOK_ROUTING_KEY"]:
+        raise ConfigurationError("ALERT_WEBHOOK_FORMAT=pagerduty needs ALERT_WEBHOOK_ROUTING_KEY")
     config["MISSING_SETTINGS"] = [name for name in REQUIRED_IN_PRODUCTION if not env.get(name)]
     config.update(rest)
     return config

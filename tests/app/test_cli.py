@@ -14,6 +14,7 @@ BACKSTOP_COMMANDS = {
     "products": {"add", "list", "deactivate"},
     "reconcile": None,
     "refingerprint": None,
+    "set-password": None,
     "stripe": {"send-event"},
     "tokens": {"create", "list", "revoke"},
     "worker": None,

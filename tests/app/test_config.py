@@ -168,8 +168,11 @@ def test_redis_huey_url_is_lazy_and_keeps_host_port_and_db():
     assert isinstance(huey, RedisHuey)
     kwargs = huey.storage.pool.connection_kwargs
     assert (kwargs["host"], kwargs["port"], kwargs["db"]) == ("127.0.0.1", 1, 3)
-    # A dead Redis must fail a ring fast, so the caller's commit is not held up.
-    assert kwargs["socket_connect_timeout"] <= 5
+    # A dead or frozen Redis must fail a ring fast, so the request that rang is not held up.
+    assert kwargs["socket_connect_timeout"] == kwargs["socket_timeout"] == 2.0
+    # The consumer's blocking read ends before the socket's timeout would break it.
+    assert huey.storage.read_timeout < kwargs["socket_timeout"]
+    assert huey_from_url("redis://127.0.0.1:1/3", name="q", timeout=0.5).storage.read_timeout == 0.25
 
 
 @pytest.mark.parametrize(

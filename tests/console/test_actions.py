@@ -39,7 +39,8 @@ def test_retry_swaps_the_row_and_polls_until_terminal(client):
     row = client.get(f"/admin/partials/operations/{operation.id}/row").text
     assert 'data-state="succeeded"' in row and "hx-trigger" not in row
     again = post(client, f"/admin/operations/{make_op(state='succeeded').id}/retry")
-    assert again.status_code == 409 and "not dead" in again.text
+    assert again.status_code == 409 and "Not retried: operation" in again.text and "is succeeded now" in again.text
+    assert again.headers["X-Row-State"] == "succeeded" and 'data-state="succeeded"' in again.text
 
 
 def test_resolve_with_note_records_who_and_when(client):

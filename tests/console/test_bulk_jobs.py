@@ -49,6 +49,8 @@ def test_bulk_job_cancel_stops_between_batches(sqlite_app):
     assert {op.state for op in get_operations([op.id for op in ops])} == {"dead"}
     draft = bulk.create_draft(Filters(), by="admin@example.com")
     assert bulk.cancel(draft.id).state == "cancelled"
+    with pytest.raises(bulk.BulkError, match=rf"^bulk job {draft.id} has already finished \(cancelled\)$"):
+        bulk.cancel(draft.id)
     with pytest.raises(bulk.BulkError):
         bulk.start(draft.id, by="admin@example.com")
 

@@ -6,6 +6,7 @@ import pytest
 from sqlalchemy import func, select
 
 from tests.conftest import make_app
+from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.models import Operation
 from webapp.services.console.failures import dead_letter_stats
@@ -59,3 +60,41 @@ def test_front_end_packages_install_from_the_lock_file(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no npm anywhere
     with pytest.raises(frontend.FrontEndError, match="npm is needed"):
         frontend.ensure_installed(static)
+
+
+def test_a_demo_credit_pack_buys_a_demo_lead(sqlite_app):
+    """Issue 12 #15: the "$100 credit pack" adds 10000 cents, so its buyer can then buy a $39 lead."""
+    from webapp.devdata import demo
+    from webapp.models.payments import Customer, Product, Purchase
+    from webapp.services.payments import purchases
+
+    demo.fill()
+    packs = {p.sku: p for p in db.session.execute(select(Product).where(Product.kind == "credits")).scalars()}
+    assert {sku: (p.name, p.credit_cents_granted) for sku, p in packs.items()} == {
+        "credits-100": ("$100 credit pack", 10000),
+        "credits-500": ("$500 credit pack", 50000),
+    }
+    buyer = Customer(email="pack.buyer@example.com", name="Pack Buyer", credit_balance_cents=0)
+    db.session.add(buyer)
+    db.session.flush()
+    bought = Purchase(
+        customer_id=buyer.id,
+        product_id=packs["credits-100"].id,
+        payment_method="card",
+        status="pending",
+        amount_cents=packs["credits-100"].price_cents,
+        currency="usd",
+    )
+    db.session.add(bought)
+    db.session.commit()
+    assert purchases.complete(bought.id, now=utcnow()).outcome == "completed"
+    db.session.commit()
+    lead = db.session.execute(select(Product).where(Product.sku == "lead-roof-tx")).scalar_one()
+    request = purchases.PurchaseRequest(
+        customer=db.session.get(Customer, buyer.id), product=lead, payment_method="credits"
+    )
+    paid = purchases.buy_with_credits(request)
+    assert (
+        paid.status == "completed"
+        and db.session.get(Customer, buyer.id, populate_existing=True).credit_balance_cents == 6100
+    )

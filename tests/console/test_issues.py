@@ -5,6 +5,9 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
+import pytest
+from sqlalchemy import select
+
 from tests.conftest import _sqlite_backend
 from tests.support.console import listed_ids, make_op, post
 from webapp.domain.fingerprints import fingerprint_of, normalise_error
@@ -12,7 +15,7 @@ from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.models import Operation
 from webapp.services.console.failures import get_operations, list_operations
-from webapp.services.console.filters import Filters
+from webapp.services.console.filters import NO_FINGERPRINT, Filters
 from webapp.services.console.issues import group_failures
 from webapp.services.engine import operations, runner
 
@@ -145,3 +148,44 @@ def test_migration_0006_fingerprints_existing_failures(tmp_path):
         assert stored == fingerprint_of("SMTPError", "421 busy, try in 30s")
         db.session.remove()
         db.engine.dispose()
+
+
+@pytest.mark.parametrize("status", ["unresolved", "resolved", "all"])
+def test_issue_counts_and_times_match_a_direct_grouping_of_the_rows(app, status):
+    """Each group's count, unresolved count, first and last seen equal those of its rows, per status and filter."""
+    now = utcnow()
+    for n in range(12):
+        op = make_op(
+            kind=("email", "webhook")[n % 2],
+            name=("email.welcome", "stripe.charge.refunded", "job.cleanup")[n % 3],
+            error=(f"SMTP 421 busy {n}", "boom", None)[n % 3],
+            dead_ago=timedelta(hours=n * 7),
+        )
+        if n % 4 == 0:
+            op.resolved_at = now
+    make_op(state="retrying", error=None)
+    db.session.commit()
+    rows = db.session.execute(select(Operation).where(Operation.state == "dead")).scalars().all()
+    for extra in ({}, {"kind": "webhook"}, {"name": "email.welcome"}, {"range": "24h"}):
+        filters = Filters(status=status, **extra)
+        since = now - timedelta(hours=24) if extra.get("range") else None
+        chosen = [
+            op
+            for op in rows
+            if (status == "all" or (op.resolved_at is None) == (status == "unresolved"))
+            and all(getattr(op, key) == value for key, value in extra.items() if key != "range")
+            and (since is None or op.dead_at >= since)
+        ]
+        expected = {}
+        for op in chosen:
+            group = expected.setdefault(op.error_fingerprint or NO_FINGERPRINT, [])
+            group.append(op)
+        found = {issue.fingerprint: issue for issue in group_failures(filters, now=now).issues}
+        assert set(found) == set(expected), extra
+        for fingerprint, ops in expected.items():
+            issue = found[fingerprint]
+            assert issue.count == len(ops), extra
+            assert issue.unresolved == sum(op.resolved_at is None for op in ops), extra
+            assert issue.names == {op.name for op in ops}, extra
+            assert issue.first_seen == min(op.dead_at for op in ops), extra
+            assert issue.last_seen == max(op.dead_at for op in ops), extra

@@ -28,11 +28,12 @@ class Boom(Exception):
 
 @handler(NAME, kind="job", policy=POLICY, lease_seconds=LEASE)
 def scripted(ctx):
-    """Act out the next step of the operation's script."""
+    """Act out the next step of the operation's script; a callable step's return value is the result."""
     steps = SCRIPTS.get(ctx.idempotency_key) or []
     step = steps.pop(0) if steps else "ok"
+    result = None
     if callable(step):
-        step(ctx)
+        result = step(ctx)
     elif step == "transient":
         raise Boom(f"boom on attempt {ctx.attempt}")
     elif step == "permanent":
@@ -41,6 +42,7 @@ def scripted(ctx):
         raise Deferral(step[1], "rate limited")
     if ctx.payload.get("write"):
         db.session.add(PeriodicJob(name=ctx.payload["write"]))
+    return result
 
 
 def new_op(key: str, *steps, run_at=None, now=T0, **payload) -> int:

@@ -65,14 +65,14 @@ def test_a_successful_attempt_records_how_long_the_handler_ran(sqlite_app, timer
 
 
 def test_a_failed_attempt_records_how_long_the_handler_ran_before_failing(sqlite_app, timer, attempt_log):
-    operation_id = new_op("timed-failure", runs_for(timer, 0.5, then=Boom("slow and broken")))
+    operation_id = new_op("timed-failure", runs_for(timer, 2.0, then=Boom("slow and broken")))
 
     assert runner.execute(operation_id, now=T0, clock=lambda: T0).outcome == "retrying"
 
     [attempt] = attempts_of(operation_id)
-    assert (attempt.outcome, attempt.duration_ms) == ("failed", 500)
+    assert (attempt.outcome, attempt.duration_ms) == ("failed", 2000)
     [line] = attempt_log
-    assert (line.outcome, line.duration_ms) == ("retrying", 500)
+    assert (line.outcome, line.duration_ms) == ("retrying", 2000)
     assert line.error_class == "tests.engine.scripted.Boom"
 
 

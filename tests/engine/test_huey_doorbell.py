@@ -33,9 +33,9 @@ def test_huey_gets_the_exact_utc_eta_whatever_the_local_time_zone(sqlite_app, tm
     monkeypatch.setenv("TZ", "Asia/Tokyo")  # nine hours east: a naive eta read as local is 9 h early
     time.tzset()
     try:
-        bell.ring(7, eta)
+        bell.ring(7, eta, stamp=datetime(2030, 1, 1, 12, 0, 0))
         [task] = huey.pending()  # a worker holds it back (in Huey's schedule) until its eta
-        assert task.args == (7,) and task.eta == eta
+        assert task.args == (7, datetime(2030, 1, 1, 12, 0, 0)) and task.eta == eta
         # Not runnable a moment before its time; runnable at it.
         assert not huey.ready_to_run(task, eta - timedelta(milliseconds=100))
         assert huey.ready_to_run(task, eta)

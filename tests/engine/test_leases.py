@@ -13,6 +13,7 @@ from webapp.config import load as load_settings
 from webapp.extensions import db
 from webapp.models import Operation, OperationAttempt
 from webapp.services.engine import operations, runner
+from webapp.services.engine.registry import Registry
 
 
 def lease_of(operation_id: int) -> timedelta:
@@ -64,3 +65,14 @@ def test_the_worker_recorded_on_an_attempt_fits_its_column(sqlite_app):
     [attempt] = attempts_of(operation_id)
     width = OperationAttempt.__table__.c.worker.type.length
     assert len(attempt.worker) == width and attempt.worker.endswith("W" * 20)
+
+
+def test_a_handler_registered_after_a_claim_read_the_leases_gets_its_own_lease():
+    handlers = Registry()
+    handlers.register("job.short", "job", lambda ctx: None)
+    assert handlers.own_leases() == ()  # read (and kept) by a claim
+
+    handlers.register("job.long", "job", lambda ctx: None, lease_seconds=900)
+    handlers.register("job.brief", "job", lambda ctx: None, lease_seconds=5)
+
+    assert handlers.own_leases() == (("job.brief", 5), ("job.long", 900))

@@ -28,7 +28,7 @@ from webapp.services.engine import doorbell, operations, runner
 def test_create_is_idempotent_on_its_key(app, bell):
     first = operations.create_operation("svc.script", {"n": 1}, idempotency_key="same", subject="cust-1", now=T0)
     again = operations.create_operation("svc.script", {"n": 2}, idempotency_key="same", now=T0)
-    assert again is first
+    assert again.id == first.id and again.payload == {"n": 1}  # the first one's, not a second row
     db.session.commit()
     after_commit = operations.create_operation("svc.script", {"n": 3}, idempotency_key="same")
     db.session.commit()
@@ -140,7 +140,7 @@ def test_commit_rings_exactly_once_and_scheduled_rings_for_its_time(app, bell):
 
 def test_a_queue_that_is_down_does_not_fail_the_commit(app):
     class DeadQueue:
-        def ring(self, operation_id, eta=None):
+        def ring(self, operation_id, eta=None, stamp=None):
             raise ConnectionError("queue unreachable")
 
         def depth(self):

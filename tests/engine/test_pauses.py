@@ -126,22 +126,23 @@ def test_health_page_shows_pauses_and_its_buttons_pause_and_resume(sqlite_app, t
     assert login(client).status_code == 302
     headers = {"X-CSRFToken": csrf_from(client.get("/admin/operations-health").text), "HX-Request": "true"}
 
-    response = client.post("/admin/pauses/test.succeed/pause", headers=headers)
+    assert client.post("/admin/pauses/test.succeed/pause", headers=headers).status_code == 400  # no reason
+    response = client.post("/admin/pauses/test.succeed/pause", headers=headers, data={"note": "deploying"})
 
     assert response.status_code == 200
     assert pauses.is_paused("test.succeed")
-    row = re.search(r'<tr><td class="mono">test\.succeed</td>.*?</tr>', response.text, re.S).group(0)
-    assert 'data-state="paused"' in row and "by admin@example.com" in row and ">Resume<" in row
+    row = re.search(r'<li data-pause="test\.succeed">.*?</li>', response.text, re.S).group(0)
+    assert 'data-state="paused"' in row and "by admin@example.com" in row and "deploying" in row and ">Resume<" in row
     operation_id = create("test.succeed", "page-held", log=str(log))
     huey = sqlite_app.extensions["backstop.huey"]
     assert drain_queue(huey) == [operation_id] and calls(log) == []  # rung, refused: it waits
     panel = client.get("/admin/partials/health/status", headers={"HX-Request": "true"}).text
-    assert "1 waiting" in re.search(r'<tr><td class="mono">test\.succeed</td>.*?</tr>', panel, re.S).group(0)
+    assert "1 waiting" in re.search(r'<li data-pause="test\.succeed">.*?</li>', panel, re.S).group(0)
     assert client.post("/admin/pauses/no.such.handler/pause", headers=headers).status_code == 400
     assert client.post("/admin/pauses/test.succeed/pause", headers={"HX-Request": "true"}).status_code in (400, 403)
 
     response = client.post("/admin/pauses/test.succeed/resume", headers=headers)
 
     assert response.status_code == 200 and not pauses.is_paused("test.succeed")
-    assert ">Pause<" in re.search(r'<tr><td class="mono">test\.succeed</td>.*?</tr>', response.text, re.S).group(0)
+    assert ">Pause test.succeed<" in re.search(r'<li data-pause="test\.succeed">.*?</li>', response.text, re.S).group(0)
     assert drain_queue(huey) == [operation_id] and load(operation_id).state == "succeeded"

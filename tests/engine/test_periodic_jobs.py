@@ -81,6 +81,29 @@ def test_a_crashed_holders_lease_is_taken_over_after_it_expires(app):
     assert job_row("job.crash").lease_holder is None
 
 
+def test_a_run_cut_short_is_closed_as_abandoned_by_the_next_run(app):
+    def cut_short(now):
+        db.session.rollback()
+        raise KeyboardInterrupt  # what an outage or a kill looks like here: no outcome recorded
+
+    with pytest.raises(KeyboardInterrupt):
+        periodic.run_exclusive("job.cut", cut_short, interval_seconds=60, lease_seconds=30, clock=lambda: T0)
+    later = T0 + timedelta(seconds=60)
+    run = periodic.run_exclusive(
+        "job.cut", lambda now: "fine", interval_seconds=60, lease_seconds=30, clock=lambda: later
+    )
+
+    runs = detached(
+        lambda: (
+            db.session.execute(select(JobRun).where(JobRun.job_name == "job.cut").order_by(JobRun.started_at))
+            .scalars()
+            .all()
+        )
+    )
+    assert [(r.started_at, r.outcome, r.finished_at) for r in runs] == [(T0, "abandoned", later), (later, "ok", later)]
+    assert runs[0].error == "its runner stopped before recording an outcome" and run.outcome == "ok"
+
+
 def test_a_runner_that_waited_for_the_lease_does_not_run_the_job_again(app):
     """Runner B saw the job due, then runner A ran it to the end while B waited for the lock:
     B gets the free lease but must find the job no longer due (and record nothing stale)."""

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from tests.support.polling import DEADLINE, wait_for
 from tests.support.reads import attempts_of, detached, load
 from webapp.extensions import db
-from webapp.models import JobRun, Operation
+from webapp.models import ConsumerBeat, JobRun, Operation
 from webapp.services.engine import operations
 
 TERMINAL = {"succeeded", "dead", "cancelled"}
@@ -42,10 +42,22 @@ def calls(log) -> list[str]:
     return log.read_text().splitlines() if log.exists() else []
 
 
+def consumer_rows() -> list[ConsumerBeat]:
+    return detached(lambda: db.session.execute(select(ConsumerBeat)).scalars().all())
+
+
 def test_sigterm_finishes_the_running_attempt_then_exits_cleanly(app, backend, start_worker, tmp_path):
-    worker = start_worker(backend)
+    worker = start_worker(backend, CONSUMER_HEARTBEAT_SECONDS="0.2")
     operation_id, paths = blocking_op(tmp_path, "term")
     wait_for(paths["marker"].exists, message="handler to start")
+    # The consumer's heartbeat (its own thread, one upsert a beat) names the operation it runs.
+    [beat] = wait_for(
+        lambda: (rows := consumer_rows()) and rows[0].running and rows,
+        message="the consumer's heartbeat to list its running operation",
+    )
+    assert (beat.pid, beat.threads, beat.scheduler, beat.stopped_at) == (worker.proc.pid, 2, True, None)
+    [running] = beat.running
+    assert running["operation_id"] == operation_id and running["worker"].startswith(f"{beat.identity}:")
 
     worker.proc.send_signal(signal.SIGTERM)
     wait_for(lambda: "Shutting down gracefully" in worker.output(), message="worker to begin draining")
@@ -59,6 +71,8 @@ def test_sigterm_finishes_the_running_attempt_then_exits_cleanly(app, backend, s
     assert (operation.state, operation.attempts) == ("succeeded", 1)
     assert [a.outcome for a in attempts_of(operation_id)] == ["succeeded"]
     assert calls(paths["log"]) == [f"{operation_id} 1"]
+    [stopped] = consumer_rows()  # a clean stop is recorded: stopped, not lost
+    assert stopped.stopped_at is not None and stopped.running == []
 
 
 def test_sigint_interrupts_and_the_operation_is_put_back_for_the_next_worker(app, backend, start_worker, tmp_path):

@@ -13,7 +13,8 @@ from sqlalchemy import DateTime, String, cast, func, insert, literal, select, tr
 from tests.support.monitoring import T0, alerts, create, create_and_run, insert_operations, later, operation_row, run_at
 from webapp.domain.errors import PermanentError
 from webapp.extensions import db
-from webapp.models import AutoRequeue, EmailLog, Operation, OperationAttempt, StripeEvent
+from webapp.models import AutoRequeue, EmailLog, EmailRateLimit, Operation, OperationAttempt, StripeEvent
+from webapp.services.email import ratelimit
 from webapp.services.engine import operations, periodic
 from webapp.services.maintenance import cleanup, requeue
 from webapp.services.monitoring import checks, liveness
@@ -140,6 +141,19 @@ def test_cleanup_honours_30_and_90_day_retention_and_keeps_metric_counters(sqlit
     # A second run finds nothing more to do.
     again = cleanup.cleanup(now, sqlite_app.config)
     assert (again.succeeded, again.resolved_dead) == (0, 0)
+
+
+def test_cleanup_forgets_email_rate_limits_of_recipients_idle_for_an_hour(sqlite_app):
+    now = later(DAY)
+    ratelimit.reserve("idle@example.com", now=now - timedelta(hours=2), per_recipient=10, global_limit=100)
+    ratelimit.reserve("busy@example.com", now=now, per_recipient=10, global_limit=100)
+
+    report = cleanup.cleanup(now, sqlite_app.config)
+
+    assert report.rate_limits == 1 and "rate_limits=1" in str(report)
+    scopes = set(db.session.execute(select(EmailRateLimit.scope)).scalars())
+    assert scopes == {ratelimit.GLOBAL, ratelimit.recipient_scope("busy@example.com")}
+    db.session.rollback()
 
 
 def _webhook_event(i: int, event_id: str, received, state: str, op_state: str) -> int:
@@ -275,7 +289,7 @@ def test_healthz_lists_every_periodic_job(sqlite_app):
     response = sqlite_app.test_client().get("/healthz")
     assert response.status_code == 503  # nothing has run yet
     assert set(response.json["jobs"]) == {"reconciler", "auto_requeue", "cleanup", "daily_report", "checks"}
-    assert response.json["jobs"]["daily_report"]["stale_after_seconds"] == 3 * DAY
+    assert liveness.check(later(0), sqlite_app.config)[1]["jobs"]["daily_report"]["stale_after_seconds"] == 3 * DAY
 
 
 def test_daily_report_counts_rates_and_top_failures_once_a_day(sqlite_app):

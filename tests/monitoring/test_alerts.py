@@ -21,6 +21,7 @@ from tests.support.monitoring import (
     run_at,
     run_checks_fresh,
 )
+from tests.support.reads import load
 from webapp.extensions import db
 from webapp.models import Alert, Operation
 from webapp.services.monitoring import alerts as alert_service
@@ -82,6 +83,7 @@ def test_dead_email_is_alerted_with_context_and_posted_to_slack(slack_app, slack
     assert f"<https://backstop.example.com/api/admin/operations/{operation_id}|Operation details (API)>" in rendered
     assert "*Details url*" not in rendered  # links are links, not fields
     assert alerts()[0].delivered_at == later(1)
+    assert load(alert.operation_id).result == {"alert_id": alert.id, "delivered": True, "channel": "slack"}
 
 
 def test_webhook_failure_is_critical_and_levels_have_their_own_emoji_and_colour(slack_app, slack):
@@ -228,6 +230,7 @@ def test_without_slack_alerts_are_recorded_and_listed(sqlite_app):
     recent = alert_service.recent_alerts(10)
     assert [a.type for a in recent] == ["webhook_failure", "email_failure"]  # newest first
     assert recent[0].delivered_at is None  # recorded only: nowhere to deliver
+    assert load(recent[0].operation_id).result["delivered"] is False
     assert db.session.execute(select(func.count()).select_from(Alert)).scalar_one() == 2
     db.session.rollback()
 

@@ -14,7 +14,9 @@ from webapp import create_app
 from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.models import PeriodicJob
+from webapp.services.access import tokens
 from webapp.services.engine import operations
+from webapp.services.monitoring import liveness
 
 INTERVAL = 60.0
 
@@ -28,9 +30,13 @@ def health_app(backend):
 
 
 def get_health(app):
+    """/healthz's status with the full report that admins see (``GET /api/admin/liveness``)."""
     response = app.test_client().get("/healthz")
     assert response.is_json, response.data[:200]
-    return response.status_code, response.get_json()
+    healthy, report = liveness.check(utcnow(), app.config)
+    assert response.get_json() == liveness.public_view(report)
+    assert response.status_code == (200 if healthy else 503)
+    return response.status_code, report
 
 
 def set_heartbeat_age(seconds: float) -> None:
@@ -132,3 +138,27 @@ def test_unreachable_queue_is_reported(tmp_path, sqlite_backend):
     assert report["queue"]["ok"] is False and report["queue"]["error"] == "ConnectionError"
     # The queue is only a doorbell: with the database and reconciler fine, the service is up.
     assert status == 200 and report["reconciler"]["fresh"] is True
+
+
+def test_public_healthz_shows_status_and_freshness_only_admins_see_details(health_app):
+    secret = "UPDATE customers SET ... parameters: ('grace@example.com',)"
+    run_periodic_jobs(health_app)
+    db.session.execute(update(PeriodicJob).values(last_error=secret))
+    db.session.commit()
+    client = health_app.test_client()
+
+    public = client.get("/healthz")
+    assert public.status_code == 200
+    assert "grace@example.com" not in public.text and "last_error" not in public.text
+    report = public.get_json()
+    assert report["status"] == "ok" and report["database"] == {"ok": True} and report["queue"] == {"ok": True}
+    assert report["reconciler"] == {"fresh": True}
+    assert all(set(job) == {"fresh"} for job in report["jobs"].values()), report["jobs"]
+
+    assert client.get("/api/admin/liveness").status_code == 401
+    auth = {"Authorization": f"Bearer {tokens.create_token('ops', 'admin').raw}"}
+    details = client.get("/api/admin/liveness", headers=auth)
+    assert details.status_code == 200
+    assert details.json["healthy"] is True and details.json["status"] == "ok"
+    assert details.json["jobs"]["reconciler"]["last_error"] == secret
+    assert details.json["reconciler"]["heartbeat_age_seconds"] is not None

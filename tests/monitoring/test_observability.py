@@ -5,21 +5,19 @@ from __future__ import annotations
 import io
 import json
 import logging
-import re
-import subprocess
-import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
-import pytest
 import requests
+from hypothesis import example, given
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
-from tests.conftest import ROOT
 from tests.support import stripe_signing
+from tests.support.gunicorn import WORKERS, Gunicorn
 from tests.support.monitoring import T0, create, create_and_run, later, run_at
 from tests.support.polling import wait_for
 from webapp.devdata import stripe_samples
@@ -27,96 +25,12 @@ from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.models import Operation, OperationAttempt, StripeEvent, WebhookRejection
 
-WORKERS = 2  # each worker imports the app (~5 s of CPU here), so two: enough to disagree
 COUNTERS = ("created", "succeeded", "failed", "dead_lettered")
 SECRET_KEY = "sk_test_" + "A1b2C3d4E5f6G7h8" * 2
 WEBHOOK_SECRET = "whsec_" + "Z9y8X7w6V5u4T3s2" * 2
 CANARY = "canary-" + uuid.uuid4().hex  # a payload value no log line may carry
 # Stripe's test card; the whole number, as "4242" alone turns up in pids and ports of the logs.
 CARD = "4242424242424242"
-
-
-class Gunicorn:
-    """A real ``gunicorn wsgi:app`` with several sync workers on an ephemeral port."""
-
-    def __init__(self, backend, workers: int, **env):
-        self.log_path = backend.tmp / "gunicorn.log"
-        self.access_path = backend.tmp / "access.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115  (open while gunicorn runs; closed in stop())
-        # The access log names the worker (pid) that answered each request (and its query string).
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "--workers",
-                str(workers),
-                "--bind",
-                "127.0.0.1:0",
-                "--access-logfile",
-                str(self.access_path),
-                "--access-logformat",
-                "%(p)s %(U)s %(q)s",
-                "wsgi:app",
-            ],
-            cwd=ROOT,
-            env=backend.env(**env),
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        port = wait_for(self._port, timeout=60, message="gunicorn to listen")
-        self.url = f"http://127.0.0.1:{port}"
-        wait_for(
-            lambda: len(set(re.findall(r"Booting worker with pid: (\d+)", self.output()))) == workers,
-            timeout=60,
-            message="every gunicorn worker to boot",
-        )
-
-    def _port(self):
-        if self.proc.poll() is not None:
-            raise AssertionError(f"gunicorn exited:\n{self.output()}")
-        match = re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", self.output())
-        return match and int(match.group(1))
-
-    def output(self) -> str:
-        """Everything gunicorn and the app printed (stdout and stderr)."""
-        return self.log_path.read_text(errors="replace")
-
-    def answered_by(self, probe: str) -> str | None:
-        """The pid of the worker that answered the request carrying ``probe`` in its query."""
-        if not self.access_path.exists():
-            return None
-        match = re.search(rf"^<(\d+)> \S+ probe={probe}$", self.access_path.read_text(), re.M)
-        return match and match.group(1)
-
-    def stop(self) -> None:
-        """SIGTERM, and wait for the workers to exit."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-
-
-@pytest.fixture
-def start_gunicorn(request):
-    """Start gunicorn for a backend; stop it (and show its output on failure) afterwards."""
-    started: list[Gunicorn] = []
-
-    def start(backend, workers: int = WORKERS, **env) -> Gunicorn:
-        server = Gunicorn(backend, workers, **env)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
-        report = getattr(request.node, "rep_call", None)
-        if report is not None and report.failed:
-            print(f"--- gunicorn ---\n{server.output()[-5000:]}")
 
 
 def parse(text: str) -> dict:
@@ -343,3 +257,48 @@ def test_exception_tracebacks_are_redacted_in_json_and_text_logs():
         assert CANARY not in text and SECRET_KEY not in text, f"{fmt}: {text}"
     entry = json.loads(streams["json"].getvalue())
     assert "[redacted]" in entry["exc"] and entry["message"] == "periodic job checks failed"
+
+
+FRAGMENTS = [
+    "Bearer ",
+    "bearer\t",
+    "sk_live_",
+    "rk_test_",
+    "whsec_",
+    "pk_",
+    "xsk_",
+    "password",
+    "Secret",
+    "TOKEN",
+    "api-key",
+    "apikey",
+    " = ",
+    ":",
+    "://",
+    "postgresql://u:",
+    "redis://:pw@h",
+    "@",
+    "https://hooks.slack.com/",
+    "https://hooks.slack.com/services/T0",
+    "A1b2C3d4E5",
+    "evt_1",
+    " ",
+    ",",
+    "/",
+]
+
+
+@given(st.lists(st.sampled_from(FRAGMENTS) | st.text(max_size=8), max_size=12).map("".join))
+@example("Authorization: Bearer abc.def")
+@example("key sk_live_A1b2C3d4E5 and whsec_A1b2C3d4E5")
+@example("api_key=abc password: x")
+@example("db postgresql+psycopg://backstop:pw@db/backstop and redis://:pw@h")
+@example("POST https://hooks.slack.com/services/T0/B0/x failed")
+def test_the_quick_look_for_secrets_never_lets_one_through(text):
+    from webapp.logs import SECRET_TEXT, redact_text
+
+    every_pattern = text
+    for pattern, replacement in SECRET_TEXT:
+        every_pattern = pattern.sub(replacement, every_pattern)
+
+    assert redact_text(text) == every_pattern

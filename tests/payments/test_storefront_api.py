@@ -13,6 +13,7 @@ from tests.support import shop
 from webapp.extensions import db
 from webapp.models import Customer, IdempotencyRecord, Purchase
 from webapp.services.access import tokens
+from webapp.services.payments.errors import CHECKOUT_FAILED_MESSAGE
 
 SESSIONS = "/v1/checkout/sessions"
 
@@ -176,6 +177,36 @@ def test_json_nested_past_the_recursion_limit_is_400_not_500(client):
         assert (response.status_code, response.get_json()["error"]) == (400, "malformed_json")
 
 
+@pytest.mark.parametrize(
+    "path, body, field",
+    [
+        ("/api/customers", '{"email": "ada@example.com", "name": "Ada \\ud800"}', "name"),
+        ("/api/customers", '{"email": "ada@example.com", "name": "Ada", "\\udc00": 1}', "\\udc00"),
+        (
+            "/api/purchases",
+            '{"customer_id": 1, "product_sku": "lead-\\ud800", "payment_method": "credits"}',
+            "product_sku",
+        ),
+        ("/api/customers", '{"email": "ada@example.com", "name": "Ada \\u0000"}', "name"),
+        (
+            "/api/purchases",
+            '{"customer_id": 1, "product_sku": "lead-\\u0000", "payment_method": "credits"}',
+            "product_sku",
+        ),
+    ],
+)
+def test_text_no_database_can_store_is_422_naming_the_field(client, path, body, field):
+    """Lone surrogates (no UTF-8 encoding) and NUL (PostgreSQL refuses it): 422, never 500 or 503."""
+    shop.add_customer()
+    response = client.client.post(
+        path, data=body, content_type="application/json", headers={"Authorization": f"Bearer {client.token}"}
+    )
+
+    assert (response.status_code, response.get_json()["error"]) == (422, "validation_failed")
+    assert set(response.get_json()["fields"]) == {field}
+    assert shop.count(Customer) == 1 and shop.count(Purchase) == 0
+
+
 # --- purchases: validation and credits ----------------------------------------------------------
 
 
@@ -314,10 +345,17 @@ def test_stripe_error_answers_502_and_fails_the_purchase(client, httpserver, sta
 
     assert response.status_code == 502
     body = response.get_json()
-    assert body["error"] == "stripe_error" and body["message"].startswith(expected)
+    # The client gets a stable code and a generic message: nothing of what the SDK said.
+    assert body == {"error": "stripe_error", "message": CHECKOUT_FAILED_MESSAGE, "purchase_id": body["purchase_id"]}
     assert "sk_test_backstop_51" not in response.get_data(as_text=True)
     failed = shop.purchase(body["purchase_id"])
+    # The details are on the purchase, for admins (and in the log).
     assert failed.status == "failed" and failed.failure_reason.startswith(expected)
+    read = client.get(f"/api/purchases/{body['purchase_id']}").get_json()
+    assert read["status"] == "failed" and read["failure_reason"] == CHECKOUT_FAILED_MESSAGE
+    admin = {"Authorization": f"Bearer {tokens.create_token('ops', 'admin').raw}"}
+    details = client.client.get(f"/api/admin/purchases/{body['purchase_id']}", headers=admin)
+    assert details.status_code == 200 and details.get_json()["failure_reason"].startswith(expected)
 
 
 def test_stripe_timeout_answers_502(client, httpserver):
@@ -338,8 +376,10 @@ def test_stripe_timeout_answers_502(client, httpserver):
         release.set()
 
     assert response.status_code == 502
-    assert response.get_json()["message"].startswith("APIConnectionError")
-    assert shop.purchase(response.get_json()["purchase_id"]).status == "failed"
+    assert response.get_json()["message"] == CHECKOUT_FAILED_MESSAGE
+    assert "127.0.0.1" not in response.get_data(as_text=True)
+    failed = shop.purchase(response.get_json()["purchase_id"])
+    assert failed.status == "failed" and failed.failure_reason.startswith("APIConnectionError")
 
 
 def test_card_payments_unconfigured_is_503_and_writes_nothing(backend):

@@ -9,8 +9,8 @@ from datetime import datetime, timedelta
 from types import SimpleNamespace
 
 import pytest
+from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError, OperationalError
-from stripe import _webhook as stripe_webhook
 
 from tests.support import shop
 from tests.support import stripe_signing as signing
@@ -18,7 +18,7 @@ from webapp.config import load as load_settings
 from webapp.devdata.stripe_samples import build_event
 from webapp.domain.time import utcnow
 from webapp.extensions import db
-from webapp.models import WebhookRejection
+from webapp.models import StripeEvent, WebhookRejection
 from webapp.services.payments import intake
 from webapp.services.payments.intake import WebhookRejected
 
@@ -110,10 +110,28 @@ def test_a_signature_is_accepted_for_five_minutes_and_stale_after(monkeypatch):
     signed_at = 1_900_000_000
     body = json.dumps(event())
     header = signing.header(body, SECRET, timestamp=signed_at)
-    monkeypatch.setattr(stripe_webhook, "time", SimpleNamespace(time=lambda: signed_at + 300))
+    monkeypatch.setattr(intake, "time", SimpleNamespace(time=lambda: signed_at + 300))
 
     assert intake.verify(body.encode(), header, [SECRET])["id"] == "evt_1"
-    monkeypatch.setattr(stripe_webhook, "time", SimpleNamespace(time=lambda: signed_at + 301))
+    monkeypatch.setattr(intake, "time", SimpleNamespace(time=lambda: signed_at + 301))
+    with pytest.raises(WebhookRejected) as raised:
+        intake.verify(body.encode(), header, [SECRET])
+    assert raised.value.reason == intake.STALE_TIMESTAMP
+
+
+@pytest.mark.parametrize("layout", ["signature first", "extra '=' after the timestamp"])
+def test_the_signature_header_is_read_as_the_sdk_reads_it(monkeypatch, layout):
+    signed_at = 1_900_000_000
+    body = json.dumps(event())
+    signature = signing.sign(body, SECRET, signed_at)
+    header = {
+        "signature first": f"v1={signature},t={signed_at}",
+        "extra '=' after the timestamp": f"t={signed_at}=x,v1={signature}",  # the SDK splits at most twice
+    }[layout]
+    monkeypatch.setattr(intake, "time", SimpleNamespace(time=lambda: signed_at + 300))
+
+    assert intake.verify(body.encode(), header, [SECRET])["id"] == "evt_1"
+    monkeypatch.setattr(intake, "time", SimpleNamespace(time=lambda: signed_at + 301))
     with pytest.raises(WebhookRejected) as raised:
         intake.verify(body.encode(), header, [SECRET])
     assert raised.value.reason == intake.STALE_TIMESTAMP
@@ -128,6 +146,16 @@ def test_a_signature_within_the_tolerance_is_accepted_with_any_current_secret():
         "whsec_a",
         "whsec_b",
     )
+
+
+def test_a_blank_secret_matches_nothing_as_in_the_sdk():
+    body = json.dumps(event())
+
+    for blank in ("", "  \t"):  # whoever knows the secret is blank could sign anything
+        with pytest.raises(WebhookRejected) as raised:
+            intake.verify(body.encode(), signing.header(body, blank), [blank])
+        assert raised.value.reason == intake.INVALID_SIGNATURE
+    assert intake.verify(body.encode(), signing.header(body, SECRET), ["   ", SECRET])["id"] == "evt_1"
 
 
 def last_rejected(reason: str) -> datetime:
@@ -176,6 +204,17 @@ def test_a_replay_returns_what_was_stored_first(sqlite_app):
 
     assert again == intake.Intake("evt_twice", "customer.created", False, "ignored", None)
     assert first.created is True
+
+
+def test_a_replay_whose_event_row_retention_removed_is_still_a_replay(sqlite_app):
+    first = record(build_event("checkout.session.completed", event_id="evt_pruned"))
+    db.session.execute(delete(StripeEvent).where(StripeEvent.id == "evt_pruned"))  # retention kept the operation
+    db.session.commit()
+
+    again = record(build_event("checkout.session.completed", event_id="evt_pruned"), now=NOW + timedelta(days=40))
+
+    assert first.created is True
+    assert again == intake.Intake("evt_pruned", "checkout.session.completed", False, "unknown", None)
 
 
 def test_a_delivery_that_loses_the_race_to_a_concurrent_one_returns_the_stored_event(sqlite_app, monkeypatch):

@@ -13,6 +13,7 @@ from tests.conftest import inside, make_app
 from tests.support import shop
 from tests.support import stripe_signing as signing
 from tests.support.http_server import serve
+from tests.support.reads import load
 from webapp import create_app
 from webapp.domain.time import utcnow
 from webapp.extensions import db
@@ -86,6 +87,8 @@ def _checkout_body():
         ("v0 only", lambda b: signing.header(b, OLD, scheme="v0"), 400, "invalid_signature"),
         ("no timestamp", lambda b: signing.header(b, OLD).split(",", 1)[1], 400, "invalid_signature"),
         ("garbage header", lambda b: "this is not a signature", 400, "invalid_signature"),
+        ("non-ASCII signature", lambda b: f"t={int(time.time())},v1=\u00e9{'0' * 63}", 400, "invalid_signature"),
+        ("v1 without a value", lambda b: f"t={int(time.time())},v1", 400, "invalid_signature"),
         ("empty header", lambda b: "", 400, "missing_signature"),
         ("missing header", lambda b: None, 400, "missing_signature"),
     ],
@@ -301,6 +304,22 @@ def test_checkout_completed_completes_once_and_queues_one_confirmation(hook_app)
     assert emails[0].payload["context"]["product_name"] == "Lead: Acme Corp"
     assert emails[0].payload["context"]["amount"] == "$25.00"
     assert shop.event(first["id"]).processing_state == shop.event(second["id"]).processing_state == "processed"
+    # Each operation keeps what it did: the second event was a no-op, and says so.
+    assert _result(first["id"]) == {
+        "event_id": first["id"],
+        "event_type": "checkout.session.completed",
+        "outcome": "completed",
+        "event_state": "processed",
+        "purchase_id": purchase.id,
+        "confirmation_queued": True,
+    }
+    assert _result(second["id"])["already_completed"] is True
+    assert _result(second["id"])["outcome"] == "already_completed"
+
+
+def _result(event_id: str) -> dict | None:
+    """The stored result of a Stripe event's operation."""
+    return load(shop.event(event_id).operation_id).result
 
 
 def test_credit_pack_adds_credits_exactly_once(hook_app):
@@ -316,6 +335,7 @@ def test_credit_pack_adds_credits_exactly_once(hook_app):
 
     assert shop.customer(customer.id).credit_balance_cents == 5100
     assert [e.name for e in shop.email_operations(purchase.id)] == ["email.credit_purchase_confirmation"]
+    assert [_result(event["id"]).get("credits_granted") for event in events] == [5000, None]
 
 
 def test_unpaid_completion_waits_for_async_payment(hook_app):
@@ -390,6 +410,8 @@ def test_partial_then_full_refund_each_notified_once(hook_app):
 
     process(stale_copy["id"])  # a second event with the same cumulative amount changes nothing
     assert len(shop.email_operations(purchase.id)) == 1
+    assert _result(partial["id"])["refunded_cents"] == 1000
+    assert _result(stale_copy["id"])["already_refunded"] is True
 
     process(full["id"])
     state = shop.purchase(purchase.id)
@@ -719,7 +741,7 @@ def test_token_and_product_commands(sqlite_hook_app):
             "credits",
             "--price-cents",
             "4500",
-            "--credits",
+            "--credit-cents",
             "5000",
         ]
     )
@@ -734,7 +756,7 @@ def test_token_and_product_commands(sqlite_hook_app):
             "credits",
             "--price-cents",
             "4500",
-            "--credits",
+            "--credit-cents",
             "5000",
         ]
     )
@@ -744,5 +766,58 @@ def test_token_and_product_commands(sqlite_hook_app):
 
     assert added.exit_code == 0
     assert duplicate.exit_code == 1 and "already exists" in duplicate.output
-    assert bad.exit_code == 1 and "price_cents" in bad.output and "credits_granted" in bad.output
+    assert bad.exit_code == 1 and "price_cents" in bad.output and "credit_cents_granted" in bad.output
     assert "credits-50" in products.output and "inactive" in products.output
+
+
+# --- ids and text no database can store (issue 13, row 10) --------------------------------------
+
+
+def _with(event: dict, path: str, value) -> dict:
+    """``event`` with the field at dotted ``path`` under ``data.object`` set to ``value``."""
+    target = event["data"]["object"]
+    *parents, last = path.split(".")
+    for key in parents:
+        target = target.setdefault(key, {})
+    target[last] = value
+    return event
+
+
+@pytest.mark.parametrize(
+    "event_type, path, value, named",
+    [
+        ("checkout.session.completed", "payment_intent", "pi_\ud800", "data.object.payment_intent"),
+        ("checkout.session.completed", "payment_intent", {"id": "pi_\udfff"}, "data.object.payment_intent"),
+        ("checkout.session.completed", "payment_intent", "pi_\x00", "data.object.payment_intent"),
+        ("checkout.session.completed", "payment_intent", "pi_" + "x" * 300, "data.object.payment_intent"),
+        ("charge.refunded", "refunds.data", [{"id": "re_1"}, {"id": "re_\u00e9"}], "data.object.refunds.data[1].id"),
+        (
+            "payment_intent.payment_failed",
+            "last_payment_error.message",
+            "declined \ud800",
+            "last_payment_error.message",
+        ),
+    ],
+)
+def test_a_signed_event_with_an_id_or_text_no_database_can_store_is_400_and_not_stored(
+    hook_app, event_type, path, value, named
+):
+    purchase = shop.add_purchase(shop.add_customer(), shop.add_product())
+    response = deliver(hook_app, _with(shop.event_for(event_type, purchase), path, value))
+
+    assert (response.status_code, response.get_json()["error"]) == (400, "invalid_payload")
+    assert named in response.get_json()["message"]
+    assert shop.count(StripeEvent) == 0 and shop.count(Operation) == 0
+
+
+def test_a_decline_reason_holding_a_nul_is_stored_readable_on_the_first_attempt(hook_app):
+    purchase = shop.add_purchase(shop.add_customer(), shop.add_product())
+    event = _with(
+        shop.event_for("payment_intent.payment_failed", purchase),
+        "last_payment_error.message",
+        "Declined\x00 (do_not_honor)",
+    )
+    assert deliver(hook_app, event).status_code == 200
+
+    assert process(event["id"]).outcome == "succeeded"
+    assert shop.purchase(purchase.id).failure_reason == "Declined\ufffd (do_not_honor)"

@@ -18,8 +18,11 @@ PAGES = [
     "/admin/failed-operations",
     "/admin/operations-health",
     "/admin/issues",
+    "/admin/operations",
+    "/admin/operations/1",
     "/admin/failed-operations/export.csv",
     "/admin/failed-operations/export.json",
+    "/admin/audit",
 ]
 PARTIALS = [
     "/admin/partials/stats",
@@ -31,11 +34,14 @@ PARTIALS = [
     "/admin/partials/operations/1/row",
     "/admin/partials/operations/1/details",
     "/admin/partials/bulk-jobs/1",
+    "/admin/partials/audit",
 ]
 ACTIONS = [
     "/admin/operations/1/retry",
     "/admin/operations/1/resolve",
     "/admin/operations/1/cancel",
+    "/admin/operations/1/run-now",
+    "/admin/operations/1/reschedule",
     "/admin/operations/bulk",
     "/admin/bulk-jobs",
     "/admin/bulk-jobs/1/start",

@@ -104,12 +104,17 @@ class RecordingDoorbell:
 
     def __init__(self):
         self.rings: list[tuple[int, datetime | None]] = []
+        self.stamps: list[datetime | None] = []
 
-    def ring(self, operation_id, eta=None):
+    def ring(self, operation_id, eta=None, stamp=None):
         self.rings.append((operation_id, eta))
+        self.stamps.append(stamp)
 
     def depth(self):
         return {"pending": len(self.rings), "scheduled": 0}
+
+    def oldest_waiting(self):
+        return None  # rings are recorded, not queued: nothing waits
 
     def ids(self) -> list[int]:
         return [operation_id for operation_id, _ in self.rings]

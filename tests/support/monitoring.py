@@ -6,6 +6,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import insert, select
 
+from tests.support.reads import detached
 from webapp.domain.errors import PermanentError, TransientError
 from webapp.domain.retry import RetryPolicy
 from webapp.extensions import db
@@ -63,10 +64,7 @@ def alerts(type_: str | None = None) -> list[Alert]:
     query = select(Alert).order_by(Alert.id)
     if type_:
         query = query.where(Alert.type == type_)
-    rows = db.session.execute(query).scalars().all()
-    db.session.expunge_all()
-    db.session.rollback()
-    return rows
+    return detached(lambda: db.session.execute(query).scalars().all())
 
 
 def deliver_all(when: datetime) -> list:

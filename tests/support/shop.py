@@ -32,7 +32,7 @@ def add_product(sku="lead-acme", kind="lead", price=2500, credits=0, name=None, 
         kind=kind,
         price_cents=price,
         currency="usd",
-        credits_granted=credits,
+        credit_cents_granted=credits,
         active=active,
     )
     return _saved(product)

@@ -49,7 +49,10 @@ class _Handler:
         message = message_from_bytes(envelope.content, policy=default_policy)
         tls = session.ssl is not None or server.transport.get_extra_info("ssl_object") is not None
         login = session.auth_data.login.decode() if session.authenticated and session.auth_data else None
-        self.server._record(Received(envelope.mail_from, tuple(envelope.rcpt_tos), message, tls, login))
+        received = Received(envelope.mail_from, tuple(envelope.rcpt_tos), message, tls, login)
+        self.server._record(received)
+        if self.server.on_accept is not None:
+            self.server.on_accept(received)  # before the client hears "250": a test's fault injection
         return "250 2.0.0 OK queued as " + f"Q{len(self.server.messages):05d}"
 
 
@@ -64,6 +67,8 @@ class SmtpServer:
         self.messages: list[Received] = []
         # Message-ID of every message offered with DATA, whatever the answer was.
         self.offered: list[str] = []
+        # Called with each accepted message just before the client is told it was accepted.
+        self.on_accept = None
         self._lock = threading.Lock()
         self._release = threading.Event()
         self._controller = _EphemeralController(_Handler(self), hostname=self.host, port=0, **controller_options)

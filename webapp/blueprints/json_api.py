@@ -6,11 +6,25 @@ Errors answer ``{"error": <stable code>, "message": <human text>}`` (plus extra 
 
 from __future__ import annotations
 
+import json
+
 from flask import Request, Response, jsonify
 
+from webapp.domain.text import LONE_SURROGATE, find_lone_surrogate
 from webapp.domain.time import iso
 
-__all__ = ["ALL_METHODS", "ApiError", "bearer_challenge", "bearer_token", "error_body", "error_response", "iso"]
+__all__ = [
+    "ALL_METHODS",
+    "ApiError",
+    "BadText",
+    "MalformedJson",
+    "bearer_challenge",
+    "bearer_token",
+    "error_body",
+    "error_response",
+    "iso",
+    "parse_json_object",
+]
 
 # Routes that take every method answer a wrong one themselves, so that 405s stay JSON.
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -50,3 +64,34 @@ def bearer_token(request: Request) -> str | None:
 def bearer_challenge(realm: str) -> str:
     """The ``WWW-Authenticate`` value a 401 answers with."""
     return f'Bearer realm="{realm}"'
+
+
+class MalformedJson(ValueError):
+    """A body that is not a usable JSON object (each API answers it with its own 400 code)."""
+
+
+class BadText(MalformedJson):
+    """A JSON object with a string that is not valid Unicode; ``field`` is its path (``filters.q``)."""
+
+    def __init__(self, field: str):
+        super().__init__(f"{field} {LONE_SURROGATE}")
+        self.field = field
+
+
+def parse_json_object(raw: bytes) -> dict:
+    """The one JSON body parser of every API: the object in ``raw``, or :class:`MalformedJson`.
+
+    Not UTF-8, not JSON, nested too deeply for the decoder (``RecursionError``) or not an
+    object: ``MalformedJson``. A key or string holding a lone surrogate (``"\\ud800"``, which
+    JSON allows and UTF-8 cannot encode): :class:`BadText` naming the field.
+    """
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: absurd nesting
+        raise MalformedJson("the body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise MalformedJson("the body must be a JSON object")
+    field = find_lone_surrogate(data)
+    if field is not None:
+        raise BadText(field)
+    return data

@@ -13,6 +13,7 @@ from webapp.cli import admins, demo, dev, engine, maintenance, products, stripe,
 COMMANDS = (
     dev.dev,
     admins.create_admin,
+    admins.set_password,
     demo.demo_data_command,
     engine.reconcile_command,
     maintenance.refingerprint_command,

@@ -74,8 +74,10 @@ def dev(host: str, port: int, smtp_port: int, demo: bool):
         fg="green",
     )
     exit_code = 0
-    # SIGTERM or a closed terminal must stop the children too, exactly like Ctrl+C.
-    for stop_signal in (signal.SIGTERM, signal.SIGHUP):
+    # SIGTERM or a closed terminal must stop the children too, exactly like Ctrl+C. SIGINT is
+    # set as well: a process started in the background by a shell inherits it ignored, and
+    # Python then installs no Ctrl+C handler of its own (``kill -INT`` did nothing).
+    for stop_signal in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(stop_signal, _raise_keyboard_interrupt)
     try:
         while True:
@@ -125,7 +127,7 @@ def _development_admin() -> tuple[str, str | None]:
         db.session.rollback()
         return _remembered_development_admin()  # only when it belongs to this database
     password = secrets.token_urlsafe(12)
-    admins.create_admin(DEV_ADMIN_EMAIL, password)
+    admins.create_admin(DEV_ADMIN_EMAIL, password, by="cli:dev")
     path = _dev_admin_file()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.touch(mode=0o600)

@@ -19,13 +19,17 @@ products_cli = AppGroup("products", help="The product catalogue: lead listings a
 @click.option("--price-cents", type=int, required=True)
 @click.option("--currency", default="usd", show_default=True)
 @click.option(
-    "--credits", "credits_granted", type=int, default=0, help="Credit cents a credit pack adds to the balance."
+    "--credit-cents",
+    "credit_cents_granted",
+    type=int,
+    default=0,
+    help="Cents of credit a credit pack adds to the buyer's balance (a $100 pack: 10000).",
 )
-def products_add(sku, name, kind, price_cents, currency, credits_granted):
+def products_add(sku, name, kind, price_cents, currency, credit_cents_granted):
     """Add a product."""
     try:
         product = catalogue.add_product(
-            sku, name, kind, price_cents, currency=currency, credits_granted=credits_granted
+            sku, name, kind, price_cents, currency=currency, credit_cents_granted=credit_cents_granted
         )
     except PaymentsError as exc:
         fail(f"cannot add product: {exc.message}")
@@ -40,7 +44,7 @@ def products_list(active_only):
     if not rows:
         click.echo("no products")
     for product in rows:
-        extra = f" grants {product.credits_granted}" if product.kind == "credits" else ""
+        extra = f" grants {product.credit_cents_granted} cents of credit" if product.kind == "credits" else ""
         state = "active" if product.active else "inactive"
         click.echo(
             f"{product.id:>4}  {product.sku:<24} {product.kind:<8} {product.price_cents:>8} "

@@ -5,8 +5,9 @@ from __future__ import annotations
 import click
 from flask.cli import AppGroup
 
-from webapp.cli.common import fail
+from webapp.cli.common import cli_actor, fail
 from webapp.services.access import tokens
+from webapp.services.console import audit
 
 tokens_cli = AppGroup("tokens", help="Bearer tokens for the storefront and admin APIs.")
 
@@ -17,11 +18,21 @@ tokens_cli = AppGroup("tokens", help="Bearer tokens for the storefront and admin
 def tokens_create(scope, name):
     """Create a token; it is printed once and only its hash is kept."""
     try:
-        issued = tokens.create_token(name, scope)
+        issued = tokens.create_token(name, scope, before_commit=_record_creation)
     except tokens.TokenError as exc:
         fail(str(exc))
     click.echo(f"token {issued.token.id} ({scope}, {issued.token.name}) created. Copy it now, it is not shown again:")
     click.echo(issued.raw)
+
+
+def _record_creation(token) -> None:
+    audit.record(
+        "token.create",
+        actor=cli_actor(),
+        target_type="api_token",
+        target_id=str(token.id),
+        details={"name": token.name, "scope": token.scope, "prefix": token.prefix},
+    )
 
 
 @tokens_cli.command("list")
@@ -41,7 +52,8 @@ def tokens_list():
 def tokens_revoke(token_id):
     """Revoke a token at once."""
     try:
-        tokens.revoke_token(token_id)
+        with audit.recorded("token.revoke", actor=cli_actor(), target_type="api_token", target_id=str(token_id)):
+            tokens.revoke_token(token_id)
     except tokens.TokenError as exc:
         fail(str(exc))
     click.echo(f"revoked token {token_id}")

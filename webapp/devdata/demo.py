@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from webapp.domain.fingerprints import fingerprint_of
 from webapp.domain.time import utcnow
 from webapp.extensions import db
-from webapp.models import Operation, OperationAttempt
+from webapp.models import AuditEntry, Operation, OperationAttempt
 from webapp.models.email import EmailLog
 from webapp.models.payments import Customer, Product, Purchase, StripeEvent
 
@@ -103,6 +103,7 @@ def fill(days: int = 7, seed: int = 7, now: datetime | None = None) -> dict:
     for _ in range(days * 6):
         builder.standalone_job()
     builder.scheduled()
+    builder.audit_trail()
     db.session.commit()
     return builder.counts
 
@@ -117,14 +118,24 @@ class _Builder:
         self.products: list[Product] = []
         self.sequence = 0
         self.attempts: list[OperationAttempt] = []
+        self.resolved: list[Operation] = []
 
     def customers_and_products(self) -> None:
         """A catalogue of four products and forty customers."""
         self.products = [
             Product(sku="lead-solar-ca", name="Solar lead, California", kind="lead", price_cents=4900),
             Product(sku="lead-roof-tx", name="Roofing lead, Texas", kind="lead", price_cents=3900),
-            Product(sku="credits-100", name="100 credits", kind="credits", price_cents=9000, credits_granted=100),
-            Product(sku="credits-500", name="500 credits", kind="credits", price_cents=40000, credits_granted=500),
+            # Credit is money: the $100 pack (sold for $90) adds 10000 cents to the balance.
+            Product(
+                sku="credits-100", name="$100 credit pack", kind="credits", price_cents=9000, credit_cents_granted=10000
+            ),
+            Product(
+                sku="credits-500",
+                name="$500 credit pack",
+                kind="credits",
+                price_cents=40000,
+                credit_cents_granted=50000,
+            ),
         ]
         db.session.add_all(self.products)
         for index in range(40):
@@ -188,6 +199,10 @@ class _Builder:
             purchase.status, purchase.fulfilment_status, purchase.completed_at = "pending", "pending", None
             return
         template = "lead_purchase_confirmation" if product.kind == "lead" else "credit_purchase_confirmation"
+        context = {"name": customer.name, "product": product.name}
+        if product.kind == "credits":  # the completion granted the pack's credits (as purchases.complete does)
+            customer.credit_balance_cents = (customer.credit_balance_cents or 0) + product.credit_cents_granted
+            context["credits_granted"] = product.credit_cents_granted
         email = self.operation(
             "email",
             f"email.{template}",
@@ -196,7 +211,7 @@ class _Builder:
                 "to": customer.email,
                 "template": template,
                 "purchase_id": purchase.id,
-                "context": {"name": customer.name, "product": product.name},
+                "context": context,
             },
             subject=f"purchase:{purchase.id}",
         )
@@ -307,8 +322,33 @@ class _Builder:
                 operation.resolved_at = operation.dead_at + timedelta(hours=1)
                 operation.resolved_by = "ops@example.com"
                 operation.resolution_note = "Customer contacted by support; nothing to resend."
+                self.resolved.append(operation)
         self.counts["operations"] += 1
         return operation
+
+    def audit_trail(self) -> None:
+        """The audit rows of the demo's resolutions, each after a log-in of its admin that day."""
+        db.session.flush()  # the operations' ids
+        days = set()
+        for operation in sorted(self.resolved, key=lambda op: op.resolved_at):
+            at, actor, address = min(operation.resolved_at, self.now), operation.resolved_by, "192.0.2.10"
+            if at.date() not in days:
+                days.add(at.date())
+                login_at = at - timedelta(minutes=self.rng.randint(2, 30))
+                db.session.add(
+                    AuditEntry(created_at=login_at, actor=actor, action="login", target_type="admin", address=address)
+                )
+            db.session.add(
+                AuditEntry(
+                    created_at=at,
+                    actor=actor,
+                    action="operation.resolve",
+                    target_type="operation",
+                    target_id=str(operation.id),
+                    note=operation.resolution_note,
+                    address=address,
+                )
+            )
 
     def email_log(self, operation: Operation, purchase: Purchase, customer: Customer, template: str) -> None:
         """One email-log row per attempt of the operation just made, as the email worker writes them."""

@@ -1,10 +1,10 @@
-"""Email delivery records: the per-try email log, provider circuit breakers, rate-limit slots."""
+"""Email delivery records: the per-try email log, provider circuit breakers, rate-limit state."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, String, Text
+from sqlalchemy import BigInteger, ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from webapp.domain.time import utcnow
@@ -53,18 +53,16 @@ class EmailProviderCircuit(db.Model):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class EmailRateSlot(db.Model):
-    """One of a scope's N send slots; a slot is free once its last use is a window old.
+class EmailRateLimit(db.Model):
+    """A send scope's rate-limit state: one row per scope, whatever its limit (GCRA).
 
-    A scope with N slots can never send more than N emails in any window, and taking a slot
-    is a conditional UPDATE, so concurrent workers cannot both take the same one.
+    ``tat_us`` is the scope's theoretical arrival time in microseconds since the Unix epoch
+    (integers, so one portable UPDATE can do the arithmetic): a send is allowed while it is at
+    most ``(limit - 1) * interval`` ahead of now, and each allowed send pushes it one interval on.
     """
 
-    __tablename__ = "email_rate_slots"
+    __tablename__ = "email_rate_limits"
 
     # "global", or "to:" + a hash of the lower-cased recipient address (no addresses stored here).
     scope: Mapped[str] = mapped_column(String(80), primary_key=True)
-    slot: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
-    used_at: Mapped[datetime]
-
-    __table_args__ = (Index("ix_email_rate_slots_used_at", "used_at"),)
+    tat_us: Mapped[int] = mapped_column(BigInteger)

@@ -1,4 +1,4 @@
-"""Periodic jobs: a database lease so one runs at a time, and a heartbeat to prove it runs."""
+"""Periodic jobs (a database lease so one runs at a time, and a heartbeat to prove it) and consumer heartbeats."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from sqlalchemy import Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from webapp.extensions import db
-from webapp.models.types import BigId
+from webapp.models.types import BigId, JsonDocument
 
 
 class PeriodicJob(db.Model):
@@ -45,3 +45,28 @@ class JobRun(db.Model):
     error: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (Index("ix_job_runs_job_name_started_at", "job_name", "started_at"),)
+
+
+class ConsumerBeat(db.Model):
+    """One consumer process's heartbeat: who it is, since when, and what it is running now.
+
+    ``identity`` is ``host:pid``, the prefix of the ``host:pid:thread`` worker identity that
+    attempts and leases record, so a consumer's running operations are those attempts.
+    """
+
+    __tablename__ = "consumers"
+
+    identity: Mapped[str] = mapped_column(String(120), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int]
+    threads: Mapped[int]
+    # Whether this consumer runs the periodic jobs (None: not known, e.g. a plain huey_consumer).
+    scheduler: Mapped[bool | None]
+    started_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]
+    # Set when the consumer stopped cleanly; a consumer with neither this nor a recent beat is lost.
+    stopped_at: Mapped[datetime | None]
+    # [{"operation_id", "name", "attempt", "worker", "started_at"}] at the last beat.
+    running: Mapped[list] = mapped_column(JsonDocument, default=list)
+
+    __table_args__ = (Index("ix_consumers_last_seen_at", "last_seen_at"),)

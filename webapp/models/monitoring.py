@@ -22,6 +22,8 @@ ALERT_TYPES = (
     "job_stale",
     "system_health",
     "daily_report",
+    "backlog",
+    "attempts",
 )
 
 
@@ -81,3 +83,37 @@ class MetricRollup(db.Model):
     # A histogram bucket's upper bound ("0.1", "+Inf"), or "" for plain counters.
     label: Mapped[str] = mapped_column(String(40), primary_key=True)
     value: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class OperationHourRollup(db.Model):
+    """One hour's console counts per operation kind and name, rebuilt by the checks job.
+
+    Three clocks share the row: ``created*`` count operations created in the hour (by their
+    current state, for the per-name breakdown); ``succeeded*`` / ``dead*`` count operations
+    whose terminal time falls in the hour (the health cards); ``attempts_*`` count attempts
+    started in the hour (the trend) and live on the ``("*", "*")`` row. ``computed_at`` says
+    how fresh the hour is: a later outcome of an operation created in it shows on the next
+    rebuild of that hour.
+    """
+
+    __tablename__ = "operation_hour_rollups"
+
+    hour: Mapped[datetime] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20), primary_key=True)
+    name: Mapped[str] = mapped_column(String(120), primary_key=True)
+    created: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_succeeded: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_failed: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_dead: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_attempts: Mapped[int] = mapped_column(BigInteger, default=0)
+    succeeded: Mapped[int] = mapped_column(BigInteger, default=0)
+    succeeded_retried: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Sum over retried successes of (success - latest (re)queue), seconds: the avg card's numerator.
+    retried_success_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    dead: Mapped[int] = mapped_column(BigInteger, default=0)
+    dead_retried: Mapped[int] = mapped_column(BigInteger, default=0)
+    attempts_succeeded: Mapped[int] = mapped_column(BigInteger, default=0)
+    attempts_failed: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Sum of the attempts of operations that succeeded or died in the hour: the avg-attempts card.
+    finished_attempts: Mapped[int] = mapped_column(BigInteger, default=0)
+    computed_at: Mapped[datetime]

@@ -44,6 +44,10 @@ class Operation(db.Model):
     # the admin console's Issues view groups dead operations by it in SQL.
     error_fingerprint: Mapped[str | None] = mapped_column(String(16))
 
+    # What the handler reported doing, e.g. {"already_completed": true} (webapp/domain/results.py
+    # bounds it), written by the UPDATE that records success.
+    result: Mapped[dict | None] = mapped_column(JsonDocument)
+
     succeeded_at: Mapped[datetime | None]
     dead_at: Mapped[datetime | None]
     cancelled_at: Mapped[datetime | None]
@@ -65,13 +69,22 @@ class Operation(db.Model):
         # Claims and the reconciler's sweep of due work.
         Index("ix_operations_state_next_attempt_at", "state", "next_attempt_at"),
         # Recovery of running operations whose lease expired.
-        Index("ix_operations_state_lease_expires_at", "state", "lease_expires_at"),
+        # Only running operations hold a lease: the index skips every other row.
+        Index(
+            "ix_operations_state_lease_expires_at",
+            "state",
+            "lease_expires_at",
+            sqlite_where=text("lease_expires_at IS NOT NULL"),
+            postgresql_where=text("lease_expires_at IS NOT NULL"),
+        ),
         # Dead-letter pages: by kind and date, unresolved first.
         Index("ix_operations_kind_created_at", "kind", "created_at"),
         Index("ix_operations_state_resolved_at_dead_at", "state", "resolved_at", "dead_at"),
         Index("ix_operations_name_state", "name", "state"),
         Index("ix_operations_subject", "subject"),
-        Index("ix_operations_updated_at", "updated_at"),
+        # The operations explorer lists newest first within a state or a name (keyset on created_at, id).
+        Index("ix_operations_state_created_at_id", "state", "created_at", "id"),
+        Index("ix_operations_name_created_at_id", "name", "created_at", "id"),
     )
 
     @property

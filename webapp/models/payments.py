@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Index, String, Text
+from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Index, String, Text, func
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from webapp.domain.time import utcnow
@@ -27,6 +27,8 @@ class Customer(db.Model):
     email: Mapped[str] = mapped_column(String(255), unique=True)
     name: Mapped[str] = mapped_column(String(200))
     credit_balance_cents: Mapped[int] = mapped_column(default=0)
+    # The storefront that created it (its API token's name; rows from before 0009: NULL, any storefront).
+    storefront: Mapped[str | None] = mapped_column(String(120))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (CheckConstraint("credit_balance_cents >= 0", name="credit_balance_nonnegative"),)
@@ -35,8 +37,19 @@ class Customer(db.Model):
         return f"<Customer {self.id} {self.email}>"
 
 
+# The console's case-insensitive prefix search (services/console/customers.py): expression
+# indexes on both databases; on PostgreSQL migration 0014 builds them ``COLLATE "C"``, so a
+# prefix is a plain byte range whatever the database's collation.
+Index("ix_customers_email_lower", func.lower(Customer.email))
+Index("ix_customers_name_lower", func.lower(Customer.name))
+
+
 class Product(db.Model):
-    """A catalogue entry: a lead listing or a credit pack (which grants ``credits_granted``)."""
+    """A catalogue entry: a lead listing or a credit pack.
+
+    Every amount is in cents of ``currency``: a pack costs ``price_cents`` and adds
+    ``credit_cents_granted`` cents to the buyer's ``credit_balance_cents`` (a $100 pack grants 10000).
+    """
 
     __tablename__ = "products"
 
@@ -46,14 +59,14 @@ class Product(db.Model):
     kind: Mapped[str] = mapped_column(String(20))  # lead | credits
     price_cents: Mapped[int]
     currency: Mapped[str] = mapped_column(String(3), default="usd")
-    credits_granted: Mapped[int] = mapped_column(default=0)
+    credit_cents_granted: Mapped[int] = mapped_column(default=0)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (
         CheckConstraint("kind IN ('lead', 'credits')", name="kind_known"),
         CheckConstraint("price_cents >= 0", name="price_nonnegative"),
-        CheckConstraint("credits_granted >= 0", name="credits_nonnegative"),
+        CheckConstraint("credit_cents_granted >= 0", name="credits_nonnegative"),
     )
 
     def __repr__(self) -> str:
@@ -86,6 +99,8 @@ class Purchase(db.Model):
     # "<api token id>:<Idempotency-Key>" of the request that made it: a repeat after a lost
     # answer finds this purchase instead of buying again (even if the key's record was lost).
     request_key: Mapped[str | None] = mapped_column(String(300))
+    # The storefront that made it: only tokens of that name may read it (NULL: from before 0009).
+    storefront: Mapped[str | None] = mapped_column(String(120))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -127,11 +142,38 @@ class StripeEvent(db.Model):
         # Not unique: Stripe may send distinct events for one object and type.
         Index("ix_stripe_events_object_id_type", "object_id", "type"),
         Index("ix_stripe_events_received_at", "received_at"),
-        Index("ix_stripe_events_processing_state", "processing_state"),
+        # The console's event log filtered by state or by type, newest first.
+        Index("ix_stripe_events_processing_state_received_at", "processing_state", "received_at"),
+        Index("ix_stripe_events_type_received_at", "type", "received_at"),
     )
 
     def __repr__(self) -> str:
         return f"<StripeEvent {self.id} {self.type} {self.processing_state}>"
+
+
+class StripeEventReplay(db.Model):
+    """An admin's replay of a stored Stripe event: the new processing operation it created.
+
+    The intake's own operation stays on ``StripeEvent.operation_id``; replays are listed here,
+    so every operation an event caused is one indexed lookup by ``event_id``.
+    """
+
+    __tablename__ = "stripe_event_replays"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(255), ForeignKey("stripe_events.id", ondelete="CASCADE"))
+    # 1, 2, ... per event: part of the replay operation's idempotency key.
+    number: Mapped[int]
+    # SET NULL: retention may delete the operation; the replay's record stays.
+    operation_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("operations.id", ondelete="SET NULL"))
+    requested_by: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (
+        Index("uq_stripe_event_replays_event_id_number", "event_id", "number", unique=True),
+        # Retention's DELETE of operations sets this NULL: without an index each deleted row scans the table.
+        Index("ix_stripe_event_replays_operation_id", "operation_id"),
+    )
 
 
 class WebhookRejection(db.Model):

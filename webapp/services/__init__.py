@@ -15,7 +15,7 @@ from webapp.services.console import bulk
 from webapp.services.engine import reconciler
 from webapp.services.engine.registry import import_handler_modules
 from webapp.services.maintenance import cleanup, requeue
-from webapp.services.monitoring import alerts, checks
+from webapp.services.monitoring import alerts, channels, checks
 from webapp.services.payments import fulfilment
 
 # Imported for what importing them registers; email and payments are also configured by init_app.
@@ -25,6 +25,7 @@ REGISTERING_MODULES = (
     fulfilment,  # outcome listener: a purchase's fulfilment status follows its confirmation email
     bulk,  # handler admin.bulk_retry
     alerts,  # handler alert.slack; outcome listener: an alert for every dead letter
+    channels,  # handlers alert.email and alert.webhook
     reconciler,  # periodic job reconciler
     requeue,  # periodic job auto_requeue
     cleanup,  # periodic job cleanup

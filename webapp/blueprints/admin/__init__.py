@@ -5,7 +5,7 @@ state-changing request outside ``/api/`` and ``/webhooks/`` (those use bearer to
 signatures), and a session cookie marked Secure whenever the request came over HTTPS.
 """
 
-from webapp.blueprints.admin import auth, views  # noqa: F401  (importing the route modules registers their routes on bp)
+from webapp.blueprints.admin import auth, customers, views  # noqa: F401  (importing the route modules registers their routes on bp)
 from webapp.blueprints.admin.blueprint import bp, root
 
 __all__ = ["bp", "root"]

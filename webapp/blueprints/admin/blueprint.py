@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Flask, redirect, render_template, request, url_for
+from datetime import timedelta
+
+from flask import Blueprint, Flask, current_app, redirect, render_template, request, session, url_for
 from flask.sessions import SecureCookieSessionInterface
 from flask_login import LoginManager
 from flask_wtf.csrf import CSRFError, CSRFProtect
 
 from webapp.blueprints.json_api import error_response
-from webapp.services.console import admins
+from webapp.services.console import sessions
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 root = Blueprint("root", __name__)
@@ -19,8 +21,18 @@ CSRF_EXEMPT_PREFIXES = ("/api/", "/webhooks/")
 PARTIAL_PREFIX = "/admin/partials/"
 
 
+# Routes authenticated by a signature, never by a browser session: no session is opened for them.
+SESSIONLESS_PREFIXES = ("/webhooks/",)
+
+
 class SessionInterface(SecureCookieSessionInterface):
     """Flask's signed-cookie sessions, Secure over HTTPS even when the config does not force it."""
+
+    def open_session(self, app: Flask, request):
+        """The browser's session, or none at all (Flask's null session) on a signature-authenticated route."""
+        if request.path.startswith(SESSIONLESS_PREFIXES):
+            return None  # Flask falls back to a null session, which it never saves
+        return super().open_session(app, request)
 
     def get_cookie_secure(self, app: Flask) -> bool:
         """Secure when configured, or when this request arrived over HTTPS."""
@@ -49,9 +61,19 @@ def _csrf_guard():
     return None
 
 
+SESSION_KEY = "admin_session"
+
+
 @login_manager.user_loader
 def _load_user(user_id: str):
-    return admins.load_admin(user_id)
+    """The admin of this browser's server-side session, if it is still live and theirs."""
+    config = current_app.config
+    user = sessions.resolve(
+        session.get(SESSION_KEY),
+        idle=timedelta(minutes=config["ADMIN_SESSION_IDLE_MINUTES"]),
+        lifetime=timedelta(hours=config["ADMIN_SESSION_MAX_HOURS"]),
+    )
+    return user if user is not None and user.get_id() == user_id else None
 
 
 @login_manager.unauthorized_handler

@@ -7,7 +7,7 @@ from werkzeug.exceptions import HTTPException
 
 from webapp.blueprints.json_api import ApiError, bearer_challenge, bearer_token, error_response
 from webapp.services.access import tokens
-from webapp.services.engine.operations import NoteTooLong
+from webapp.services.engine.operations import InvalidNote
 
 bp = Blueprint("admin_api", __name__, url_prefix="/api/admin")
 
@@ -40,8 +40,8 @@ def _api_error(error: ApiError):
     return _error(error.status, error.code, error.message, **error.extra)
 
 
-@bp.errorhandler(NoteTooLong)
-def _note_too_long(error: NoteTooLong):
+@bp.errorhandler(InvalidNote)
+def _note_too_long(error: InvalidNote):
     return _error(400, "invalid_note", str(error))
 
 

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime
 
 from flask import current_app, g, jsonify, request
 
 from webapp.blueprints.admin_api.blueprint import bp
-from webapp.blueprints.json_api import ApiError, iso
-from webapp.domain.time import utcnow
-from webapp.services.console import bulk, failures
+from webapp.blueprints.json_api import ApiError, BadText, MalformedJson, iso, parse_json_object
+from webapp.domain.time import as_naive_utc, utcnow
+from webapp.services.console import audit, bulk, explorer, failures
 from webapp.services.console.export import operation_record
 from webapp.services.console.filters import MAX_ID, FilterError, Filters, parse_filters
 from webapp.services.engine import operations, pauses
-from webapp.services.monitoring import health_page
+from webapp.services.monitoring import health_page, liveness
 
 MAX_LIMIT = 500
 # Ids in URLs: integers that fit the BIGINT columns (a larger one is a 404, not a database error).
@@ -24,9 +25,36 @@ def _actor() -> str:
     return f"token:{g.api_token.name}"
 
 
-def _filters(args) -> Filters:
+def _address() -> str:
+    """The client address for the audit log: the log-in throttle's source (proxies per TRUSTED_PROXY_COUNT)."""
+    return request.remote_addr or "unknown"
+
+
+def _attempts(body: dict) -> int:
+    """The body's ``attempts`` (more attempts a retry grants): 1 when absent, else an integer from 1 to 20."""
+    attempts = body.get("attempts", 1)
     try:
-        return parse_filters(args)
+        return operations.checked_attempts(attempts)
+    except operations.InvalidArgument as exc:
+        raise ApiError(400, "invalid_attempts", str(exc), field="attempts") from None
+
+
+def _run_at(body: dict) -> datetime:
+    """The body's ``run_at``: an ISO 8601 date-time (UTC when it names no zone); 400 ``invalid_run_at`` otherwise."""
+    raw = body.get("run_at")
+    if not isinstance(raw, str) or not raw.strip():
+        raise ApiError(400, "invalid_run_at", "run_at must be an ISO 8601 date-time string", field="run_at")
+    try:
+        return as_naive_utc(datetime.fromisoformat(raw.strip()[:40].replace("Z", "+00:00")))
+    except (ValueError, OverflowError):
+        raise ApiError(
+            400, "invalid_run_at", f"run_at is not an ISO 8601 date-time: {raw[:40]!r}", field="run_at"
+        ) from None
+
+
+def _filters(args, *, explorer: bool | None = False) -> Filters:
+    try:
+        return parse_filters(args, explorer=explorer)
     except FilterError as exc:
         raise ApiError(400, "invalid_filter", str(exc)) from None
 
@@ -39,12 +67,16 @@ def _limit(default: int = 50) -> int:
 
 
 def _json_body() -> dict:
-    if not request.data:
+    """The body's JSON object (``{}`` when empty); 400 ``invalid_json``, naming the field if one is bad."""
+    raw = request.get_data(cache=False)
+    if not raw:
         return {}
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise ApiError(400, "invalid_json", "the request body must be a JSON object")
-    return body
+    try:
+        return parse_json_object(raw)
+    except BadText as exc:
+        raise ApiError(400, "invalid_json", str(exc), field=exc.field) from None
+    except MalformedJson as exc:
+        raise ApiError(400, "invalid_json", str(exc)) from None
 
 
 def _note(body: dict) -> str:
@@ -61,6 +93,9 @@ def _operation_json(operation_id: int) -> dict:
         raise ApiError(404, "not_found", f"operation {operation_id} does not exist")
     record = operation_record(detail["operation"], iso)
     record["error_stack"] = detail["operation"].error_stack
+    record["result"] = detail["operation"].result
+    # Every admin action on it, oldest first: a resolve never hides the retry before it.
+    record["admin_actions"] = [audit.entry_record(entry) for entry in audit.entries_for("operation", str(operation_id))]
     record["attempts_log"] = [
         {
             "number": a.number,
@@ -88,30 +123,34 @@ def _operation_json(operation_id: int) -> dict:
     record["customer"] = (
         None if customer is None else {"id": customer.id, "email": customer.email, "name": customer.name}
     )
-    record["email_log"] = [
-        {
-            "created_at": iso(e.created_at),
-            "to": e.to_address,
-            "template": e.template,
-            "provider": e.provider,
-            "status": e.status,
-            "provider_message_id": e.provider_message_id,
-            "error": e.error,
-        }
-        for e in detail["emails"]
-    ]
+    record["email_log"] = [email_log_json(e) for e in detail["emails"]]
     return record
+
+
+def email_log_json(entry) -> dict:
+    """One email-log row as the admin API shows it."""
+    return {
+        "created_at": iso(entry.created_at),
+        "to": entry.to_address,
+        "template": entry.template,
+        "provider": entry.provider,
+        "status": entry.status,
+        "provider_message_id": entry.provider_message_id,
+        "error": entry.error,
+    }
 
 
 def _job_json(job) -> dict:
     return {
         "id": job.id,
         "action": job.action,
+        "params": job.params,
         "state": job.state,
         "filters": Filters.from_json(job.filters or {}).to_json(),
         "total": job.total,
         "processed": job.processed,
-        "retried": job.succeeded,
+        "retried": job.succeeded if job.action == "retry" else 0,
+        "changed": job.succeeded,
         "skipped": job.skipped,
         "cancel_requested": job.cancel_requested,
         "operation_id": job.operation_id,
@@ -127,14 +166,19 @@ def _job_json(job) -> dict:
 
 @bp.get("/operations")
 def list_operations():
-    """Operations matching the console's filters, keyset-paginated (``cursor`` from the last page)."""
-    filters = _filters(request.args)
+    """Operations matching the console's filters, keyset-paginated (``cursor`` from the last page).
+
+    With ``state`` (any state, or empty for every state) or ``search``, the explorer's filters and
+    search, newest created first; otherwise the failed-operations page's ``status`` (dead letters).
+    """
+    filters = _filters(request.args, explorer=None)
     try:
         page = failures.list_operations(filters, cursor=request.args.get("cursor"), limit=_limit())
     except FilterError as exc:
-        raise ApiError(400, "invalid_cursor", str(exc)) from None
+        code = "invalid_cursor" if request.args.get("cursor") and "cursor" in str(exc) else "invalid_filter"
+        raise ApiError(400, code, str(exc)) from None
     return jsonify(
-        operations=[operation_record(op, iso) for op in page.rows],
+        operations=[{**operation_record(op, iso), "result": op.result} for op in page.rows],
         next_cursor=page.next_cursor,
         filters=filters.to_json(),
     )
@@ -142,13 +186,34 @@ def list_operations():
 
 @bp.get(f"/operations/<{ID}:operation_id>")
 def get_operation(operation_id: int):
-    """One operation with its attempts, related purchase, customer and email log."""
-    return jsonify(_operation_json(operation_id))
+    """One operation with its attempts, result, related purchase, customer and email log, the other
+    operations about its subject and the Stripe events behind them (the explorer's permalink as JSON)."""
+    record = _operation_json(operation_id)
+    operation = failures.get_operations([operation_id])[0]
+    related = explorer.related_operations(operation)
+    record["related_operations"] = [
+        {"id": op.id, "name": op.name, "state": op.state, "created_at": iso(op.created_at)} for op in related
+    ]
+    record["stripe_events"] = [
+        {**event, "received_at": iso(event["received_at"])} for event in explorer.stripe_events(operation, related)
+    ]
+    return jsonify(record)
 
 
-def _act(operation_id: int, action):
+def _act(operation_id: int, action, audited: str, **fields):
+    """Do ``action`` on one operation, recorded in the audit log as ``audited``; the operation after it."""
     try:
-        action()
+        with audit.recorded(
+            audited,
+            actor=_actor(),
+            target_type="operation",
+            target_id=str(operation_id),
+            address=_address(),
+            **fields,
+        ):
+            action()
+    except operations.InvalidArgument as exc:
+        raise ApiError(400, "invalid_run_at", str(exc), field="run_at") from None
     except operations.OperationNotFound as exc:
         raise ApiError(404, "not_found", str(exc)) from None
     except operations.OperationError as exc:
@@ -158,37 +223,93 @@ def _act(operation_id: int, action):
 
 @bp.post(f"/operations/<{ID}:operation_id>/retry")
 def retry(operation_id: int):
-    """Retry a dead operation."""
-    return _act(operation_id, lambda: operations.retry_dead(operation_id, by=_actor()))
+    """Retry a dead operation; body ``{"attempts": N}`` (optional, 1 to 20) grants N more attempts."""
+    attempts = _attempts(_json_body())
+    return _act(
+        operation_id,
+        lambda: operations.retry_dead(operation_id, by=_actor(), extra_attempts=attempts),
+        "operation.retry",
+        details={"attempts": attempts},
+    )
 
 
 @bp.post(f"/operations/<{ID}:operation_id>/resolve")
 def resolve(operation_id: int):
     """Resolve a dead operation; body ``{"note": "..."}`` (a note over the limit is refused)."""
     note = _note(_json_body())
-    return _act(operation_id, lambda: operations.resolve(operation_id, by=_actor(), note=note))
+    return _act(
+        operation_id,
+        lambda: operations.resolve(operation_id, by=_actor(), note=note),
+        "operation.resolve",
+        note=operations.checked_note(note),
+    )
 
 
 @bp.post(f"/operations/<{ID}:operation_id>/cancel")
 def cancel(operation_id: int):
     """Cancel an operation that has not started."""
-    return _act(operation_id, lambda: operations.cancel(operation_id, by=_actor()))
+    return _act(operation_id, lambda: operations.cancel(operation_id, by=_actor()), "operation.cancel")
 
 
-@bp.post("/operations/bulk-retry")
-def bulk_retry():
-    """Snapshot the dead operations matching ``{"filters": {...}}`` now and retry them in the background."""
+@bp.post(f"/operations/<{ID}:operation_id>/run-now")
+def run_now(operation_id: int):
+    """Make a scheduled or retrying operation due now and ring the worker (409 in any other state)."""
+    return _act(operation_id, lambda: operations.run_now(operation_id), "operation.run_now")
+
+
+@bp.post(f"/operations/<{ID}:operation_id>/reschedule")
+def reschedule(operation_id: int):
+    """Move a scheduled or retrying operation to ``{"run_at": "<ISO time>"}`` (future, within a year)."""
+    run_at = _run_at(_json_body())
+    return _act(
+        operation_id,
+        lambda: operations.reschedule_waiting(operation_id, run_at),
+        "operation.reschedule",
+        details={"run_at": run_at},
+    )
+
+
+def _bulk(action: str):
+    """Snapshot the operations matching ``{"filters": {...}}`` now and do ``action`` to them in the background."""
     body = _json_body()
     raw = body.get("filters", {})
     if not isinstance(raw, dict):
         raise ApiError(400, "invalid_filter", "filters must be a JSON object")
     filters = _filters({key: str(value) for key, value in raw.items() if value is not None})
+    run_at = _run_at(body) if action == "reschedule" else None
     try:
-        job = bulk.create_draft(filters, by=_actor())
-        job = bulk.start(job.id, by=_actor()) if job.total else bulk.cancel(job.id)
+        job = bulk.create_draft(filters, by=_actor(), action=action, run_at=run_at)
+        if job.total:
+            job = bulk.start(job.id, by=_actor(), address=_address())
+        else:
+            job = bulk.cancel(job.id, by=_actor(), address=_address())
     except bulk.BulkError as exc:
         raise ApiError(400, "invalid_bulk", str(exc)) from None
     return jsonify(bulk_job=_job_json(job)), 202
+
+
+@bp.post("/operations/bulk-retry")
+def bulk_retry():
+    """Snapshot the dead operations matching ``{"filters": {...}}`` now and retry them in the background."""
+    return _bulk("retry")
+
+
+@bp.post("/operations/bulk-run-now")
+def bulk_run_now():
+    """Snapshot the waiting operations matching ``{"filters": {...}}`` (scheduled, retrying, due); run them now."""
+    return _bulk("run_now")
+
+
+@bp.post("/operations/bulk-reschedule")
+def bulk_reschedule():
+    """Snapshot the waiting operations matching ``{"filters": {...}}`` and move them to ``run_at``."""
+    return _bulk("reschedule")
+
+
+@bp.post("/operations/bulk-cancel")
+def bulk_cancel():
+    """Snapshot the waiting operations matching ``{"filters": {...}}`` and cancel them."""
+    return _bulk("cancel")
 
 
 @bp.get(f"/bulk-jobs/<{ID}:job_id>")
@@ -204,7 +325,7 @@ def bulk_job(job_id: int):
 def bulk_job_cancel(job_id: int):
     """Stop a bulk job after its current batch."""
     try:
-        return jsonify(bulk_job=_job_json(bulk.cancel(job_id)))
+        return jsonify(bulk_job=_job_json(bulk.cancel(job_id, by=_actor(), address=_address())))
     except bulk.BulkJobNotFound as exc:
         raise ApiError(404, "not_found", str(exc)) from None
     except bulk.BulkError as exc:
@@ -212,6 +333,20 @@ def bulk_job_cancel(job_id: int):
 
 
 # --- seed 003's views ---------------------------------------------------------------------
+
+
+@bp.get("/liveness")
+def liveness_details():
+    """/healthz in full: each part's error class, each job's heartbeat age, runs and last error."""
+    now = utcnow()
+    healthy, report = liveness.check(now, current_app.config)
+    return jsonify({"healthy": healthy, **report, "consumers": liveness.consumer_report(now, current_app.config)})
+
+
+@bp.get("/consumers")
+def consumers():
+    """Every consumer process: live, lost or stopped, with the operations it is running."""
+    return jsonify(liveness.consumer_report(utcnow(), current_app.config))
 
 
 @bp.get("/queue-health")
@@ -246,6 +381,8 @@ def recent_failures():
             "error_class": op.error_class,
             "error_message": op.error_message,
             "created_at": iso(op.created_at),
+            "run_at": iso(op.run_at),
+            "next_attempt_at": iso(op.next_attempt_at),
             "last_attempt_at": iso(op.last_attempt_at),
             "dead_at": iso(op.dead_at),
             "resolved_at": iso(op.resolved_at),
@@ -318,7 +455,10 @@ def pause(name: str):
     note = _note(_json_body())
     _find(name)
     try:
-        item = pauses.pause(name, _actor(), note)
+        with audit.recorded(
+            "pause", actor=_actor(), target_type="operation_name", target_id=name, note=note or None, address=_address()
+        ):
+            item = pauses.pause(name, _actor(), note)
     except pauses.PauseError as exc:
         raise ApiError(400, "invalid_pause", str(exc)) from None
     return jsonify(pause=_pause_json(item))
@@ -329,7 +469,35 @@ def resume(name: str):
     """Resume ``name``: its waiting operations are rung oldest first."""
     _find(name)
     try:
-        rung = pauses.resume(name, _actor())
+        with audit.recorded("resume", actor=_actor(), target_type="operation_name", target_id=name, address=_address()):
+            rung = pauses.resume(name, _actor())
     except pauses.PauseError as exc:
         raise ApiError(400, "invalid_pause", str(exc)) from None
     return jsonify(pause=_pause_json(_find(name)), rung=rung)
+
+
+# --- audit log ------------------------------------------------------------------------------
+
+
+def filtered_page(parse, list_page):
+    """The query's filters and one keyset page of what they match: 400 ``invalid_filter``, then
+    ``invalid_limit``, then ``invalid_cursor``, each naming the problem."""
+    try:
+        filters = parse(request.args)
+    except FilterError as exc:
+        raise ApiError(400, "invalid_filter", str(exc)) from None
+    limit = _limit()
+    try:
+        page = list_page(filters, cursor=request.args.get("cursor"), limit=limit)
+    except FilterError as exc:
+        raise ApiError(400, "invalid_cursor", str(exc)) from None
+    return filters, page
+
+
+@bp.get("/audit-log")
+def audit_log():
+    """Audit entries, newest first, filtered by ``action``, ``actor``, ``target`` (TYPE or TYPE:ID) and time."""
+    filters, page = filtered_page(audit.parse_audit_filters, audit.list_entries)
+    return jsonify(
+        entries=[audit.entry_record(e) for e in page.rows], next_cursor=page.next_cursor, filters=filters.to_json()
+    )

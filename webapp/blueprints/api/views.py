@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
-import json
 from functools import wraps
 
 from flask import current_app, g, jsonify, request
 
 from webapp.blueprints.api.blueprint import bp
-from webapp.blueprints.json_api import ALL_METHODS, ApiError, bearer_token, error_body, iso
+from webapp.blueprints.json_api import (
+    ALL_METHODS,
+    ApiError,
+    BadText,
+    MalformedJson,
+    bearer_token,
+    error_body,
+    iso,
+    parse_json_object,
+)
+from webapp.domain.text import LONE_SURROGATE
 from webapp.services.access import idempotency, tokens
 from webapp.services.payments import checkout, customers, purchases
-from webapp.services.payments.errors import CheckoutFailed
+from webapp.services.payments.errors import CHECKOUT_FAILED_MESSAGE, CheckoutFailed, NotFound, ValidationFailed
 
 SCOPE = "storefront"
 
@@ -60,12 +69,11 @@ def json_body() -> tuple[dict, bytes]:
     if len(raw) > limit:
         raise ApiError(413, "payload_too_large", f"the body is larger than {limit} bytes")
     try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: absurd nesting
-        raise ApiError(400, "malformed_json", "the body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "malformed_json", "the body must be a JSON object")
-    return data, raw
+        return parse_json_object(raw), raw
+    except BadText as exc:
+        raise ValidationFailed({exc.field: LONE_SURROGATE}) from None
+    except MalformedJson as exc:
+        raise ApiError(400, "malformed_json", str(exc)) from None
 
 
 @bp.route("/api/customers", methods=ALL_METHODS)
@@ -78,7 +86,7 @@ def create_customer():
 
 
 def _customer(data: dict) -> tuple[int, dict]:
-    customer = customers.create_customer(data)
+    customer = customers.create_customer(data, storefront=g.api_token.name)
     return 201, {
         "id": customer.id,
         "email": customer.email,
@@ -129,7 +137,8 @@ def _run_recorded(run) -> tuple[int, dict]:
     try:
         return run()
     except CheckoutFailed as exc:
-        return 502, error_body(exc.code, exc.message, purchase_id=exc.purchase_id)
+        # The reason is logged and kept on the purchase; the client gets no SDK text.
+        return 502, error_body(exc.code, CHECKOUT_FAILED_MESSAGE, purchase_id=exc.purchase_id)
 
 
 def _request_key() -> str | None:
@@ -139,7 +148,7 @@ def _request_key() -> str | None:
 
 
 def _purchase(data: dict, request_key: str | None) -> tuple[int, dict]:
-    request_ = purchases.check_purchase_input(data)
+    request_ = purchases.check_purchase_input(data, storefront=g.api_token.name)
     if request_.payment_method == "credits":
         purchase = purchases.buy_with_credits(request_, request_key=request_key)
     else:
@@ -157,5 +166,7 @@ def get_purchase(purchase_id: str):
     if not (purchase_id.isascii() and purchase_id.isdigit()) or len(purchase_id) > 15:
         raise ApiError(404, "not_found", f"purchase {purchase_id[:40]!r} does not exist")
     purchase = purchases.get_purchase(int(purchase_id))
+    if not purchases.visible_to(purchase, g.api_token.name):  # another storefront's: as if it did not exist
+        raise NotFound(f"purchase {purchase_id} does not exist")
     sku = purchases.product_sku(purchase.product_id)
     return jsonify(purchases.describe(purchase, sku)), 200

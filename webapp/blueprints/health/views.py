@@ -9,6 +9,6 @@ from webapp.services.monitoring import liveness
 
 @bp.get("/healthz")
 def healthz():
-    """200 when the database answers and every periodic job beat recently, else 503."""
+    """200 when the database answers and every periodic job beat recently, else 503 (details: admins only)."""
     healthy, report = liveness.check(utcnow(), current_app.config)
-    return jsonify(report), (200 if healthy else 503)
+    return jsonify(liveness.public_view(report)), (200 if healthy else 503)

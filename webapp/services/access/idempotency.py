@@ -10,6 +10,7 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from flask import current_app
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -18,8 +19,6 @@ from webapp.extensions import db
 from webapp.models import IdempotencyRecord
 
 MAX_KEY_LENGTH = 255
-# A reservation with no answer after this long belongs to a request that died mid-way.
-ABANDONED_AFTER = timedelta(minutes=2)
 
 
 class IdempotencyError(Exception):
@@ -93,7 +92,7 @@ def reserve(token_id: int, key: str, request_fingerprint: str, *, now: datetime 
             )
         if existing.response_status is not None:
             return Reservation(replay_status=existing.response_status, replay_body=existing.response_body)
-        if now - existing.created_at < ABANDONED_AFTER or not _take_over(existing.id, existing.created_at, now):
+        if now - existing.created_at < _abandoned_after() or not _take_over(existing.id, existing.created_at, now):
             raise IdempotencyError(
                 "idempotency_key_in_progress", 409, "a request with this Idempotency-Key is still being processed"
             )
@@ -101,6 +100,12 @@ def reserve(token_id: int, key: str, request_fingerprint: str, *, now: datetime 
     raise IdempotencyError(
         "idempotency_key_in_progress", 409, "a request with this Idempotency-Key is still being processed"
     )
+
+
+def _abandoned_after() -> timedelta:
+    """How old an unanswered reservation must be to belong to a request that died mid-way
+    (``IDEMPOTENCY_ABANDONED_AFTER_SECONDS``)."""
+    return timedelta(seconds=current_app.config["IDEMPOTENCY_ABANDONED_AFTER_SECONDS"])
 
 
 def _take_over(record_id: int, seen_created_at: datetime, now: datetime) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -38,8 +39,14 @@ def hash_token(raw: str) -> str:
     return hashlib.sha256(raw.encode("utf-8")).hexdigest()
 
 
-def create_token(name: str, scope: str, *, now: datetime | None = None) -> IssuedToken:
-    """Create and commit a token; the raw value is returned once and never stored."""
+def create_token(
+    name: str, scope: str, *, now: datetime | None = None, before_commit: Callable[[ApiToken], None] | None = None
+) -> IssuedToken:
+    """Create and commit a token; the raw value is returned once and never stored.
+
+    ``before_commit(token)`` runs with the new row's id known and the transaction still open
+    (the CLI records it in the audit log, so the token and its audit row commit together).
+    """
     if scope not in TOKEN_SCOPES:
         raise TokenError(f"unknown scope {scope!r}; expected one of {', '.join(TOKEN_SCOPES)}")
     name = (name or "").strip()
@@ -50,6 +57,9 @@ def create_token(name: str, scope: str, *, now: datetime | None = None) -> Issue
         name=name[:120], scope=scope, token_hash=hash_token(raw), prefix=raw[:PREFIX_SHOWN], created_at=now or utcnow()
     )
     db.session.add(token)
+    if before_commit is not None:
+        db.session.flush()
+        before_commit(token)
     db.session.commit()
     return IssuedToken(token, raw)
 

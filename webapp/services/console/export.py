@@ -8,7 +8,7 @@ import json
 from collections.abc import Callable, Iterator
 from datetime import datetime
 
-from webapp.domain.time import utcnow
+from webapp.domain.time import iso, utcnow
 from webapp.models import Operation
 from webapp.services.console.failures import list_operations
 from webapp.services.console.filters import Filters
@@ -26,6 +26,10 @@ EXPORT_FIELDS = (
     "error_kind",
     "error_message",
     "created_at",
+    # A scheduled operation's run time (set at creation or by a reschedule), and when it may next
+    # be claimed (for a retrying one, its next attempt; for a scheduled one, the same as run_at).
+    "run_at",
+    "next_attempt_at",
     "last_attempt_at",
     "dead_at",
     "resolved_at",
@@ -35,8 +39,8 @@ EXPORT_FIELDS = (
 )
 
 
-def operation_record(operation: Operation, timestamp: Callable[[datetime], str] = datetime.isoformat) -> dict:
-    """An operation as a JSON-safe dict (the export's and the API's shape), times written by ``timestamp``."""
+def operation_record(operation: Operation, timestamp: Callable[[datetime], str] = iso) -> dict:
+    """An operation as a JSON-safe dict (the export's and the API's shape), times ISO 8601 UTC with ``Z`` by default."""
     record = {}
     for name in EXPORT_FIELDS:
         value = getattr(operation, name)

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, func, or_, select, text
 
 from webapp.domain.states import State
 from webapp.domain.time import utcnow
@@ -18,7 +18,15 @@ from webapp.extensions import db
 from webapp.models import Operation, OperationAttempt
 from webapp.models.email import EmailLog
 from webapp.models.payments import Customer, Purchase
-from webapp.services.console.filters import MAX_ID, FilterError, Filters, descending, filter_conditions, sort_column
+from webapp.services.console.filters import (
+    DEAD,
+    MAX_ID,
+    FilterError,
+    Filters,
+    descending,
+    filter_conditions,
+    sort_column,
+)
 from webapp.services.engine.registry import KINDS
 
 
@@ -55,20 +63,14 @@ def list_operations(
 ) -> Page:
     """A page of operations matching ``filters``, keyset-paginated by (sort time, id).
 
-    Dead operations come newest death first; live ones (retrying, scheduled) soonest due first.
+    Dead operations come newest death first; live ones (retrying, scheduled) soonest due first;
+    the explorer's newest created first.
     """
     column = sort_column(filters)
-    query = select(Operation).where(*filter_conditions(filters, now))
-    after = decode_cursor(cursor)
-    if after is not None:
-        stamp, last_id = after
-        if descending(filters):
-            query = query.where(or_(column < stamp, and_(column == stamp, Operation.id < last_id)))
-        else:
-            query = query.where(or_(column > stamp, and_(column == stamp, Operation.id > last_id)))
-    order = (column.desc(), Operation.id.desc()) if descending(filters) else (column.asc(), Operation.id.asc())
     rows = (
-        db.session.execute(query.order_by(*order).limit(limit + 1).execution_options(populate_existing=True))
+        db.session.execute(
+            page_query(filters, cursor=cursor, limit=limit, now=now).execution_options(populate_existing=True)
+        )
         .scalars()
         .all()
     )
@@ -77,6 +79,25 @@ def list_operations(
     rows = rows[:limit]
     next_cursor = encode_cursor(getattr(rows[-1], column.key), rows[-1].id) if more and rows else None
     return Page(rows, next_cursor, filters)
+
+
+def page_query(filters: Filters, *, cursor: str | None = None, limit: int = 50, now: datetime | None = None):
+    """The SELECT of one page (``limit`` + 1 rows, to know whether another follows) after ``cursor``."""
+    column = sort_column(filters)
+    query = select(Operation).where(*filter_conditions(filters, now))
+    after = decode_cursor(cursor)
+    if after is not None:
+        stamp, last_id = after
+        if descending(filters):
+            query = query.where(or_(column < stamp, and_(column == stamp, Operation.id < last_id)))
+            if filters.explorer:
+                # Implied by the line above, but a plain range SQLite's planner can start the walk from
+                # (an OR alone makes it read every newer row first, or sort the whole window).
+                query = query.where(column <= stamp)
+        else:
+            query = query.where(or_(column > stamp, and_(column == stamp, Operation.id > last_id)))
+    order = (column.desc(), Operation.id.desc()) if descending(filters) else (column.asc(), Operation.id.asc())
+    return query.order_by(*order).limit(limit + 1)
 
 
 def get_operation_detail(operation_id: int) -> dict | None:
@@ -174,10 +195,12 @@ def dead_letter_stats(now: datetime | None = None) -> dict:
     """The failed-operations cards: dead total, by kind, unresolved, new in the last 24 h."""
     now = now or utcnow()
     dead = Operation.state == State.DEAD.value
-    # Grouping by an expression, not the bare column, keeps SQLite's planner on the state index
-    # (a bare GROUP BY kind makes it walk a whole kind-leading index instead).
-    kind = func.coalesce(Operation.kind, "")
-    by_kind = dict(db.session.execute(select(kind, func.count()).where(dead).group_by(kind)).all())
+    # One count per kind, each a seek of the partial (kind, dead_at) index over dead rows only
+    # (``state = 'dead'`` spelled as a literal so SQLite can use it, with or without ANALYZE):
+    # grouping by kind made SQLite read every dead row from the table via the state index
+    # (0.3 s at 30,000 dead letters). Kinds are validated at creation, so KINDS covers them all.
+    counts = db.session.execute(_dead_by_kind_statement(db.session.get_bind().dialect.name)).one()
+    by_kind = dict(zip(KINDS, counts, strict=True))
     unresolved = db.session.execute(
         select(func.count()).select_from(Operation).where(dead, Operation.resolved_at.is_(None))
     ).scalar_one()
@@ -193,8 +216,39 @@ def dead_letter_stats(now: datetime | None = None) -> dict:
     }
 
 
+def _dead_by_kind_statement(dialect: str):
+    """One count per kind of dead operations, each a seek of the partial dead-only (kind, dead_at) index.
+
+    SQLite (without statistics) would rather walk every dead row through the (state, created_at,
+    id) index the explorer pages with, so there the index is named with INDEXED BY, which
+    SQLAlchemy cannot emit."""
+    if dialect == "sqlite":
+        counts = ", ".join(
+            f"(SELECT count(*) FROM operations INDEXED BY ix_operations_dead_kind_dead_at"
+            f" WHERE state = 'dead' AND kind = :kind_{index})"
+            for index in range(len(KINDS))
+        )
+        return text(f"SELECT {counts}").bindparams(**{f"kind_{index}": kind for index, kind in enumerate(KINDS)})
+    return select(*[select(func.count()).where(DEAD, Operation.kind == kind).scalar_subquery() for kind in KINDS])
+
+
 def operation_names() -> list[str]:
     """Names of operations that exist, for the name filter."""
-    names = db.session.execute(select(Operation.name).distinct().order_by(Operation.name)).scalars().all()
+    # A loose index scan: one seek of the (name, state) index per distinct name, where SELECT
+    # DISTINCT walks every entry (a million at a million operations) on SQLite.
+    names = (
+        db.session.execute(
+            text(
+                "WITH RECURSIVE names(name) AS ("
+                " SELECT min(name) FROM operations"
+                " UNION ALL"
+                " SELECT (SELECT min(name) FROM operations WHERE operations.name > names.name)"
+                " FROM names WHERE names.name IS NOT NULL"
+                ") SELECT name FROM names WHERE name IS NOT NULL"
+            )
+        )
+        .scalars()
+        .all()
+    )
     db.session.rollback()
     return list(names)

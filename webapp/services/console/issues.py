@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from sqlalchemy import case, func, select
+from sqlalchemy import case, func, select, true
 
 from webapp.domain.fingerprints import normalise_error
 from webapp.extensions import db
@@ -38,6 +38,23 @@ class IssueList:
     total_failures: int
 
 
+def fingerprint_text(fingerprint: str) -> str:
+    """A fingerprint as people read it: its error class and normalised message (for filter chips)."""
+    if not fingerprint or fingerprint == NO_FINGERPRINT:
+        return "(no error recorded)"
+    sample = db.session.execute(
+        select(Operation.error_class, Operation.error_message)
+        .where(DEAD, Operation.error_fingerprint == fingerprint)
+        .order_by(Operation.dead_at.desc())
+        .limit(1)
+    ).first()
+    db.session.rollback()
+    if sample is None:
+        return f"unknown error {fingerprint[:12]}…"
+    message = normalise_error(sample.error_message)
+    return f"{sample.error_class}: {message}" if sample.error_class else message
+
+
 def group_failures(filters: Filters, now: datetime | None = None, shown: int = ISSUES_SHOWN) -> IssueList:
     """Dead operations matching ``filters`` grouped by stored fingerprint, largest group first.
 
@@ -46,22 +63,29 @@ def group_failures(filters: Filters, now: datetime | None = None, shown: int = I
     """
     if not filters.dead_only:
         filters = replace(filters, status="unresolved")
-    fingerprint = func.coalesce(Operation.error_fingerprint, NO_FINGERPRINT).label("fingerprint")
+    # The status is applied inside the aggregates, not in WHERE: every dead row is then read from
+    # the covering index ix_operations_dead_issues in group order. (SQLite, given a resolved_at
+    # condition, prefers the (state, resolved_at) index and reads each row from the table.)
+    match = {"unresolved": Operation.resolved_at.is_(None), "resolved": Operation.resolved_at.is_not(None)}
+    matches = match.get(filters.status, true())
     rows = db.session.execute(
         select(
-            fingerprint,
+            Operation.error_fingerprint,
             Operation.name,
-            func.count().label("count"),
-            func.sum(case((Operation.resolved_at.is_(None), 1), else_=0)).label("unresolved"),
-            func.min(Operation.dead_at).label("first_seen"),
-            func.max(Operation.dead_at).label("last_seen"),
+            func.sum(case((matches, 1), else_=0)).label("count"),
+            func.sum(case((matches & Operation.resolved_at.is_(None), 1), else_=0)).label("unresolved"),
+            func.min(case((matches, Operation.dead_at))).label("first_seen"),
+            func.max(case((matches, Operation.dead_at))).label("last_seen"),
         )
-        .where(*filter_conditions(filters, now))
-        .group_by(fingerprint, Operation.name)
+        .where(*filter_conditions(replace(filters, status="all"), now))
+        .group_by(Operation.error_fingerprint, Operation.name)
     ).all()
     groups: dict[str, Issue] = {}
     for row in rows:
-        issue = groups.setdefault(row.fingerprint, Issue(row.fingerprint))
+        if not row.count:
+            continue
+        fingerprint = row.error_fingerprint or NO_FINGERPRINT
+        issue = groups.setdefault(fingerprint, Issue(fingerprint))
         issue.count += row.count
         issue.unresolved += int(row.unresolved or 0)
         issue.names.add(row.name)

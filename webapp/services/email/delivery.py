@@ -17,12 +17,14 @@ no transaction — on SQLite, no write lock — is held while talking to a provi
 from __future__ import annotations
 
 import logging
+import time
 from datetime import datetime, timedelta
 
 from email_validator import EmailNotValidError, validate_email
 from flask import current_app
 from jinja2 import TemplateError
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
 from webapp.domain.errors import Deferral, PermanentError, TransientError
 from webapp.extensions import db
@@ -39,15 +41,24 @@ from webapp.services.email.render import outgoing, render_email
 
 log = logging.getLogger("backstop.email")
 MAX_ERROR = 2000
+# How long the record of an accepted send waits for an unreachable database: lost, it would
+# let the next attempt send the email again.
+SENT_RECORD_PATIENCE_SECONDS = 30.0
+SENT_RECORD_PAUSE_SECONDS = 0.25
 
 
-def deliver(ctx) -> None:
-    """Send the operation's email once, whatever the number of attempts it takes."""
+def deliver(ctx) -> dict:
+    """Send the operation's email once, whatever the number of attempts it takes.
+
+    Returns the operation's result: the provider that accepted it and its message id (what an
+    admin quotes to the provider when a customer says no email came), or ``already_sent``.
+    """
     operation, payload, now = ctx.operation, ctx.payload, ctx.now
     config = current_app.config
-    if already_sent(operation.id):
+    earlier = sent_record(operation.id)
+    if earlier is not None:
         log.info("email operation %s was already sent; not sending again", operation.id)
-        return
+        return {"already_sent": True, "provider": earlier.provider, "message_id": earlier.provider_message_id}
     to = checked_address(payload.get("to"))
     template = payload.get("template") or operation.name.removeprefix("email.")
     email = _render(template, payload, to, ctx)
@@ -60,16 +71,24 @@ def deliver(ctx) -> None:
         global_limit=config["EMAIL_RATE_GLOBAL_PER_MINUTE"],
     )
     record = _Recorder(operation.id, payload.get("purchase_id"), ctx.attempt, to, template)
-    send_with_failover(email, names, now=now, config=config, record=record)
+    sent = send_with_failover(email, names, now=now, config=config, record=record)
+    return {"provider": sent.provider, "message_id": sent.message_id, "to": to, "template": template}
 
 
 def already_sent(operation_id: int) -> bool:
     """True if an earlier attempt's provider accepted this operation's email."""
+    return sent_record(operation_id) is not None
+
+
+def sent_record(operation_id: int):
+    """The provider and message id of an earlier attempt's accepted send of this email, or None."""
     found = db.session.execute(
-        select(EmailLog.id).where(EmailLog.operation_id == operation_id, EmailLog.status == "sent").limit(1)
+        select(EmailLog.provider, EmailLog.provider_message_id)
+        .where(EmailLog.operation_id == operation_id, EmailLog.status == "sent")
+        .limit(1)
     ).first()
     db.session.rollback()
-    return found is not None
+    return found
 
 
 def checked_address(address) -> str:
@@ -113,6 +132,9 @@ def _defer_if_all_circuits_open(names: list[str], now: datetime) -> None:
         raise Deferral(min(blocked.values()), "every email provider's circuit is open")
 
 
+_INSERT_LOG = EmailLog.__table__.insert()
+
+
 class _Recorder:
     """Writes one email-log row per provider try, committed at once (failures must survive rollback)."""
 
@@ -128,17 +150,39 @@ class _Recorder:
     def __call__(
         self, provider: str, status: str, now: datetime, *, message_id: str | None = None, error: str | None = None
     ) -> None:
-        db.session.add(
-            EmailLog(
-                provider=provider,
-                status=status,
-                provider_message_id=message_id,
-                error=error[:MAX_ERROR] if error else None,
-                created_at=now,
-                **self.values,
-            )
-        )
-        db.session.commit()
+        values = {
+            "provider": provider,
+            "status": status,
+            "provider_message_id": message_id,
+            "error": error[:MAX_ERROR] if error else None,
+            "created_at": now,
+            **self.values,
+        }
+        if status != "sent":
+            _write_log(values)
+            return
+        _insist(lambda: _write_log(values), f"email operation {self.values['operation_id']}")
+
+
+def _write_log(values: dict) -> None:
+    """Insert one email-log row and commit."""
+    db.session.connection().execute(_INSERT_LOG, values)
+    db.session.commit()
+
+
+def _insist(write, what: str) -> None:
+    """Run ``write()`` (which commits), retrying through a database outage for up to SENT_RECORD_PATIENCE_SECONDS."""
+    deadline = time.monotonic() + SENT_RECORD_PATIENCE_SECONDS
+    while True:
+        try:
+            write()
+            return
+        except OperationalError as exc:
+            db.session.rollback()
+            if time.monotonic() >= deadline:
+                raise
+            log.warning("could not record the send of %s yet (%s); retrying", what, type(exc).__name__)
+            time.sleep(SENT_RECORD_PAUSE_SECONDS)
 
 
 def send_with_failover(email, names: list[str], *, now: datetime, config, record) -> SendResult:
@@ -168,8 +212,10 @@ def send_with_failover(email, names: list[str], *, now: datetime, config, record
             record(name, "failed", now, error=str(exc))
             failures.append(exc)
             continue
-        circuits.record_success(name, now)
+        # Nothing between the provider's acceptance and this commit: it is what a retry after a
+        # crash checks (already_sent) before sending again, so the duplicate window is only this.
         record(name, "sent", now, message_id=result.message_id)
+        circuits.record_success(name, now)
         return result
     if not failures and any(reason.endswith("circuit open") for reason in skipped):
         # Lost the half-open probe to another worker: nothing was tried, so nothing failed.

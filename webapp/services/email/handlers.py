@@ -11,9 +11,9 @@ from webapp.services.engine.registry import HandlerContext, registry
 DEFAULT_EMAIL_POLICY = RetryPolicy.retries(3)
 
 
-def send_email(ctx: HandlerContext) -> None:
-    """Render and send the operation's email (rate limits, failover, circuit breakers)."""
-    deliver(ctx)
+def send_email(ctx: HandlerContext) -> dict:
+    """Render and send the operation's email (rate limits, failover, circuit breakers); return what was sent."""
+    return deliver(ctx)
 
 
 def register_handlers(policy: RetryPolicy | None = None) -> None:

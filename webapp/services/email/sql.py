@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from sqlalchemy.dialects import postgresql, sqlite
-
 from webapp.extensions import db
+from webapp.services.engine.sql import insert_ignoring_conflicts
 
 
 def insert_ignore(model, rows: list[dict]) -> None:
     """Insert ``rows`` into ``model``'s table, skipping any whose primary key already exists."""
     if not rows:
         return
-    dialect = db.session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    db.session.execute(insert(model).values(rows).on_conflict_do_nothing())
+    statement = insert_ignoring_conflicts(model.__table__, db.session.get_bind().dialect.name)
+    db.session.execute(statement.values(rows))

@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, union_all, update
 
 from webapp.domain.states import CLAIMABLE
+from webapp.domain.text import text_problem
 from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.models import Operation, OperationPause
@@ -34,6 +35,8 @@ def _check(name: str, by: str) -> str:
     name = (name or "").strip()
     if not name or len(name) > 120:
         raise PauseError("an operation name of 1 to 120 characters is required")
+    if problem := text_problem(name):
+        raise PauseError(f"the operation name {problem}")
     if not (by or "").strip():
         raise PauseError("who pauses or resumes must be recorded")
     return name
@@ -52,13 +55,15 @@ def list_pauses() -> list[dict]:
     Each item: name, kind, paused, paused_at, paused_by, note, waiting (claimable operations).
     """
     pauses = {row.name: row for row in db.session.execute(select(OperationPause)).scalars()}
-    waiting = dict(
-        db.session.execute(
-            select(Operation.name, func.count())
-            .where(Operation.state.in_([s.value for s in CLAIMABLE]))
-            .group_by(Operation.name)
-        ).all()
-    )
+    # One equality per state (not ``state IN``): SQLite then seeks the (name, state) index for each
+    # name instead of walking all of it, every operation ever, to count the few waiting ones.
+    waiting: dict[str, int] = {}
+    per_state = [
+        select(Operation.name, func.count().label("waiting")).where(Operation.state == state).group_by(Operation.name)
+        for state in sorted(state.value for state in CLAIMABLE)
+    ]
+    for name, count in db.session.execute(union_all(*per_state)).all():
+        waiting[name] = waiting.get(name, 0) + count
     items = []
     for name in sorted(set(registry.names()) | set(pauses)):
         row = pauses.get(name)
@@ -151,7 +156,7 @@ def _ring_waiting(name: str, now: datetime) -> int:
             .execution_options(synchronize_session=False)
         )
         for operation_id in ids:
-            ring_after_commit(db.session, operation_id)
+            ring_after_commit(db.session, operation_id, stamp=now)
         db.session.commit()  # rings this batch, in order, before the next batch is read
         rung += len(ids)
         after = (rows[-1].created_at, rows[-1].id)

@@ -177,6 +177,7 @@ def run_exclusive(
     if not is_due(name, interval_seconds, now):
         release_lease(name, holder)
         return None
+    _close_abandoned_run(name, now)
     run = JobRun(job_name=name, holder=holder, started_at=now, outcome="running")
     db.session.add(run)
     db.session.execute(
@@ -216,6 +217,21 @@ def run_exclusive(
     db.session.commit()
     release_lease(name, holder)
     return db.session.get(JobRun, run_id)
+
+
+def _close_abandoned_run(name: str, now: datetime) -> None:
+    """Mark the previous run ``abandoned`` if it never recorded an outcome (its process died, or
+    the database went away under it); we hold the lease, so it cannot still be running.
+
+    Only the previous run can be open (each run closes its predecessor's), so this is one index
+    seek on (job_name, started_at), whatever the history's length."""
+    previous_start = select(PeriodicJob.last_started_at).where(PeriodicJob.name == name).scalar_subquery()
+    db.session.execute(
+        update(JobRun)
+        .where(JobRun.job_name == name, JobRun.started_at == previous_start, JobRun.outcome == "running")
+        .values(outcome="abandoned", finished_at=now, error="its runner stopped before recording an outcome")
+        .execution_options(synchronize_session=False)
+    )
 
 
 def heartbeat_age(name: str, now: datetime | None = None) -> float | None:

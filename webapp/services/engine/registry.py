@@ -65,6 +65,7 @@ class Registry:
 
     def __init__(self):
         self._handlers: dict[str, Handler] = {}
+        self._own_leases: tuple[tuple[str, float], ...] | None = None  # rebuilt after a registration
 
     def register(
         self, name: str, kind: str, fn, policy: RetryPolicy | None = None, lease_seconds: float | None = None
@@ -77,6 +78,7 @@ class Registry:
             raise ValueError(f"a different handler is already registered as {name!r}")
         handler = Handler(name, kind, fn, policy or DEFAULT_POLICIES[kind], lease_seconds)
         self._handlers[name] = handler
+        self._own_leases = None
         return handler
 
     def get(self, name: str) -> Handler:
@@ -92,6 +94,19 @@ class Registry:
     def names(self) -> list[str]:
         """Every registered name, sorted."""
         return sorted(self._handlers)
+
+    def own_leases(self) -> tuple[tuple[str, float], ...]:
+        """``(name, lease_seconds)`` of the handlers that set their own lease, sorted by name.
+
+        Read by every claim: built once per set of registrations, not per claim.
+        """
+        if self._own_leases is None:
+            self._own_leases = tuple(
+                (name, handler.lease_seconds)
+                for name, handler in sorted(self._handlers.items())
+                if handler.lease_seconds
+            )
+        return self._own_leases
 
 
 def _qualname(fn) -> str:

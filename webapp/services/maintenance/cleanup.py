@@ -5,7 +5,7 @@ so no write lock is held for long (on SQLite every transaction holds *the* write
 Deleting an operation removes its attempts, email-log rows and auto-requeue mark through
 ``ON DELETE CASCADE``; alerts and Stripe events that point at it keep their row (SET NULL).
 Before a batch is deleted its counts are added to ``metric_rollups`` so /metrics counters
-never go backwards.
+never go backwards. It also forgets the email rate-limit rows of recipients idle for an hour.
 """
 
 from __future__ import annotations
@@ -18,11 +18,25 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select, text, update
+from sqlalchemy import delete, select, text, tuple_, update
 
 from webapp.domain.states import State
 from webapp.extensions import db
-from webapp.models import Alert, JobRun, MaintenanceCursor, Operation, StripeEvent
+from webapp.models import (
+    AdminSession,
+    Alert,
+    AuditEntry,
+    BulkJob,
+    BulkJobItem,
+    FailedLogin,
+    FailedLoginAddress,
+    JobRun,
+    MaintenanceCursor,
+    Operation,
+    StripeEvent,
+)
+from webapp.services.email import ratelimit
+from webapp.services.engine import consumers
 from webapp.services.engine.periodic import periodic_job
 from webapp.services.engine.registry import KINDS
 from webapp.services.monitoring.rollups import roll_up_operations
@@ -31,6 +45,8 @@ log = logging.getLogger("backstop.maintenance")
 
 # Stripe events whose processing is settled; a failed or pending event keeps its body for replay.
 SETTLED_EVENT_STATES = ("processed", "ignored")
+# Bulk jobs that will make no more progress (``BulkJob.finished``).
+BULK_FINISHED_STATES = ("done", "cancelled", "failed")
 STRIPE_CURSOR = "stripe_event_bodies"
 # Webhook operations that succeeded after the body walk passed their (then unsettled) event.
 STRIPE_LATE_CURSOR = "stripe_event_bodies_late"
@@ -45,6 +61,12 @@ class CleanupReport:
     stripe_bodies: int = 0
     job_runs: int = 0
     alerts: int = 0
+    failed_logins: int = 0
+    admin_sessions: int = 0
+    bulk_jobs: int = 0
+    rate_limits: int = 0
+    consumers: int = 0
+    audit_entries: int = 0
     batch_ms: list[float] = field(default_factory=list)
     complete: bool = True
 
@@ -56,7 +78,11 @@ class CleanupReport:
     def __str__(self) -> str:
         return (
             f"succeeded={self.succeeded} resolved_dead={self.resolved_dead} stripe_bodies={self.stripe_bodies} "
-            f"job_runs={self.job_runs} alerts={self.alerts} batches={len(self.batch_ms)} "
+            f"job_runs={self.job_runs} alerts={self.alerts} failed_logins={self.failed_logins} "
+            f"admin_sessions={self.admin_sessions} bulk_jobs={self.bulk_jobs} rate_limits={self.rate_limits} "
+            f"consumers={self.consumers} "
+            f"audit_entries={self.audit_entries} "
+            f"batches={len(self.batch_ms)} "
             f"max_batch_ms={self.max_batch_ms:.1f}" + ("" if self.complete else " (time budget reached)")
         )
 
@@ -149,8 +175,76 @@ def cleanup(now: datetime, config: Mapping) -> CleanupReport:
     report.alerts += batches.drain(
         lambda: _delete_ids(Alert, select(Alert.id).where(Alert.created_at < alerts_cutoff).order_by(Alert.id), size)
     )
+    report.failed_logins += _forget_failed_logins(batches, now, config, size)
+    report.admin_sessions += batches.drain(lambda: _delete_ids(AdminSession, _ended_sessions(now, config), size))
+    expired = _expired_bulk_jobs(now, config)
+    batches.drain(lambda: _delete_bulk_items(expired, size))
+    report.bulk_jobs += batches.drain(lambda: _delete_ids(BulkJob, select(BulkJob.id).where(expired), size))
+    report.rate_limits += batches.drain(lambda: ratelimit.forget_idle(now, size))
+    consumers_cutoff = consumers.retention_cutoff(now, config)
+    report.consumers += batches.drain(lambda: consumers.prune_batch(consumers_cutoff, size))
+    # The only deletion of audit rows anywhere: by age, after a retention far longer than the rest.
+    audit_cutoff = now - timedelta(days=config["RETENTION_AUDIT_DAYS"])
+    report.audit_entries += batches.drain(
+        lambda: _delete_ids(
+            AuditEntry, select(AuditEntry.id).where(AuditEntry.created_at < audit_cutoff).order_by(AuditEntry.id), size
+        )
+    )
     log.info("cleanup: %s", report, extra={"max_batch_ms": round(report.max_batch_ms, 1)})
     return report
+
+
+def _forget_failed_logins(batches: _Batches, now: datetime, config: Mapping, size: int) -> int:
+    """Failed-login counts with no failure for the retention period and no lock still running."""
+    cutoff = now - timedelta(days=config["RETENTION_FAILED_LOGINS_DAYS"])
+    removed = 0
+    for model in (FailedLogin, FailedLoginAddress):
+        stale = select(model.id).where(
+            model.last_failed_at < cutoff, (model.locked_until.is_(None)) | (model.locked_until <= now)
+        )
+        removed += batches.drain(lambda model=model, stale=stale: _delete_ids(model, stale.order_by(model.id), size))
+    return removed
+
+
+def _expired_bulk_jobs(now: datetime, config: Mapping):
+    """Bulk jobs to delete: drafts never confirmed in time, and finished jobs past their retention."""
+    draft_cutoff = now - timedelta(minutes=config["BULK_DRAFT_EXPIRE_MINUTES"])
+    finished_cutoff = now - timedelta(days=config["RETENTION_BULK_JOBS_DAYS"])
+    return ((BulkJob.state == "draft") & (BulkJob.created_at < draft_cutoff)) | (
+        BulkJob.state.in_(BULK_FINISHED_STATES) & (BulkJob.finished_at < finished_cutoff)
+    )
+
+
+def _delete_bulk_items(expired, size: int) -> int:
+    """One batch of the snapshot rows of expired bulk jobs (a snapshot can hold thousands)."""
+    rows = db.session.execute(
+        select(BulkJobItem.bulk_job_id, BulkJobItem.operation_id)
+        .where(BulkJobItem.bulk_job_id.in_(select(BulkJob.id).where(expired)))
+        .limit(size)
+    ).all()
+    if not rows:
+        db.session.rollback()
+        return 0
+    db.session.execute(
+        delete(BulkJobItem)
+        .where(tuple_(BulkJobItem.bulk_job_id, BulkJobItem.operation_id).in_([tuple(row) for row in rows]))
+        .execution_options(synchronize_session=False)
+    )
+    db.session.commit()
+    return len(rows)
+
+
+def _ended_sessions(now: datetime, config: Mapping):
+    """Admin sessions that can never be used again: revoked, idle too long, or past their lifetime."""
+    return (
+        select(AdminSession.id)
+        .where(
+            AdminSession.revoked_at.is_not(None)
+            | (AdminSession.last_seen_at < now - timedelta(minutes=config["ADMIN_SESSION_IDLE_MINUTES"]))
+            | (AdminSession.created_at < now - timedelta(hours=config["ADMIN_SESSION_MAX_HOURS"]))
+        )
+        .order_by(AdminSession.id)
+    )
 
 
 def _delete_operations(query, size: int) -> int:

@@ -1,4 +1,5 @@
-"""Alerts: every alert is a database row plus an ``alert.slack`` operation that delivers it.
+"""Alerts: every alert is a database row plus an ``alert.slack`` operation that delivers it
+(and, when configured, ``alert.email`` and ``alert.webhook`` ones: see :mod:`channels`).
 
 An alert is written in the caller's transaction together with its delivery operation, so
 a dead-lettered email and the alert about it commit together. Delivery is an ordinary
@@ -12,15 +13,14 @@ recovers, remembering the last state per key in ``alert_states``.
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import datetime, timedelta
 from urllib.parse import urlencode
 
-import requests
 from flask import current_app
 from sqlalchemy import select
 
-from webapp.domain.errors import Deferral, PermanentError, TransientError
 from webapp.domain.fingerprints import fingerprint_of
 from webapp.domain.retry import RetryPolicy
 from webapp.domain.time import utcnow
@@ -30,6 +30,7 @@ from webapp.models.monitoring import ALERT_LEVELS, ALERT_TYPES
 from webapp.services.engine.operations import create_operation
 from webapp.services.engine.registry import handler
 from webapp.services.engine.runner import on_outcome
+from webapp.services.monitoring import channels
 
 log = logging.getLogger("backstop.alerts")
 
@@ -121,6 +122,7 @@ def raise_alert(
         now=now,
     )
     alert.operation_id = operation.id
+    channels.enqueue_deliveries(alert, now)
     log.info(
         "alert %s %s %s: %s",
         alert.id,
@@ -292,38 +294,32 @@ def slack_payload(alert: Alert) -> dict:
 
 
 def post_to_slack(url: str, payload: dict, *, timeout: float, now: datetime) -> None:
-    """POST to a Slack incoming webhook; classify failures for the engine.
+    """POST to a Slack incoming webhook; failures classified as for every alert channel.
 
     Error messages never include the URL: it is a secret.
     """
-    try:
-        response = requests.post(url, json=payload, timeout=timeout)
-    except requests.RequestException as exc:
-        raise TransientError(f"Slack webhook unreachable ({type(exc).__name__})") from None
-    if response.status_code < 300:
-        return
-    body = response.text[:200]
-    if response.status_code == 429:
-        retry_after = response.headers.get("Retry-After", "")
-        seconds = float(retry_after) if retry_after.isdigit() else 30.0
-        raise Deferral(now + timedelta(seconds=min(seconds, 3600)), "Slack rate limit")
-    if response.status_code == 408 or response.status_code >= 500:
-        raise TransientError(f"Slack webhook answered {response.status_code}: {body}")
-    raise PermanentError(f"Slack webhook refused the alert with {response.status_code}: {body}")
+    body = json.dumps(payload).encode("utf-8")
+    channels.post(url, body, {"Content-Type": "application/json"}, timeout=timeout, now=now, what="Slack webhook")
 
 
 @handler(DELIVERY_OPERATION, kind="alert", policy=RetryPolicy.from_ladder("10s, 1m"))
-def deliver_alert(ctx) -> None:
-    """Post one alert to Slack when ``SLACK_WEBHOOK_URL`` is set; otherwise it stays recorded only."""
-    alert = db.session.get(Alert, ctx.payload.get("alert_id"))
+def deliver_alert(ctx) -> dict:
+    """Post one alert to Slack when ``SLACK_WEBHOOK_URL`` is set; otherwise it stays recorded only.
+
+    Returns the operation's result: where the alert went, or why it went nowhere.
+    """
+    alert_id = ctx.payload.get("alert_id")
+    alert = db.session.get(Alert, alert_id)
     if alert is None or alert.delivered_at is not None:
         db.session.rollback()
-        return  # deleted by retention, or already delivered by an earlier attempt
+        # Deleted by retention, or already delivered by an earlier attempt.
+        return {"alert_id": alert_id, "delivered": False, "reason": "missing" if alert is None else "already_delivered"}
     db.session.expunge(alert)
     db.session.rollback()  # no transaction (no SQLite write lock) while Slack is called
     config = current_app.config
     url = config["SLACK_WEBHOOK_URL"]
     if not url:
-        return
+        return {"alert_id": alert.id, "delivered": False, "reason": "no channel configured (recorded only)"}
     post_to_slack(url, slack_payload(alert), timeout=config["ALERT_SLACK_TIMEOUT_SECONDS"], now=ctx.now)
     db.session.execute(Alert.__table__.update().where(Alert.id == alert.id).values(delivered_at=ctx.now))
+    return {"alert_id": alert.id, "delivered": True, "channel": "slack"}

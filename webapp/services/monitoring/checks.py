@@ -19,7 +19,7 @@ from webapp.models import Alert, AutoRequeue, Operation, PeriodicJob
 from webapp.services.engine import periodic
 from webapp.services.engine.doorbell import get_doorbell
 from webapp.services.engine.periodic import Heartbeat, periodic_job
-from webapp.services.monitoring import alerts
+from webapp.services.monitoring import alerts, backlog, hourly
 
 CHECKS_JOB = "checks"
 DAILY_REPORT_JOB = "daily_report"
@@ -39,6 +39,14 @@ def level_above(value: float, warning: float, critical: float) -> str | None:
 def level_below(value: float, warning: float, critical: float) -> str | None:
     """critical / warning when ``value`` is below the limits, else None."""
     return "critical" if value < critical else "warning" if value < warning else None
+
+
+def limits(warning: str, critical: str, *, below: bool = False) -> tuple[dict, str]:
+    """An alert's ``warning`` / ``critical`` context entries ("> 100") and its message's words
+    ("warning above 100, critical above 500"), from the limits as they are to be shown."""
+    sign, word = ("<", "below") if below else (">", "above")
+    entries = {"warning": f"{sign} {warning}", "critical": f"{sign} {critical}"}
+    return entries, f"warning {word} {warning}, critical {word} {critical}"
 
 
 def unresolved_dead_letters(*, include_alerts: bool = True) -> int:
@@ -68,12 +76,8 @@ def check_dead_letters(now: datetime, config: Mapping):
     """
     count = unresolved_dead_letters(include_alerts=False)
     warning, critical = config["ALERT_DLQ_WARNING"], config["ALERT_DLQ_CRITICAL"]
-    context = {
-        "value": count,
-        "warning": f"> {warning}",
-        "critical": f"> {critical}",
-        "admin_url": alerts.admin_url(status="unresolved"),
-    }
+    entries, words = limits(warning, critical)
+    context = {"value": count, **entries, "admin_url": alerts.admin_url(status="unresolved")}
     return alerts.evaluate_threshold(
         "dlq_threshold",
         "unresolved",
@@ -82,8 +86,7 @@ def check_dead_letters(now: datetime, config: Mapping):
         now=now,
         title=f"{count} unresolved dead letters",
         context=context,
-        message=f"The dead-letter queue holds {count} unresolved operations "
-        f"(warning above {warning}, critical above {critical}).",
+        message=f"The dead-letter queue holds {count} unresolved operations ({words}).",
     )
 
 
@@ -100,12 +103,12 @@ def check_failure_rate(kind: str, now: datetime, config: Mapping):
     rate = 100.0 * succeeded / total if total else 100.0
     warning, critical = config[f"{prefix}_WARNING"], config[f"{prefix}_CRITICAL"]
     level = level_below(rate, warning, critical) if total >= config["ALERT_FAILURE_RATE_MIN_SAMPLE"] else None
+    entries, words = limits(f"{warning}%", f"{critical}%", below=True)
     context = {
         "value": f"{rate:.1f}%",
         "sample": f"{succeeded} ok, {dead} dead",
         "window": f"{window / 60:.0f} min",
-        "warning": f"< {warning}%",
-        "critical": f"< {critical}%",
+        **entries,
         "admin_url": alerts.admin_url(kind=kind, status="all", range="1h"),
     }
     return alerts.evaluate_threshold(
@@ -116,8 +119,7 @@ def check_failure_rate(kind: str, now: datetime, config: Mapping):
         now=now,
         context=context,
         title=f"{label} {rate:.1f}% over the last {window / 60:.0f} min",
-        message=f"{label}: {succeeded} succeeded and {dead} dead-lettered in the window "
-        f"(warning below {warning}%, critical below {critical}%).",
+        message=f"{label}: {succeeded} succeeded and {dead} dead-lettered in the window ({words}).",
     )
 
 
@@ -191,6 +193,85 @@ def check_queue(now: datetime):
     )
 
 
+def check_queue_depth(now: datetime, config: Mapping):
+    """backlog/queue_depth: due operations waiting above the warning / critical counts (seed 003: 100).
+
+    Counted only up to one past the critical count: enough to decide the level, bounded at any backlog.
+    """
+    warning, critical = config["ALERT_QUEUE_DEPTH_WARNING"], config["ALERT_QUEUE_DEPTH_CRITICAL"]
+    count = backlog.due_count(now, max(warning, critical) + 1)
+    shown = f"more than {critical}" if count > critical else str(count)
+    entries, words = limits(warning, critical)
+    context = {"value": shown, **entries, "admin_url": alerts.admin_url(status="due")}
+    return alerts.evaluate_threshold(
+        "backlog",
+        "queue_depth",
+        level_above(count, warning, critical),
+        value=count,
+        now=now,
+        context=context,
+        title=f"{shown} operations due and waiting",
+        message=f"{shown} operations are past their time and not yet picked up ({words}). Are enough workers running?",
+    )
+
+
+def check_oldest_due(now: datetime, config: Mapping):
+    """backlog/oldest_due_age: the oldest due operation has waited longer than the warning / critical age."""
+    oldest = backlog.oldest_due(now)
+    age = 0.0 if oldest is None else max((now - oldest).total_seconds(), 0.0)
+    warning, critical = config["ALERT_OLDEST_DUE_AGE_WARNING"], config["ALERT_OLDEST_DUE_AGE_CRITICAL"]
+    entries, words = limits(f"{warning:.0f} s", f"{critical:.0f} s")
+    context = {"value": f"{age:.0f} s", **entries, "admin_url": alerts.admin_url(status="due")}
+    return alerts.evaluate_threshold(
+        "backlog",
+        "oldest_due_age",
+        level_above(age, warning, critical),
+        value=round(age, 1),
+        now=now,
+        context=context,
+        title=f"The oldest due operation has waited {_ago(age)}",
+        message=f"An operation has been due for {age:.0f} s without being picked up ({words}).",
+    )
+
+
+def check_attempts(now: datetime, config: Mapping):
+    """attempts/average: operations finished in the window needed more attempts on average than allowed.
+
+    Like the rates: fewer finished operations than ``ALERT_FAILURE_RATE_MIN_SAMPLE`` say nothing.
+    Alert deliveries are not counted (a failing channel must not alert about itself).
+    """
+    window = config["ALERT_FAILURE_RATE_WINDOW_SECONDS"]
+    finished, attempts = backlog.recent_attempts(now - timedelta(seconds=window))
+    average = attempts / finished if finished else 0.0
+    warning, critical = config["ALERT_AVG_ATTEMPTS_WARNING"], config["ALERT_AVG_ATTEMPTS_CRITICAL"]
+    enough = finished >= config["ALERT_FAILURE_RATE_MIN_SAMPLE"]
+    entries, words = limits(warning, critical)
+    context = {
+        "value": f"{average:.2f}",
+        "sample": f"{finished} finished",
+        "window": f"{window / 60:.0f} min",
+        **entries,
+        "admin_url": alerts.admin_url(status="recovered", range="1h"),
+    }
+    return alerts.evaluate_threshold(
+        "attempts",
+        "average",
+        level_above(average, warning, critical) if enough else None,
+        value=round(average, 2),
+        now=now,
+        context=context,
+        title=f"Operations needed {average:.2f} attempts on average over the last {window / 60:.0f} min",
+        message=f"{finished} operations finished with {attempts} attempts in all ({words}): "
+        "something downstream is failing and being retried.",
+    )
+
+
+def _refresh_rollups(now: datetime) -> list:
+    """Rebuild the due hours of the health page's roll-ups; raises no alert."""
+    hourly.refresh(now)
+    return []
+
+
 def _ago(age: float) -> str:
     return f"{age / 3600:.1f} h" if age >= 3600 else f"{age / 60:.0f} min" if age >= 60 else f"{age:.0f} s"
 
@@ -205,6 +286,10 @@ def run_checks(now: datetime, config: Mapping) -> str:
         *[(lambda kind=kind: [check_failure_rate(kind, now, config)]) for kind in RATE_KINDS],
         lambda: check_jobs(now, config),
         lambda: [check_queue(now)],
+        lambda: [check_queue_depth(now, config), check_oldest_due(now, config)],
+        lambda: [check_attempts(now, config)],
+        # Not a check: the health page's hour roll-ups ride on this minute-by-minute job.
+        lambda: _refresh_rollups(now),
     ]
     for step in steps:
         try:

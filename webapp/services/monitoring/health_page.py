@@ -1,8 +1,9 @@
 """The operations-health numbers: windowed rates, queue state, breakdowns, trend, heartbeats.
 
 Every metric is defined in docs/metrics.md (numerator, denominator, window). The windowed
-counts read the terminal timestamps (``succeeded_at``, ``dead_at``) through the
-``(kind, <timestamp>)`` indexes, asking for every kind by name so the index is usable.
+counts (terminal timestamps for the cards, creation time for the breakdown, attempt starts for
+the trend) come from the hour roll-ups for the window's whole hours and live queries for its
+edges (``hourly.py``); :func:`as_of` says when the stored part was built.
 """
 
 from __future__ import annotations
@@ -11,16 +12,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import case, func, literal_column, or_, select
+from sqlalchemy import case, func, literal_column, select
 
 from webapp.domain.states import State
 from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.models import Operation, OperationAttempt
+from webapp.services.engine import consumers as consumer_beats
 from webapp.services.engine import periodic
 from webapp.services.engine.doorbell import get_doorbell
 from webapp.services.engine.reconciler import JOB_NAME as RECONCILER
 from webapp.services.engine.registry import KINDS
+from webapp.services.monitoring import backlog, hourly
+from webapp.services.monitoring.backlog import ATTEMPT_KINDS
 
 WINDOWS = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7)}
 FAILED_OUTCOMES = ("failed", "dead", "crashed")
@@ -33,6 +37,7 @@ LABELS = {
     "avg_time_to_success": "Avg time to success (retried)",
     "queue_depth": "Queue depth",
     "oldest_due_age": "Oldest due operation",
+    "avg_attempts": "Avg attempts",
     "throughput": "Throughput",
 }
 
@@ -78,65 +83,65 @@ def grade(key: str, value: float | None, thresholds: dict) -> str:
     return "red" if value > crit else "amber" if value > warn else "green"
 
 
-def _seconds_between(later, earlier):
-    """Dialect-aware ``later - earlier`` in seconds, as a SQL expression."""
-    if db.session.get_bind().dialect.name == "postgresql":
-        return func.extract("epoch", later - earlier)
-    return (func.julianday(later) - func.julianday(earlier)) * 86400.0
-
-
 def _hour_bucket(column):
     if db.session.get_bind().dialect.name == "postgresql":
         return func.to_char(func.date_trunc("hour", column), "YYYY-MM-DD HH24:00")
     return func.strftime("%Y-%m-%d %H:00", column)
 
 
-def _terminal_counts(since: datetime, extra=()) -> tuple[dict, dict]:
-    """Succeeded and dead counts per kind with the terminal time inside the window."""
-    succeeded = dict(
-        db.session.execute(
-            select(Operation.kind, func.count())
-            .where(Operation.kind.in_(KINDS), Operation.succeeded_at >= since, *extra)
-            .group_by(Operation.kind)
-        ).all()
-    )
-    dead = dict(
-        db.session.execute(
-            select(Operation.kind, func.count())
-            .where(Operation.kind.in_(KINDS), Operation.dead_at >= since, *extra)
-            .group_by(Operation.kind)
-        ).all()
-    )
-    return succeeded, dead
+def _kind_sums(totals: dict, counter: str) -> dict[str, float]:
+    """``counter`` summed per kind over a :func:`hourly.window_totals` result."""
+    sums: dict[str, float] = {}
+    for (kind, _name), counters in totals.items():
+        if kind in KINDS:
+            sums[kind] = sums.get(kind, 0) + counters[counter]
+    return sums
+
+
+def _avg_attempts(totals: dict) -> float | None:
+    """Average attempts per operation finished in the window, alert deliveries excluded (as the alert does)."""
+    succeeded, dead = _kind_sums(totals, "succeeded"), _kind_sums(totals, "dead")
+    attempts = _kind_sums(totals, "finished_attempts")
+    finished = sum(succeeded.get(kind, 0) + dead.get(kind, 0) for kind in ATTEMPT_KINDS)
+    return round(sum(attempts.get(kind, 0) for kind in ATTEMPT_KINDS) / finished, 2) if finished else None
 
 
 def _rate(ok: int, bad: int) -> float | None:
     return None if ok + bad == 0 else round(100.0 * ok / (ok + bad), 2)
 
 
-def health_metrics(window: str, thresholds: dict, now: datetime | None = None) -> list[Metric]:
-    """The eight cards for ``window``, graded against ``thresholds``."""
+def window_counts(window: str, now: datetime) -> tuple[dict, datetime | None]:
+    """The window's counters and when their stored part was built (None: counted live).
+
+    Whole hours from the roll-ups, the window's edges live (hourly.py). One page reads them once
+    and passes them to :func:`health_metrics` and :func:`breakdown` (each reads them itself
+    when called alone).
+    """
+    counts = hourly.window_totals(now - window_delta(window), now)
+    db.session.rollback()
+    return counts
+
+
+def health_metrics(
+    window: str, thresholds: dict, now: datetime | None = None, totals: dict | None = None
+) -> list[Metric]:
+    """The nine cards for ``window``, graded against ``thresholds`` (``totals``: its :func:`window_counts`)."""
     now = now or utcnow()
     delta = window_delta(window)
-    since = now - delta
-    succeeded, dead = _terminal_counts(since)
-    retried_ok, retried_dead = _terminal_counts(since, extra=(Operation.attempts > 1,))
-    avg_seconds = db.session.execute(
-        select(
-            func.avg(_seconds_between(Operation.succeeded_at, func.coalesce(Operation.run_at, Operation.created_at)))
-        ).where(Operation.kind.in_(KINDS), Operation.succeeded_at >= since, Operation.attempts > 1)
-    ).scalar()
+    if totals is None:
+        totals, _as_of = window_counts(window, now)
+    succeeded, dead = _kind_sums(totals, "succeeded"), _kind_sums(totals, "dead")
+    retried_ok, retried_dead = _kind_sums(totals, "succeeded_retried"), _kind_sums(totals, "dead_retried")
+    retried_seconds = sum(_kind_sums(totals, "retried_success_seconds").values())
+    avg_seconds = retried_seconds / sum(retried_ok.values()) if sum(retried_ok.values()) else None
     unresolved = db.session.execute(
         select(func.count())
         .select_from(Operation)
         .where(Operation.state == State.DEAD.value, Operation.resolved_at.is_(None))
     ).scalar_one()
-    oldest_due = db.session.execute(
-        select(func.min(Operation.next_attempt_at)).where(
-            Operation.state.in_([State.PENDING.value, State.RETRYING.value, State.SCHEDULED.value]),
-            Operation.next_attempt_at <= now,
-        )
-    ).scalar()
+    oldest_due = backlog.oldest_due(now)
+    due_cap = due_count_cap(thresholds)
+    due = backlog.due_count(now, due_cap)
     db.session.rollback()
     depth = queue_depth()
     values = {
@@ -159,19 +164,28 @@ def health_metrics(window: str, thresholds: dict, now: datetime | None = None) -
         "avg_time_to_success": (
             None if avg_seconds is None else round(float(avg_seconds), 1),
             "s",
-            "first due to success, retried operations",
+            "latest (re)queue to success, retried operations",
         ),
         "queue_depth": (
-            None if depth is None else float(depth["pending"] + depth["scheduled"]),
+            float(due),
             "",
-            "queue unreachable"
-            if depth is None
-            else f"{depth['pending']} pending, {depth['scheduled']} scheduled in Huey",
+            ("at least " if due >= due_cap else "")
+            + f"{due} due and waiting; "
+            + (
+                "queue unreachable"
+                if depth is None
+                else f"Huey: {depth['pending']} pending, {depth['scheduled']} scheduled"
+            ),
         ),
         "oldest_due_age": (
             0.0 if oldest_due is None else round(max((now - oldest_due).total_seconds(), 0.0), 1),
             "s",
             "due and not yet picked up" if oldest_due else "nothing waiting",
+        ),
+        "avg_attempts": (
+            _avg_attempts(totals),
+            "",
+            "per operation finished in the window (alert deliveries excluded)",
         ),
         "throughput": (
             round((sum(succeeded.values()) + sum(dead.values())) / (delta.total_seconds() / 3600), 2),
@@ -184,7 +198,7 @@ def health_metrics(window: str, thresholds: dict, now: datetime | None = None) -
             key,
             value,
             unit,
-            grade(key, value, thresholds) if key != "queue_depth" or value is not None else "red",
+            "red" if key == "queue_depth" and depth is None else grade(key, value, thresholds),
             detail,
             _link(key, window),
         )
@@ -200,10 +214,16 @@ def _link(key: str, window: str) -> dict | None:
         "webhook_success_rate": {"kind": "webhook", "status": "all", "range": range_},
         "dlq_unresolved": {"status": "unresolved"},
         "retry_success_rate": {"status": "all", "range": range_},
-        "avg_time_to_success": {"status": "retrying"},
-        "queue_depth": {"status": "retrying"},
-        "oldest_due_age": {"status": "retrying"},
+        "avg_time_to_success": {"status": "recovered", "range": range_},
+        "queue_depth": {"status": "due"},
+        "oldest_due_age": {"status": "due"},
+        "avg_attempts": {"status": "recovered", "range": range_},
     }.get(key)
+
+
+def due_count_cap(thresholds: dict) -> int:
+    """How far the due count is counted: ten times the critical depth (so the count stays bounded)."""
+    return max(int(thresholds.get("queue_depth", ("max", 0, 1000))[2]) * 10, 1000)
 
 
 def queue_depth() -> dict | None:
@@ -219,41 +239,35 @@ def critical(metrics: list[Metric]) -> list[Metric]:
     return [metric for metric in metrics if metric.status == "red"]
 
 
-def breakdown(window: str, now: datetime | None = None) -> list[dict]:
-    """Per operation name, for operations created in the window: totals like seed 003's stats."""
+def as_of(window: str, now: datetime | None = None) -> datetime | None:
+    """When the roll-ups behind ``window``'s numbers were built (None: counted live, or fresh)."""
     now = now or utcnow()
-    since = now - window_delta(window)
-    failed = or_(Operation.attempts > 1, Operation.state.in_([State.RETRYING.value, State.DEAD.value]))
-    # GROUP BY expressions (not bare columns) keep SQLite on the created_at range index
-    # instead of walking the whole (name, state) index to avoid a sort.
-    name, kind = func.coalesce(Operation.name, "").label("name"), func.coalesce(Operation.kind, "").label("kind")
-    rows = db.session.execute(
-        select(
-            name,
-            kind,
-            func.count().label("total"),
-            func.sum(case((Operation.state == State.SUCCEEDED.value, 1), else_=0)).label("succeeded"),
-            func.sum(case((failed, 1), else_=0)).label("failed"),
-            func.sum(case((Operation.state == State.DEAD.value, 1), else_=0)).label("dead"),
-            func.avg(Operation.attempts).label("avg_attempts"),
-        )
-        .where(Operation.created_at >= since)
-        .group_by(name, kind)
-        .order_by(name)
-    ).all()
+    moment = hourly.stored_as_of(now - window_delta(window), now)
     db.session.rollback()
+    return moment
+
+
+def breakdown(window: str, now: datetime | None = None, totals: dict | None = None) -> list[dict]:
+    """Per operation name, for operations created in the window: totals like seed 003's stats
+    (``totals``: the window's :func:`window_counts`, read here when not given)."""
+    if totals is None:
+        totals, _as_of = window_counts(window, now or utcnow())
+    rows = sorted(
+        ((name, kind, counters) for (kind, name), counters in totals.items() if counters["created"]),
+        key=lambda row: (row[0], row[1]),
+    )
     return [
         {
-            "name": row.name,
-            "kind": row.kind,
-            "total": row.total,
-            "succeeded": int(row.succeeded or 0),
-            "failed": int(row.failed or 0),
-            "dead": int(row.dead or 0),
-            "avg_attempts": round(float(row.avg_attempts or 0), 2),
-            "success_rate": round(100.0 * int(row.succeeded or 0) / row.total, 2) if row.total else None,
+            "name": name,
+            "kind": kind,
+            "total": counters["created"],
+            "succeeded": int(counters["created_succeeded"]),
+            "failed": int(counters["created_failed"]),
+            "dead": int(counters["created_dead"]),
+            "avg_attempts": round(counters["created_attempts"] / counters["created"], 2),
+            "success_rate": round(100.0 * counters["created_succeeded"] / counters["created"], 2),
         }
-        for row in rows
+        for name, kind, counters in rows
     ]
 
 
@@ -261,19 +275,23 @@ def trend(window: str, now: datetime | None = None) -> dict:
     """Successful and failed attempts per hour over the window (every hour present, oldest first)."""
     now = now or utcnow()
     since = now - window_delta(window)
-    bucket = _hour_bucket(OperationAttempt.started_at).label("hour")
-    failed = OperationAttempt.outcome.in_(FAILED_OUTCOMES)
-    rows = db.session.execute(
-        select(
-            bucket,
-            func.sum(case((OperationAttempt.outcome == "succeeded", 1), else_=0)),
-            func.sum(case((failed, 1), else_=0)),
-        )
-        .where(OperationAttempt.started_at >= since)
-        .group_by(literal_column("hour"))
-    ).all()
+    stored = hourly.trend_counts(since, now)
+    if stored is not None:
+        counts = {hour.strftime("%Y-%m-%d %H:00"): value for hour, value in stored[0].items()}
+    else:
+        bucket = _hour_bucket(OperationAttempt.started_at).label("hour")
+        failed = OperationAttempt.outcome.in_(FAILED_OUTCOMES)
+        rows = db.session.execute(
+            select(
+                bucket,
+                func.sum(case((OperationAttempt.outcome == "succeeded", 1), else_=0)),
+                func.sum(case((failed, 1), else_=0)),
+            )
+            .where(OperationAttempt.started_at >= since)
+            .group_by(literal_column("hour"))
+        ).all()
+        counts = {hour: (int(ok or 0), int(bad or 0)) for hour, ok, bad in rows}
     db.session.rollback()
-    counts = {hour: (int(ok or 0), int(bad or 0)) for hour, ok, bad in rows}
     labels, successes, failures = [], [], []
     hour = since.replace(minute=0, second=0, microsecond=0)
     while hour <= now:
@@ -289,6 +307,11 @@ def trend(window: str, now: datetime | None = None) -> dict:
 def heartbeats(now: datetime, config: Mapping) -> list[periodic.Heartbeat]:
     """Each periodic job's heartbeat by name, judged exactly as /healthz, /metrics and ``job_stale`` judge it."""
     return sorted(periodic.heartbeats(now, config), key=lambda beat: beat.name)
+
+
+def consumers(now: datetime, config: Mapping) -> list[consumer_beats.Consumer]:
+    """Consumer processes, live first, then lost, then stopped (one read of the small ``consumers`` table)."""
+    return consumer_beats.list_consumers(now, config)
 
 
 def queue_health(now: datetime, config: Mapping) -> dict:

@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import text
 
 from webapp.extensions import db
-from webapp.services.engine import periodic
+from webapp.services.engine import consumers, periodic
 from webapp.services.engine.doorbell import get_doorbell
 from webapp.services.engine.reconciler import JOB_NAME as RECONCILER
 
@@ -27,6 +27,25 @@ def check(now: datetime, config: Mapping) -> tuple[bool, dict]:
     if not healthy:
         report["status"] = "unhealthy"
     return healthy, report
+
+
+def public_view(report: dict) -> dict:
+    """What anyone may see: the status, whether each part is up and each job fresh — no errors, ages or counts.
+
+    Job errors can quote SQL with customer data; the full report is for admins only
+    (``GET /api/admin/liveness`` and the health page).
+    """
+    view: dict = {"status": report["status"]}
+    for part in ("database", "queue"):
+        if part in report:
+            view[part] = {"ok": bool(report[part].get("ok"))}
+    if "reconciler" in report:
+        view["reconciler"] = {"fresh": bool(report["reconciler"].get("fresh"))}
+    if "jobs" in report:
+        view["jobs"] = {name: {"fresh": bool(job.get("fresh"))} for name, job in report["jobs"].items()}
+    if "stale_jobs" in report:
+        view["stale_jobs"] = list(report["stale_jobs"])
+    return view
 
 
 def _heartbeats_fresh(report: dict, now: datetime, config: Mapping) -> bool:
@@ -74,3 +93,16 @@ def _queue_reachable(report: dict) -> bool:
         return False
     report["queue"] = {"ok": True, **depth}
     return True
+
+
+def consumer_report(now: datetime, config: Mapping) -> dict:
+    """Admins only: every consumer process with its status (live, lost, stopped) and what it runs.
+
+    Never part of the public ``/healthz``: host names, pids and operation ids are internal.
+    """
+    listed = consumers.list_consumers(now, config)
+    return {
+        "lost_after_seconds": config["CONSUMER_LOST_AFTER_SECONDS"],
+        "counts": {status: sum(1 for c in listed if c.status == status) for status in ("live", "lost", "stopped")},
+        "consumers": [consumer.as_dict() for consumer in listed],
+    }

@@ -25,12 +25,12 @@ def add_product(
     price_cents: int,
     *,
     currency: str = "usd",
-    credits_granted: int = 0,
+    credit_cents_granted: int = 0,
     now: datetime | None = None,
 ) -> Product:
-    """Add a product and commit; a credit pack must grant credits, a lead listing none."""
+    """Add a product and commit; a credit pack must grant credit (in cents), a lead listing none."""
     currency = (currency or "").strip().lower()
-    fields = _check(sku, name, kind, price_cents, currency, credits_granted)
+    fields = _check(sku, name, kind, price_cents, currency, credit_cents_granted)
     if fields:
         raise ValidationFailed(fields)
     product = Product(
@@ -39,7 +39,7 @@ def add_product(
         kind=kind,
         price_cents=price_cents,
         currency=currency,
-        credits_granted=credits_granted if kind == "credits" else 0,
+        credit_cents_granted=credit_cents_granted if kind == "credits" else 0,
         active=True,
         created_at=now or utcnow(),
     )
@@ -52,7 +52,7 @@ def add_product(
     return product
 
 
-def _check(sku, name, kind, price_cents, currency, credits_granted) -> dict[str, str]:
+def _check(sku, name, kind, price_cents, currency, credit_cents_granted) -> dict[str, str]:
     fields = {}
     if not isinstance(sku, str) or not SKU_PATTERN.match(sku):
         fields["sku"] = "must be 1-80 letters, digits, '.', '_' or '-'"
@@ -64,8 +64,8 @@ def _check(sku, name, kind, price_cents, currency, credits_granted) -> dict[str,
         fields["price_cents"] = "must be a positive whole number of cents"
     if not CURRENCY_PATTERN.match(currency):
         fields["currency"] = "must be a three-letter ISO currency code"
-    if kind == "credits" and (not isinstance(credits_granted, int) or credits_granted < 1):
-        fields["credits_granted"] = "a credit pack must grant a positive number of credit cents"
+    if kind == "credits" and (not isinstance(credit_cents_granted, int) or credit_cents_granted < 1):
+        fields["credit_cents_granted"] = "a credit pack must grant a positive number of cents of credit"
     return fields
 
 

@@ -8,6 +8,7 @@ from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
+from webapp.domain.text import text_problem
 from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.models import Customer
@@ -42,6 +43,8 @@ def check_customer_input(data: dict) -> tuple[str, str]:
         fields["name"] = "is required"
     elif len(raw_name.strip()) > MAX_NAME:
         fields["name"] = f"is longer than {MAX_NAME} characters"
+    elif problem := text_problem(raw_name):
+        fields["name"] = problem
     else:
         name = raw_name.strip()
     if fields:
@@ -49,8 +52,8 @@ def check_customer_input(data: dict) -> tuple[str, str]:
     return email, name
 
 
-def create_customer(data: dict, *, now: datetime | None = None) -> Customer:
-    """Create a customer and, in the same transaction, their welcome email; commits.
+def create_customer(data: dict, *, now: datetime | None = None, storefront: str | None = None) -> Customer:
+    """Create a customer of ``storefront`` and, in the same transaction, their welcome email; commits.
 
     A second customer with the same address (case-insensitively) is a Conflict.
     """
@@ -58,7 +61,7 @@ def create_customer(data: dict, *, now: datetime | None = None) -> Customer:
     email, name = check_customer_input(data)
     if _email_taken(email):
         raise Conflict(f"a customer with email {email} already exists", code="customer_exists")
-    customer = Customer(email=email, name=name, credit_balance_cents=0, created_at=now)
+    customer = Customer(email=email, name=name, credit_balance_cents=0, created_at=now, storefront=storefront)
     try:
         db.session.add(customer)
         db.session.flush()

@@ -45,8 +45,17 @@ class PaymentsUnavailable(PaymentsError):
     code = "payments_unavailable"
 
 
+# What the storefront is told when a Checkout Session could not be created: the SDK's own text
+# (host names, connection internals, Stripe's request ids) stays in the log and on the purchase.
+CHECKOUT_FAILED_MESSAGE = "the card checkout could not be started (payment provider error); nothing was charged"
+
+
 class CheckoutFailed(PaymentsError):
-    """Stripe refused or could not be reached while creating the Checkout Session."""
+    """Stripe refused or could not be reached while creating the Checkout Session.
+
+    ``str(exc)`` is the detailed reason, for the log and the purchase; clients get
+    :data:`CHECKOUT_FAILED_MESSAGE` under the stable code ``stripe_error``.
+    """
 
     code = "stripe_error"
 

@@ -9,12 +9,14 @@ before the completion) defers; after ``DEFER_WINDOW`` of that it dead-letters wi
 from __future__ import annotations
 
 import json
+import logging
 from datetime import timedelta
 
 from sqlalchemy import select
 
 from webapp.domain.errors import Deferral, PermanentError
 from webapp.domain.retry import RetryPolicy
+from webapp.domain.text import storable
 from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.models import Purchase, StripeEvent
@@ -22,6 +24,11 @@ from webapp.services.engine.registry import HandlerContext, handler, registry
 from webapp.services.engine.runner import on_outcome
 from webapp.services.payments import purchases
 from webapp.services.payments.intake import OPERATION_PREFIX, mark_event
+
+log = logging.getLogger("backstop.stripe")
+
+# Outcomes of a transition that did something (any other outcome is a no-op).
+APPLIED = frozenset({"completed", "failed", "expired", "refunded", "partially_refunded"})
 
 # Stripe webhook processing: 5 retries, exponential backoff with full jitter (seed 000).
 WEBHOOK_POLICY = RetryPolicy.retries(5)
@@ -90,14 +97,31 @@ def event_object(row: StripeEvent) -> dict:
     return obj
 
 
-def finish(ctx: HandlerContext, row: StripeEvent, outcome: str, state: str = "processed") -> str:
-    """Mark the event processed (or ignored) in the success transaction; return the outcome."""
+def finish(
+    ctx: HandlerContext, row: StripeEvent, outcome: str, state: str = "processed", purchase_id: int | None = None
+) -> dict:
+    """Mark the event processed (or ignored) in the success transaction; return the operation's result.
+
+    The result says what the event did (``completed``, ``already_completed``, ``not_ours``...), so
+    the console's timeline shows why a replayed or duplicate event changed nothing; a replay also
+    says in the log whether it applied anything.
+    """
     mark_event(row.id, state, now=ctx.now)
-    return outcome
+    result = {"event_id": row.id, "event_type": row.type, "outcome": outcome, "event_state": state}
+    if purchase_id is not None:
+        result["purchase_id"] = purchase_id
+    if outcome.startswith("already_"):
+        result[outcome] = True  # e.g. {"already_completed": true}: idempotency made it a no-op
+    replay = ctx.payload.get("replay")
+    if replay:
+        result["replay"] = replay
+        applied = "applied again" if outcome in APPLIED else "nothing applied again (no email, no credit)"
+        log.info("stripe event %s replay %s: %s, %s", row.id, replay, outcome, applied)
+    return result
 
 
 @stripe_handler("checkout.session.completed", "checkout.session.async_payment_succeeded")
-def checkout_paid(ctx: HandlerContext) -> str:
+def checkout_paid(ctx: HandlerContext) -> dict:
     """Complete the purchase named in the session's metadata, exactly once."""
     row, session = load_event(ctx)
     purchase = _purchase_for(session, row)
@@ -108,7 +132,7 @@ def checkout_paid(ctx: HandlerContext) -> str:
         "no_payment_required",
     ):
         # Delayed payment methods: the money is not there yet; async_payment_succeeded follows.
-        return finish(ctx, row, "awaiting_async_payment")
+        return finish(ctx, row, "awaiting_async_payment", purchase_id=purchase.id)
     result = purchases.complete(
         purchase.id,
         now=ctx.now,
@@ -120,11 +144,14 @@ def checkout_paid(ctx: HandlerContext) -> str:
             f"payment received for purchase {purchase.id}, but it is {result.purchase.status}: "
             "refund or reconcile it by hand"
         )
-    return finish(ctx, row, result.outcome)
+    summary = finish(ctx, row, result.outcome, purchase_id=purchase.id)
+    if result.outcome == "completed":
+        summary.update(_completion_summary(result.purchase))
+    return summary
 
 
 @stripe_handler("checkout.session.async_payment_failed", "checkout.session.expired")
-def checkout_unpaid(ctx: HandlerContext) -> str:
+def checkout_unpaid(ctx: HandlerContext) -> dict:
     """Mark the purchase failed (async payment failed) or expired, and tell the customer."""
     row, session = load_event(ctx)
     purchase = _purchase_for(session, row)
@@ -134,11 +161,11 @@ def checkout_unpaid(ctx: HandlerContext) -> str:
         result = purchases.fail(purchase.id, "expired", "the checkout session expired before payment", now=ctx.now)
     else:
         result = purchases.fail(purchase.id, "failed", "the delayed payment failed", now=ctx.now)
-    return finish(ctx, row, result.outcome)
+    return finish(ctx, row, result.outcome, purchase_id=purchase.id)
 
 
 @stripe_handler("payment_intent.payment_failed")
-def payment_failed(ctx: HandlerContext) -> str:
+def payment_failed(ctx: HandlerContext) -> dict:
     """A declined payment: mark the pending purchase failed with Stripe's reason, tell the customer."""
     row, intent = load_event(ctx)
     purchase = _purchase_for(intent, row, payment_intent_id=_str(intent.get("id")))
@@ -146,12 +173,13 @@ def payment_failed(ctx: HandlerContext) -> str:
         return finish(ctx, row, "not_ours", "ignored")
     error = intent.get("last_payment_error") or {}
     reason = (error.get("message") if isinstance(error, dict) else None) or "the payment was declined"
-    result = purchases.fail(purchase.id, "failed", str(reason), now=ctx.now)
-    return finish(ctx, row, result.outcome)
+    # Stripe's text is shown to the customer and stored: a NUL in it must not fail every attempt.
+    result = purchases.fail(purchase.id, "failed", storable(str(reason)), now=ctx.now)
+    return finish(ctx, row, result.outcome, purchase_id=purchase.id)
 
 
 @stripe_handler("charge.refunded")
-def charge_refunded(ctx: HandlerContext) -> str:
+def charge_refunded(ctx: HandlerContext) -> dict:
     """Record a full or partial refund (from the charge's cumulative amount_refunded) and notify."""
     row, charge = load_event(ctx)
     payment_intent_id = _id_of(charge.get("payment_intent"))
@@ -169,7 +197,19 @@ def charge_refunded(ctx: HandlerContext) -> str:
     if purchase.status == "expired":
         raise PermanentError(f"refund for purchase {purchase.id}, which expired unpaid: check it in Stripe")
     result = purchases.refund(purchase.id, amount_refunded, now=ctx.now, event_id=row.id)
-    return finish(ctx, row, result.outcome)
+    summary = finish(ctx, row, result.outcome, purchase_id=purchase.id)
+    if not result.outcome.startswith(("already_", "not_refundable")):
+        summary["refunded_cents"] = result.purchase.refunded_cents
+    return summary
+
+
+def _completion_summary(purchase: Purchase) -> dict:
+    """What completing a purchase did besides the status: credits granted, the confirmation queued."""
+    product = purchase.product
+    summary = {"confirmation_queued": True}
+    if product.kind == "credits" and product.credit_cents_granted:
+        summary["credits_granted"] = product.credit_cents_granted
+    return summary
 
 
 def _defer_or_give_up(ctx: HandlerContext, row: StripeEvent, why: str) -> None:

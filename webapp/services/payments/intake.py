@@ -6,27 +6,32 @@ processing operation in one transaction. The ``stripe.<event type>`` handlers do
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-import stripe
 from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from webapp.domain.stripe_ids import event_problem
 from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.models import StripeEvent, WebhookRejection
-from webapp.services.engine.operations import create_operation
+from webapp.services.engine.operations import insert_operation
 from webapp.services.engine.registry import registry
+from webapp.services.engine.sql import prepared_insert
 
 log = logging.getLogger("backstop.stripe")
 
 SIGNATURE_TOLERANCE_SECONDS = 300
+SIGNATURE_SCHEME = "v1"  # Stripe's current scheme; v0 (test-mode legacy) is not trusted
 OPERATION_PREFIX = "stripe."
 
 # Rejection reasons (stable: /metrics labels and the health page use them).
@@ -71,7 +76,7 @@ class Intake:
 def verify(
     payload: bytes, header: str | None, secrets: Sequence[str], *, tolerance: int = SIGNATURE_TOLERANCE_SECONDS
 ) -> dict:
-    """Check ``Stripe-Signature`` against every secret with the stripe SDK; return the event.
+    """Check ``Stripe-Signature`` against every secret as the stripe SDK does; return the event.
 
     Raises :class:`WebhookRejected` naming why. A signature that matches but is older than
     ``tolerance`` is reported as stale rather than invalid, so an operator can tell clock
@@ -85,21 +90,41 @@ def verify(
         text = payload.decode("utf-8")
     except UnicodeDecodeError:
         raise WebhookRejected(INVALID_SIGNATURE, "body is not UTF-8, so it cannot carry a valid signature") from None
-    if not any(_signature_matches(text, header, secret) for secret in secrets):
+    signed_at, signatures = _read_header(header)
+    # The SDK's hmac, without its per-secret re-parse of the header and re-encode of the body.
+    signed = b"%d." % signed_at + payload
+    if not any(_signature_matches(signed, signatures, secret) for secret in secrets):
         raise WebhookRejected(INVALID_SIGNATURE, "no signature in Stripe-Signature matches the payload")
-    if not any(_signature_matches(text, header, secret, tolerance) for secret in secrets):
+    if tolerance and signed_at < time.time() - tolerance:
         raise WebhookRejected(STALE_TIMESTAMP, f"signature timestamp is older than {tolerance} seconds")
     return parse_event(text)
 
 
-def _signature_matches(text: str, header: str, secret: str, tolerance: int | None = None) -> bool:
+def _read_header(header: str) -> tuple[int, list[str]]:
+    """The ``t=`` timestamp and the ``v1=`` signatures, read exactly as the SDK reads them.
+
+    Items split at commas, each at its first two ``=`` (``t=1=x`` is timestamp 1); the first
+    ``t`` item is the timestamp; every ``v1`` item is a signature (``v0`` is ignored). A header
+    the SDK could not read matches nothing.
+    """
+    items = [item.split("=", 2) for item in header.split(",")]
     try:
-        # The SDK compares in constant time, takes only v1 signatures (v0 is ignored) and
-        # accepts a header carrying several v1 values.
-        stripe.WebhookSignature.verify_header(text, header, secret, tolerance)
-    except stripe.SignatureVerificationError:
+        signed_at = int(next(item[1] for item in items if item[0] == "t"))
+        signatures = [item[1] for item in items if item[0] == SIGNATURE_SCHEME]
+    except (StopIteration, IndexError, ValueError):
+        raise WebhookRejected(INVALID_SIGNATURE, "Stripe-Signature has no readable timestamp") from None
+    if not signatures:
+        raise WebhookRejected(INVALID_SIGNATURE, "Stripe-Signature has no v1 signature")
+    return signed_at, signatures
+
+
+def _signature_matches(signed: bytes, signatures: list[str], secret: str) -> bool:
+    """Whether any of ``signatures`` is the HMAC-SHA256 of ``signed`` keyed by ``secret`` (constant time)."""
+    if not secret.strip(" \t\r\n\f\v"):  # the SDK refuses a blank secret
         return False
-    return True
+    expected = hmac.new(secret.encode("utf-8"), signed, hashlib.sha256).hexdigest().encode()
+    # Compared as bytes: a header value is Latin-1 text, and compare_digest refuses non-ASCII str.
+    return any(hmac.compare_digest(expected, signature.encode("latin-1", "replace")) for signature in signatures)
 
 
 def parse_event(text: str) -> dict:
@@ -122,6 +147,8 @@ def parse_event(text: str) -> dict:
     object_id = data["object"].get("id")
     if object_id is not None and not _is_text(object_id, 255):
         raise WebhookRejected(INVALID_PAYLOAD, "event's data.object has an invalid id")
+    if problem := event_problem(event, text=text):
+        raise WebhookRejected(INVALID_PAYLOAD, problem)
     return event
 
 
@@ -144,24 +171,27 @@ def is_handled(event_type: str) -> bool:
 def record_event(raw: str, event: dict, *, now: datetime | None = None) -> Intake:
     """Store a verified event once per id, with its processing operation; commits.
 
-    A replay (same event id) changes nothing. Database errors propagate (the caller answers
-    503 so Stripe retries): an event is never acknowledged unless it is stored.
+    One write transaction: the operation's INSERT (its key is the event id, so a replay
+    inserts nothing) and the event's. A replay (same event id) changes nothing. Database
+    errors propagate (the caller answers 503 so Stripe retries): an event is never
+    acknowledged unless it is stored.
     """
     now = now or utcnow()
-    existing = _existing(event["id"])
-    if existing is not None:
-        return existing
     try:
         intake = _insert(raw, event, now)
-        db.session.commit()
-        return intake
     except IntegrityError:
-        # A concurrent delivery of the same event stored it first.
+        # A concurrent delivery of the same event stored it first, or something else is wrong.
         db.session.rollback()
         existing = _existing(event["id"])
         if existing is None:
             raise
         return existing
+    if intake is None:  # a replay: its operation or its row exists
+        db.session.rollback()
+        # The operation outlived its event row only if retention removed the row: still a replay.
+        return _existing(event["id"]) or Intake(event["id"], event["type"], False, "unknown", None)
+    db.session.commit()
+    return intake
 
 
 def _existing(event_id: str) -> Intake | None:
@@ -176,38 +206,47 @@ def _existing(event_id: str) -> Intake | None:
     return Intake(event_id, row.type, False, row.processing_state, row.operation_id)
 
 
-def _insert(raw: str, event: dict, now: datetime) -> Intake:
+def _insert(raw: str, event: dict, now: datetime) -> Intake | None:
+    """Insert the event (and its operation, when a handler exists); None when it is a replay."""
     event_type = event["type"]
     data_object = event["data"]["object"]
     object_id = data_object.get("id")  # parse_event checked: printable text or None
     handled = is_handled(event_type)
-    row = StripeEvent(
-        id=event["id"],
-        type=event_type,
-        livemode=bool(event.get("livemode")),
-        api_version=_printable(event.get("api_version"), 40),
-        object_id=object_id,
-        payload=raw,
-        received_at=now,
-        processing_state="received" if handled else "ignored",
-        processed_at=None if handled else now,
+    # Everything is worked out before the first INSERT begins the transaction (on SQLite, the
+    # write lock every other writer waits for).
+    row = {
+        "id": event["id"],
+        "type": event_type,
+        "livemode": bool(event.get("livemode")),
+        "api_version": _printable(event.get("api_version"), 40),
+        "object_id": object_id,
+        "payload": raw,
+        "received_at": now,
+        "processing_state": "received" if handled else "ignored",
+        "operation_id": None,
+        "processed_at": None if handled else now,
+    }
+    # A handled event's duplicate id raises IntegrityError (a replay); an ignored one inserts nothing.
+    insert = prepared_insert(
+        StripeEvent.__table__, db.session.get_bind().dialect, tuple(row), ignore_conflicts=not handled
     )
-    db.session.add(row)
-    db.session.flush()  # the primary key decides replays before any operation is made
-    operation_id = None
     if handled:
-        operation = create_operation(
+        row["operation_id"] = insert_operation(
             operation_name(event_type),
             {"event_id": event["id"], "type": event_type, "object_id": object_id, "received_at": now.isoformat()},
             idempotency_key=f"stripe-event:{event['id']}",
-            subject=_subject(data_object, object_id),
+            subject=event_subject(data_object, object_id),
             now=now,
         )
-        row.operation_id = operation_id = operation.id
-    return Intake(event["id"], event_type, True, row.processing_state, operation_id)
+        if row["operation_id"] is None:
+            return None  # the operation's key exists: this event was stored before
+    if not insert.execute(db.session.connection(), insert.parameters(row)).rowcount:
+        return None
+    return Intake(event["id"], event_type, True, row["processing_state"], row["operation_id"])
 
 
-def _subject(data_object: dict, object_id: str | None) -> str | None:
+def event_subject(data_object: dict, object_id: str | None) -> str | None:
+    """The subject of an event's processing operation: its purchase, else its Stripe object."""
     metadata = data_object.get("metadata")
     purchase_id = _printable(metadata.get("purchase_id") if isinstance(metadata, dict) else None, 200)
     if purchase_id:

@@ -14,12 +14,13 @@ from datetime import datetime
 from sqlalchemy import select, update
 
 from webapp.domain.errors import TransientError
+from webapp.domain.text import text_problem
 from webapp.domain.time import iso, utcnow
 from webapp.extensions import db
 from webapp.models import Customer, Product, Purchase
 from webapp.models.payments import PAYMENT_METHODS
 from webapp.services.email import queue_email
-from webapp.services.payments.errors import Conflict, NotFound, ValidationFailed
+from webapp.services.payments.errors import CHECKOUT_FAILED_MESSAGE, Conflict, NotFound, ValidationFailed
 
 log = logging.getLogger("backstop.payments")
 
@@ -37,6 +38,7 @@ class PurchaseRequest:
     customer: Customer
     product: Product
     payment_method: str
+    storefront: str | None = None
 
 
 @dataclass(frozen=True)
@@ -55,8 +57,16 @@ def money(cents: int, currency: str) -> str:
     return f"{symbol}{amount}" if symbol else f"{amount} {(currency or '').upper()}"
 
 
-def check_purchase_input(data: dict) -> PurchaseRequest:
-    """Validate ``{customer_id, product_sku, payment_method}``; every bad field at once."""
+def visible_to(row: Customer | Purchase | None, storefront: str | None) -> bool:
+    """Whether a storefront may see this customer or purchase: its own, or one from before ownership."""
+    return row is not None and (storefront is None or row.storefront is None or row.storefront == storefront)
+
+
+def check_purchase_input(data: dict, storefront: str | None = None) -> PurchaseRequest:
+    """Validate ``{customer_id, product_sku, payment_method}``; every bad field at once.
+
+    Another storefront's customer is reported exactly like a missing one.
+    """
     fields: dict[str, str] = {}
     customer_id = data.get("customer_id")
     customer = product = None
@@ -66,13 +76,16 @@ def check_purchase_input(data: dict) -> PurchaseRequest:
         fields["customer_id"] = "must be a positive integer"
     else:
         customer = db.session.get(Customer, customer_id)
-        if customer is None:
+        if not visible_to(customer, storefront):
+            customer = None
             fields["customer_id"] = f"no customer has id {customer_id}"
     sku = data.get("product_sku")
     if sku is None or sku == "":
         fields["product_sku"] = "is required"
     elif not isinstance(sku, str) or len(sku) > 80:
         fields["product_sku"] = "must be a product sku string"
+    elif problem := text_problem(sku):
+        fields["product_sku"] = problem
     else:
         product = db.session.execute(select(Product).where(Product.sku == sku)).scalar_one_or_none()
         if product is None:
@@ -88,7 +101,7 @@ def check_purchase_input(data: dict) -> PurchaseRequest:
         fields["payment_method"] = "credit packs cannot be bought with credits; use card"
     if fields:
         raise ValidationFailed(fields)
-    return PurchaseRequest(customer, product, method)
+    return PurchaseRequest(customer, product, method, storefront)
 
 
 def find_by_request_key(request_key: str | None) -> Purchase | None:
@@ -138,6 +151,7 @@ def buy_with_credits(
         created_at=now,
         updated_at=now,
         request_key=request_key,
+        storefront=request.storefront,
     )
     db.session.add(purchase)
     db.session.flush()
@@ -161,6 +175,7 @@ def start_card_purchase(
         created_at=now,
         updated_at=now,
         request_key=request_key,
+        storefront=request.storefront,
     )
     db.session.add(purchase)
     db.session.commit()
@@ -207,6 +222,24 @@ def product_sku(product_id: int) -> str | None:
     return sku
 
 
+def _public_failure_reason(purchase: Purchase) -> str | None:
+    """A failed checkout (no session was ever made) shows the generic message, not the SDK's text."""
+    if purchase.status == "failed" and purchase.payment_method == "card" and not purchase.stripe_checkout_session_id:
+        return CHECKOUT_FAILED_MESSAGE
+    return purchase.failure_reason
+
+
+def describe_for_admins(purchase: Purchase, product_sku: str | None = None) -> dict:
+    """The storefront's view plus what only admins see: the full failure reason and Stripe's ids."""
+    return {
+        **describe(purchase, product_sku),
+        "failure_reason": purchase.failure_reason,
+        "stripe_checkout_session_id": purchase.stripe_checkout_session_id,
+        "stripe_payment_intent_id": purchase.stripe_payment_intent_id,
+        "updated_at": iso(purchase.updated_at),
+    }
+
+
 def describe(purchase: Purchase, product_sku: str | None = None) -> dict:
     """The storefront's view of a purchase (JSON-ready)."""
     return {
@@ -220,7 +253,7 @@ def describe(purchase: Purchase, product_sku: str | None = None) -> dict:
         "refunded_cents": purchase.refunded_cents,
         "fulfilment_status": purchase.fulfilment_status,
         "checkout_url": purchase.checkout_url if purchase.status == "pending" else None,
-        "failure_reason": purchase.failure_reason,
+        "failure_reason": _public_failure_reason(purchase),
         "created_at": iso(purchase.created_at),
         "completed_at": iso(purchase.completed_at),
         "fulfilled_at": iso(purchase.fulfilled_at),
@@ -255,12 +288,12 @@ def complete(
             "already_completed" if purchase.status in PAID else f"not_completable:{purchase.status}", purchase
         )
     product, customer = purchase.product, purchase.customer
-    if product.kind == "credits" and product.credits_granted:
+    if product.kind == "credits" and product.credit_cents_granted:
         # Exactly once: only the transaction that won the conditional UPDATE gets here.
         db.session.execute(
             update(Customer)
             .where(Customer.id == customer.id)
-            .values(credit_balance_cents=Customer.credit_balance_cents + product.credits_granted)
+            .values(credit_balance_cents=Customer.credit_balance_cents + product.credit_cents_granted)
             .execution_options(synchronize_session=False)
         )
     queue_confirmation(purchase, customer, product)
@@ -344,12 +377,12 @@ def claw_back_credits(
     """Take back the refunded share of a credit pack's credits, as far as they are unspent.
 
     A refund of ``target - previous`` cents of ``amount_cents`` owes back the same share of
-    ``credits_granted`` (rounded so that a full refund owes exactly all of them). The balance
+    ``credit_cents_granted`` (rounded so that a full refund owes exactly all of them). The balance
     never goes below zero: credits already spent stay spent. Returns ``(removed, already_spent)``.
     Runs in the caller's transaction; a concurrent change of the balance raises TransientError
     (the whole refund transaction rolls back and is retried).
     """
-    granted = product.credits_granted or 0
+    granted = product.credit_cents_granted or 0
     if product.kind != "credits" or granted <= 0 or amount_cents <= 0:
         return 0, 0
     owed = granted * target_cents // amount_cents - granted * previous_cents // amount_cents
@@ -381,7 +414,8 @@ def queue_confirmation(purchase: Purchase, customer: Customer, product: Product)
     context = _context(purchase, customer, product)
     if product.kind == "credits":
         context.update(
-            credits_granted=product.credits_granted, credits_display=money(product.credits_granted, product.currency)
+            credits_granted=product.credit_cents_granted,
+            credits_display=money(product.credit_cents_granted, product.currency),
         )
     return queue_email(
         template,

@@ -1,0 +1,30 @@
+"""Bare Huey on Backstop's queue backend, no Backstop: the worker benchmark's baseline.
+
+``huey_consumer bench.bare_huey.huey`` with the same flags as Backstop's consumer. The queue is
+built from ``HUEY_URL`` / ``HUEY_NAME`` with the same options Backstop documents (SqliteHuey with
+a 30 s timeout, RedisHuey; no result store).
+"""
+
+from __future__ import annotations
+
+import os
+
+from huey import RedisHuey, SqliteHuey
+
+
+def queue_from_env():
+    """SqliteHuey or RedisHuey, like ``HUEY_URL`` describes."""
+    url = os.environ["HUEY_URL"]
+    name = os.environ.get("HUEY_NAME", "bench") + "-bare"
+    if url.startswith("sqlite:///"):
+        return SqliteHuey(name, filename=url.removeprefix("sqlite:///") + ".bare", results=False, timeout=30)
+    return RedisHuey(name, url=url, results=False)
+
+
+huey = queue_from_env()
+
+
+@huey.task(name="bare_noop")
+def bare_noop(number: int):
+    """Do nothing."""
+    return None
