@@ -12,12 +12,13 @@ import os
 from huey import RedisHuey, SqliteHuey
 
 
-def queue_from_env():
-    """SqliteHuey or RedisHuey, like ``HUEY_URL`` describes."""
+def queue_from_env(suffix: str = "-bare"):
+    """SqliteHuey or RedisHuey, like ``HUEY_URL`` describes, in a queue (and file) of its own."""
     url = os.environ["HUEY_URL"]
-    name = os.environ.get("HUEY_NAME", "bench") + "-bare"
+    name = os.environ.get("HUEY_NAME", "bench") + suffix
     if url.startswith("sqlite:///"):
-        return SqliteHuey(name, filename=url.removeprefix("sqlite:///") + ".bare", results=False, timeout=30)
+        filename = url.removeprefix("sqlite:///") + suffix.replace("-", ".")
+        return SqliteHuey(name, filename=filename, results=False, timeout=30, fsync=False)
     return RedisHuey(name, url=url, results=False)
 
 

@@ -9,7 +9,10 @@ Backstop's database on PostgreSQL.
 Backstop's side: operations made with ``create_operation`` (rung into Huey after each batch's
 commit) and run by ``huey_consumer tasks.worker.huey`` (``--flask-worker``: ``flask --app wsgi
 worker``), which imports the no-op handler through ``BACKSTOP_HANDLER_MODULES=bench.noop_handlers``.
-Bare side: ``huey_consumer bench.bare_huey.huey``, a task that returns at once.
+Bare side: ``huey_consumer bench.bare_huey.huey``, a task that returns at once. Durable floor:
+``huey_consumer bench.floor_huey.huey``, bare Huey plus the claim and outcome transactions as raw
+SQL on the bare driver (see that module), on operations of its own (``bench.floor``) in the same
+database; the ratios Backstop/floor and floor/bare split the gap into Python and writes.
 
 Afterwards every operation must have succeeded on its first attempt, with one attempt row, and
 none may be left waiting or running (stranded); exits 1 otherwise.
@@ -62,6 +65,38 @@ def bare_huey(backend: common.Backend, count: int, threads: int) -> float:
         process.stop()
 
 
+FLOOR_INSERT = (
+    "INSERT INTO operations (kind, name, payload, idempotency_key, state, attempts, max_attempts,"
+    " next_attempt_at, enqueued_at, created_at, updated_at) VALUES ('job', 'bench.floor', '{}', :key, 'pending',"
+    " 0, 4, :now, :now, :now, :now)"
+)
+
+
+def floor(backend: common.Backend, count: int, threads: int) -> float:
+    """Insert ``count`` operations and ring the floor's queue for each, then time its consumer."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import text
+
+    engine = common.sql_engine(backend)
+    now = datetime.now(UTC).replace(tzinfo=None)
+    with engine.begin() as connection:
+        connection.execute(text(FLOOR_INSERT), [{"key": f"floor-{n}", "now": now} for n in range(count)])
+        ids = connection.execute(text("SELECT id FROM operations WHERE name = 'bench.floor' ORDER BY id")).scalars()
+        ids = list(ids)
+    os.environ.update(HUEY_URL=backend.huey_url, HUEY_NAME=backend.huey_name, DATABASE_URL=backend.database_url)
+    module = importlib.reload(importlib.import_module("bench.floor_huey"))
+    for operation_id in ids:
+        module.floor_run(operation_id)
+    process = common.huey_consumer("bench.floor_huey.huey", backend.env(), backend.tmp / "floor.log", threads)
+    done = "SELECT count(*) FROM operations WHERE name = 'bench.floor' AND state = 'succeeded'"
+    try:
+        return drain(process, lambda: common.scalar(engine, done) == count)
+    finally:
+        process.stop()
+        engine.dispose()
+
+
 def fill_operations(backend: common.Backend, count: int) -> None:
     """Create ``count`` no-op operations with ``create_operation``, committed (and rung) in batches."""
     import bench.noop_handlers
@@ -96,14 +131,17 @@ def backstop(backend: common.Backend, count: int, threads: int, flask_worker: bo
         engine.dispose()
 
 
-def ledger(backend: common.Backend, count: int) -> list[str]:
-    """Problems: operations not succeeded (stranded or failed), retried, or with extra attempts."""
+def ledger(backend: common.Backend, count: int, name: str = "bench.noop") -> list[str]:
+    """Problems: ``name``'s operations not succeeded (stranded or failed), retried, or with extra attempts."""
     engine = common.sql_engine(backend)
-    states = dict(common.rows(engine, "SELECT state, count(*) FROM operations GROUP BY state"))
-    attempts = common.scalar(engine, "SELECT count(*) FROM operation_attempts")
-    retried = common.scalar(engine, "SELECT count(*) FROM operations WHERE attempts <> 1")
+    ours = "SELECT id FROM operations WHERE name = :name"
+    by_state = "SELECT state, count(*) FROM operations WHERE name = :name GROUP BY state"
+    states = dict(common.rows(engine, by_state, name=name))
+    of_ours = f"SELECT count(*) FROM operation_attempts WHERE operation_id IN ({ours})"
+    attempts = common.scalar(engine, of_ours, name=name)
+    retried = common.scalar(engine, "SELECT count(*) FROM operations WHERE name = :name AND attempts <> 1", name=name)
     engine.dispose()
-    print(f"  ledger: states {states}, {attempts} attempt rows, {retried} operations with attempts != 1")
+    print(f"  ledger of {name}: states {states}, {attempts} attempt rows, {retried} operations with attempts != 1")
     problems = []
     if states.get("succeeded", 0) != count or sum(states.values()) != count:
         problems.append(f"expected {count} succeeded operations, found {states}")
@@ -128,14 +166,20 @@ def main() -> None:
     for name in names:
         with common.backend(name, "drain") as backend:
             bare = bare_huey(backend, args.ops, args.threads)
+            least = floor(backend, args.ops, args.threads)
             full = backstop(backend, args.ops, args.threads, args.flask_worker)
             problems += [f"{name}: {problem}" for problem in ledger(backend, args.ops)]
+            problems += [f"{name} floor: {problem}" for problem in ledger(backend, args.ops, "bench.floor")]
         queue = "SqliteHuey" if name == "sqlite" else "Redis (+ PostgreSQL)"
-        results.append((queue, args.ops / bare, args.ops / full))
+        results.append((queue, args.ops / bare, args.ops / least, args.ops / full))
     print(f"\n{args.ops} no-op items, one consumer, {args.threads} threads")
-    print(f"{'queue':<22}{'bare Huey /s':>14}{'Backstop ops/s':>16}{'ratio':>8}")
-    for queue, bare_rate, rate in results:
-        print(f"{queue:<22}{bare_rate:>14.0f}{rate:>16.0f}{rate / bare_rate:>8.2f}")
+    header = f"{'queue':<22}{'bare Huey /s':>14}{'floor /s':>10}{'Backstop /s':>13}"
+    print(header + f"{'floor/bare':>12}{'Backstop/bare':>15}{'Backstop/floor':>16}")
+    for queue, bare_rate, floor_rate, rate in results:
+        print(
+            f"{queue:<22}{bare_rate:>14.0f}{floor_rate:>10.0f}{rate:>13.0f}"
+            f"{floor_rate / bare_rate:>12.2f}{rate / bare_rate:>15.2f}{rate / floor_rate:>16.2f}"
+        )
     if problems:
         print("\nPROBLEMS:\n  " + "\n  ".join(problems))
         sys.exit(1)
