@@ -32,28 +32,41 @@ def pg_app(tmp_path):
         yield app
 
 
-def test_the_claim_commits_without_a_flush_and_the_outcome_with_one(pg_app):
+def test_the_claim_is_one_unflushed_autocommit_statement_and_the_outcome_commits_with_a_flush(pg_app):
     operation_id = operations.create_operation("test.commit_setting", {}, idempotency_key="commit-setting").id
     db.session.commit()
-    transactions: list[list[str]] = [[]]
+    statements: list[tuple[bool, str]] = []
 
     def statement(conn, cursor, sql, parameters, context, executemany):
-        transactions[-1].append(" ".join(sql.split())[:60])
-
-    def commit(conn):
-        transactions.append([])
+        autocommit = conn.connection.dbapi_connection.autocommit
+        statements.append((autocommit, " ".join(sql.split())))
 
     event.listen(db.engine, "before_cursor_execute", statement)
-    event.listen(db.engine, "commit", commit)
     try:
         result = runner.execute(operation_id, now=T0.replace(year=2100))
     finally:
         event.remove(db.engine, "before_cursor_execute", statement)
-        event.remove(db.engine, "commit", commit)
 
     assert result.outcome == "succeeded"
-    claim, outcome = transactions[0], transactions[1]
-    assert claim[0] == "SET LOCAL synchronous_commit = off"
-    assert claim[1].startswith("UPDATE operations SET state=")
-    assert not any("synchronous_commit = off" in sql for sql in outcome)
+    (autocommit, claim), *outcome = statements
+    # One round trip: its own transaction, the attempt inserted from the claimed row, no flush.
+    assert autocommit
+    assert claim.startswith("WITH claimed AS (UPDATE operations SET state=")
+    assert "INSERT INTO operation_attempts" in claim and "set_config(" in claim
+    assert not any(autocommit or "set_config(" in sql for autocommit, sql in outcome)
     assert load(operation_id).result == {"synchronous_commit": "on"}
+    [attempt] = db.session.execute(
+        text("SELECT number, outcome, worker FROM operation_attempts WHERE operation_id = :id"), {"id": operation_id}
+    ).all()
+    assert (attempt.number, attempt.outcome, attempt.worker) == (1, "succeeded", runner.worker_identity())
+
+
+def test_a_claim_that_takes_nothing_writes_no_attempt(pg_app):
+    operation_id = operations.create_operation("test.commit_setting", {}, idempotency_key="commit-setting").id
+    db.session.commit()
+
+    result = runner.execute(operation_id, now=T0.replace(year=2000))  # before it is due
+
+    assert result.outcome == "not_claimed" and result.due_at is not None
+    assert db.session.execute(text("SELECT count(*) FROM operation_attempts")).scalar() == 0
+    assert load(operation_id).state == "pending"
