@@ -6,10 +6,14 @@ can write, as raw SQL through the bare driver (``sqlite3`` / ``psycopg``), on Ba
 schema and operations:
 
 1. the claim: the conditional UPDATE of the operation (due, waiting, name not paused) returning
-   its attempt number, and the attempt's INSERT; one transaction (on PostgreSQL committed without
-   waiting for the WAL flush, as Backstop's claim is);
+   its attempt number, and the attempt's INSERT; one transaction (on PostgreSQL one statement in
+   autocommit, committed without waiting for the WAL flush, as Backstop's claim is);
 2. the outcome: the conditional UPDATE to ``succeeded`` and the attempt's UPDATE; one durable
-   transaction.
+   transaction (on PostgreSQL one statement in autocommit).
+
+On PostgreSQL that is two round trips and one WAL flush per operation: fewer than Backstop can
+have, whose outcome shares a transaction with the handler's own writes (BEGIN, the statement,
+COMMIT).
 
 No SQLAlchemy, no Flask, no logging. On SQLite the process's threads take turns on the writer
 with a lock (as Backstop's writer gate does), so no thread sleeps in SQLite's busy handler.
@@ -36,7 +40,7 @@ _WORKER = f"{socket.gethostname()}:{os.getpid()}"
 CLAIM = (
     "UPDATE operations SET state = 'running', attempts = attempts + 1, lease_expires_at = {p}, last_attempt_at = {p},"
     " updated_at = {p} WHERE id = {p} AND (state = 'pending' OR state = 'retrying' OR state = 'scheduled')"
-    " AND next_attempt_at <= {p} AND name NOT IN (SELECT name FROM operation_pauses) RETURNING attempts"
+    " AND next_attempt_at <= {p} AND name NOT IN (SELECT name FROM operation_pauses) RETURNING attempts, id"
 )
 OPEN_ATTEMPT = (
     "INSERT INTO operation_attempts (operation_id, number, started_at, outcome, worker)"
@@ -90,29 +94,35 @@ def _run_on_sqlite(operation_id: int) -> None:
         connection.execute("COMMIT")
 
 
+CLAIM_IN_ONE = (
+    f"WITH claimed AS ({CLAIM.format(p='%s')}), attempt AS (INSERT INTO operation_attempts"
+    " (operation_id, number, started_at, outcome, worker) SELECT id, attempts, %s, 'running', %s FROM claimed"
+    " RETURNING id), unflushed AS (SELECT set_config('synchronous_commit', 'off', true) AS setting)"
+    " SELECT claimed.attempts, attempt.id FROM claimed, attempt, unflushed"
+)
+FINISH_IN_ONE = (
+    f"WITH finished AS ({FINISH.format(p='%s')} RETURNING id)"
+    f" {CLOSE_ATTEMPT.format(p='%s')} AND EXISTS (SELECT 1 FROM finished)"
+)
+
+
 def _run_on_postgres(operation_id: int) -> None:
+    """Each transaction one statement in autocommit: one round trip each, the least possible."""
     import psycopg
 
     connection = getattr(_local, "connection", None)
     if connection is None:
         url = os.environ["DATABASE_URL"].replace("postgresql+psycopg://", "postgresql://")
-        connection = _local.connection = psycopg.connect(url)
+        connection = _local.connection = psycopg.connect(url, autocommit=True)
     now = _now()
     with connection.cursor() as cursor:
-        cursor.execute("SET LOCAL synchronous_commit = off")
-        cursor.execute(CLAIM.format(p="%s"), (now + timedelta(seconds=300), now, now, operation_id, now))
+        cursor.execute(CLAIM_IN_ONE, (now + timedelta(seconds=300), now, now, operation_id, now, now, _WORKER))
         row = cursor.fetchone()
         if row is None:
-            connection.rollback()
             return
-        number = row[0]
-        cursor.execute(OPEN_ATTEMPT.format(p="%s"), (operation_id, number, now, _WORKER))
-        attempt = cursor.fetchone()[0]
-        connection.commit()
+        number, attempt = row
         finished = _now()
-        cursor.execute(FINISH.format(p="%s"), (finished, finished, operation_id, number))
-        cursor.execute(CLOSE_ATTEMPT.format(p="%s"), (finished, 0, attempt))
-        connection.commit()
+        cursor.execute(FINISH_IN_ONE, (finished, finished, operation_id, number, finished, 0, attempt))
 
 
 @huey.task(name="floor_run")

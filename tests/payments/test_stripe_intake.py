@@ -5,20 +5,24 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from types import SimpleNamespace
 
 import pytest
-from sqlalchemy import delete
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from tests.support import shop
 from tests.support import stripe_signing as signing
+from tests.support.engine import RecordingDoorbell
+from tests.support.postgres import postgres_app
 from webapp.config import load as load_settings
 from webapp.devdata.stripe_samples import build_event
 from webapp.domain.time import utcnow
 from webapp.extensions import db
-from webapp.models import StripeEvent, WebhookRejection
+from webapp.models import Operation, StripeEvent, WebhookRejection
+from webapp.services.engine import doorbell
 from webapp.services.payments import intake
 from webapp.services.payments.intake import WebhookRejected
 
@@ -171,7 +175,30 @@ def record(body: dict, now=NOW) -> intake.Intake:
     return intake.record_event(json.dumps(body), body, now=now)
 
 
-def test_a_handled_event_is_stored_received_with_its_operation(sqlite_app):
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=[pytest.mark.postgres, pytest.mark.redis])])
+def store(request, tmp_path):
+    """An app on SQLite or PostgreSQL (where the event and its operation are one statement); records rings."""
+    recorder = RecordingDoorbell()
+    if request.param == "sqlite":
+        request.getfixturevalue("sqlite_app")
+        with recording(recorder):
+            yield recorder
+        return
+    with postgres_app(tmp_path), recording(recorder):
+        yield recorder
+
+
+@contextmanager
+def recording(recorder: RecordingDoorbell):
+    previous = doorbell.get_doorbell()
+    doorbell.set_doorbell(recorder)
+    try:
+        yield
+    finally:
+        doorbell.set_doorbell(previous)
+
+
+def test_a_handled_event_is_stored_received_with_its_operation(store):
     body = build_event("checkout.session.completed", event_id="evt_handled")
     body["livemode"] = True
 
@@ -189,16 +216,17 @@ def test_a_handled_event_is_stored_received_with_its_operation(sqlite_app):
         "received_at": NOW.isoformat(),
     }
     assert operation.idempotency_key == "stripe-event:evt_handled"
+    assert [operation_id for operation_id, _ in store.rings] == [stored.operation_id]  # rung once committed
 
 
-def test_an_unhandled_event_is_stored_ignored_and_processed_at_once(sqlite_app):
+def test_an_unhandled_event_is_stored_ignored_and_processed_at_once(store):
     stored = record(event(id="evt_ignored"))
 
     assert (stored.created, stored.processing_state, stored.operation_id) == (True, "ignored", None)
     assert shop.event("evt_ignored").processed_at == NOW
 
 
-def test_a_replay_returns_what_was_stored_first(sqlite_app):
+def test_a_replay_returns_what_was_stored_first(store):
     first = record(event(id="evt_twice"))
     again = record(event(id="evt_twice", type="customer.updated"), now=NOW + timedelta(hours=1))
 
@@ -206,7 +234,7 @@ def test_a_replay_returns_what_was_stored_first(sqlite_app):
     assert first.created is True
 
 
-def test_a_replay_whose_event_row_retention_removed_is_still_a_replay(sqlite_app):
+def test_a_replay_whose_event_row_retention_removed_is_still_a_replay(store):
     first = record(build_event("checkout.session.completed", event_id="evt_pruned"))
     db.session.execute(delete(StripeEvent).where(StripeEvent.id == "evt_pruned"))  # retention kept the operation
     db.session.commit()
@@ -217,7 +245,21 @@ def test_a_replay_whose_event_row_retention_removed_is_still_a_replay(sqlite_app
     assert again == intake.Intake("evt_pruned", "checkout.session.completed", False, "unknown", None)
 
 
-def test_a_delivery_that_loses_the_race_to_a_concurrent_one_returns_the_stored_event(sqlite_app, monkeypatch):
+def test_an_event_id_stored_under_another_operation_writes_nothing_and_returns_the_stored_event(store):
+    first = record(build_event("checkout.session.completed", event_id="evt_orphan"))
+    # The operation is gone (its key free again) while the event row stays: the new operation's
+    # INSERT succeeds and the event's fails; neither may remain.
+    db.session.execute(delete(Operation).where(Operation.id == first.operation_id))
+    db.session.commit()
+
+    again = record(build_event("checkout.session.completed", event_id="evt_orphan"), now=NOW + timedelta(hours=1))
+
+    assert (again.event_id, again.created, again.processing_state) == ("evt_orphan", False, "received")
+    assert db.session.execute(select(func.count()).select_from(Operation)).scalar() == 0
+    assert len(store.rings) == 1
+
+
+def test_a_delivery_that_loses_the_race_to_a_concurrent_one_returns_the_stored_event(store, monkeypatch):
     record(event(id="evt_race"))
     lookups = iter([None])  # the first look finds nothing: the other delivery has not committed yet
     real_existing = intake._existing
@@ -228,7 +270,7 @@ def test_a_delivery_that_loses_the_race_to_a_concurrent_one_returns_the_stored_e
     assert (again.event_id, again.created, again.processing_state) == ("evt_race", False, "ignored")
 
 
-def test_an_integrity_error_that_is_not_a_replay_is_raised(sqlite_app, monkeypatch):
+def test_an_integrity_error_that_is_not_a_replay_is_raised(store, monkeypatch):
     def conflict(raw, body, now):
         raise IntegrityError("INSERT INTO stripe_events", {}, Exception("another constraint"))
 
@@ -249,7 +291,7 @@ def test_an_integrity_error_that_is_not_a_replay_is_raised(sqlite_app, monkeypat
         ("x" * 50, "x" * 40),
     ],
 )
-def test_the_api_version_is_kept_only_as_printable_text(sqlite_app, api_version, stored):
+def test_the_api_version_is_kept_only_as_printable_text(store, api_version, stored):
     record(event(id="evt_version", api_version=api_version))
 
     assert shop.event("evt_version").api_version == stored
@@ -267,7 +309,7 @@ def test_the_api_version_is_kept_only_as_printable_text(sqlite_app, api_version,
         ({"metadata": {}}, None),
     ],
 )
-def test_an_operation_is_about_its_purchase_or_else_its_stripe_object(sqlite_app, data_object, subject):
+def test_an_operation_is_about_its_purchase_or_else_its_stripe_object(store, data_object, subject):
     body = build_event("checkout.session.completed", event_id="evt_subject")
     body["data"]["object"] = data_object
 

@@ -100,6 +100,12 @@ def insert_operation(
     return _insert_once(_new_row(registry.get(name), name, payload, idempotency_key, subject, None, now))
 
 
+def new_operation_row(name: str, payload: dict, *, idempotency_key: str, subject: str | None, now: datetime) -> dict:
+    """Every column of a new, due operation of handler ``name``: for a statement that inserts it
+    itself (ON CONFLICT DO NOTHING on the key); its caller rings for it once that commits."""
+    return _new_row(registry.get(name), name, payload, idempotency_key, subject, None, now)
+
+
 def _new_row(handler, name, payload, idempotency_key, subject, run_at, now) -> dict:
     """Every column of a new operation row."""
     run_at = as_naive_utc(run_at) if run_at else None
