@@ -3,9 +3,10 @@
 ``POST /bare`` reads the body and answers 200 (the web stack's limit); ``POST /durable`` also
 INSERTs the body into ``bench_intake`` and COMMITs it on a connection kept per process (the
 durable-write limit), on ``DATABASE_URL`` with Backstop's SQLite settings (WAL,
-``synchronous=NORMAL``, 30 s busy timeout, ``BEGIN IMMEDIATE``). ``POST /floor`` writes what
-Backstop's intake writes, with the bare driver and no framework: an ``operations`` row and a
-``stripe_events`` row holding the body, in one transaction, into Backstop's own tables with
+``synchronous=NORMAL``, 30 s busy timeout, ``BEGIN IMMEDIATE``), or on PostgreSQL in autocommit
+(one round trip). ``POST /floor`` writes what Backstop's intake writes, with the bare driver and
+no framework: an ``operations`` row and a ``stripe_events`` row holding the body, in one
+transaction (on PostgreSQL one statement in autocommit), into Backstop's own tables with
 every index they have (the durable-write limit of that schema). Its rows are named
 ``bench.floor`` so the benchmark's ledger leaves them out. On SQLite its writers queue on a
 blocking file lock (woken the moment it is free) rather than on SQLite's busy handler, which
@@ -42,7 +43,8 @@ def connection():
         else:
             import psycopg
 
-            conn = psycopg.connect(URL.replace("postgresql+psycopg://", "postgresql://"))
+            # Autocommit: each INSERT is its own transaction, one round trip (no BEGIN, no COMMIT).
+            conn = psycopg.connect(URL.replace("postgresql+psycopg://", "postgresql://"), autocommit=True)
         _local.conn = conn
     return conn
 
@@ -56,7 +58,6 @@ def insert(body: bytes) -> None:
         conn.execute("COMMIT")
     else:
         conn.execute("INSERT INTO bench_intake (received_at, body) VALUES (%s, %s)", (time.time(), body.decode()))
-        conn.commit()
 
 
 FLOOR_TYPE = "bench.floor"  # the type of /floor's events and the name of their operations
@@ -73,7 +74,12 @@ _EVENT = (
     " 'received', {p}, NULL)"
 )
 SQLITE_FLOOR = (_OPERATION.format(p="?", json="?"), _EVENT.format(p="?", false="0"))
-POSTGRES_FLOOR = (_OPERATION.format(p="%s", json="%s::jsonb"), _EVENT.format(p="%s", false="false"))
+# PostgreSQL: both INSERTs in one statement, its own transaction (one round trip).
+POSTGRES_FLOOR = (
+    f"WITH operation AS ({_OPERATION.format(p='%s', json='%s::jsonb')}) "
+    + _EVENT.split(" VALUES ")[0]
+    + " SELECT %s, %s, false, '2024-06-20', %s, %s, %s, 'received', id, NULL FROM operation"
+)
 
 
 def floor_sqlite() -> tuple[sqlite3.Connection, int]:
@@ -110,10 +116,11 @@ def insert_floor(body: bytes) -> None:
         if next(_commits) % 128 == 127:
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
     else:
-        operation, event = POSTGRES_FLOOR
-        operation_id = conn.execute(operation, (FLOOR_TYPE, payload, f"floor:{key}", now, now, now, now)).fetchone()[0]
-        conn.execute(event, (f"evt_floor{key}", FLOOR_TYPE, "cs_floor", body.decode(), now, operation_id))
-        conn.commit()
+        conn.execute(
+            POSTGRES_FLOOR,
+            (FLOOR_TYPE, payload, f"floor:{key}", now, now, now, now)
+            + (f"evt_floor{key}", FLOOR_TYPE, "cs_floor", body.decode(), now),
+        )
 
 
 @app.post("/bare")
