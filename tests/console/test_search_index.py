@@ -32,6 +32,13 @@ def _operations_and_customers() -> None:
     make_op(kind="webhook", payload={"event_id": "evt_2"}, subject=f"purchase:{paid.id}", error="boom")
     make_op(payload={"to": "x@y.z"}, subject=f"customer:{grace.id}", error="boom")
     make_op(payload={"purchase_id": "not-a-number"}, error="junk payload")
+    # Ids are compared as text: a JSON string names the purchase; other spellings name nothing.
+    make_op(kind="webhook", payload={"purchase_id": str(paid.id)}, subject="evt_3", error="boom")
+    make_op(kind="webhook", payload={"purchase_id": f"0{paid.id}"}, subject="evt_4", error="boom")
+    make_op(kind="webhook", payload={"event_id": "evt_5"}, subject=f"purchase:0{paid.id}", error="boom")
+    make_op(kind="webhook", payload={"event_id": "evt_6"}, subject=f"PURCHASE:{paid.id}", error="boom")
+    make_op(kind="webhook", payload={"event_id": "evt_7"}, subject="purchase:99999999999999999999", error="boom")
+    make_op(payload={"to": "x@y.z"}, subject=f"customer:{grace.id} ", error="boom")
     make_op(state="retrying", error=None, subject="smtp retry pending")  # live: never a dead letter
     resolved = make_op(error="SMTP relay denied")
     resolved.resolved_at = resolved.dead_at
