@@ -153,14 +153,22 @@ def customer_ids_matching(pattern: str, *, names: bool = False):
     return found[0] if len(found) == 1 else union_all(*found)  # for IN and for counting up to a bound
 
 
+# The largest BIGINT, as text: a 19-digit key above it would fail PostgreSQL's cast.
+MAX_KEY = str(2**63 - 1)
+
+
 def _key(digits):
     """The text ``digits`` as a primary key to look a row up by (rechecked as text by the caller).
 
-    PostgreSQL's cast fails on anything but digits, so junk becomes NULL (no row); SQLite's
-    never fails (junk becomes 0 or a leading number, which the text recheck rejects).
+    PostgreSQL's cast fails on anything but a BIGINT's digits, so junk becomes NULL (no row);
+    SQLite's never fails (junk becomes 0 or a leading number, which the text recheck rejects).
     """
     if db.session.get_bind().dialect.name == "postgresql":
-        return case((digits.regexp_match("^[0-9]{1,18}$"), cast(digits, BigInteger)))
+        # Digits only, and no more than a BIGINT holds (19 digits compare as text, same length);
+        # the common short id costs one test.
+        key = cast(digits, BigInteger)
+        longest = and_(digits.regexp_match(f"^[0-9]{{{len(MAX_KEY)}}}$"), digits <= MAX_KEY)
+        return case((digits.regexp_match(f"^[0-9]{{1,{len(MAX_KEY) - 1}}}$"), key), (longest, key))
     return cast(digits, Integer)
 
 
