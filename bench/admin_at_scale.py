@@ -385,8 +385,9 @@ def percentile(samples: list[float], fraction: float) -> float:
     return ordered[max(math.ceil(fraction * len(ordered)) - 1, 0)]
 
 
-def time_pages(app, runs: int) -> None:
-    """p50 / p95 / max of ``runs`` requests per page, logged in as an admin."""
+def time_pages(app, runs: int, only: list[str] | None = None) -> None:
+    """p50 / p95 / max of ``runs`` requests per page, logged in as an admin (with ``only``: the
+    pages whose label contains one of its texts)."""
     from webapp.services.console import admins
 
     with app.app_context():
@@ -414,6 +415,8 @@ def time_pages(app, runs: int) -> None:
         ).scalar()
         db.session.remove()
     for label, url in PAGES:
+        if only and not any(text in label for text in only):
+            continue
         missing = [key for key, value in ids.items() if "{" + key + "}" in url and value in (None, "0")]
         if missing:
             print(f"{label:<48} skipped: no row for {missing[0]}")
@@ -527,6 +530,12 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the database and print its URL")
     parser.add_argument("--fill-only", action="store_true", help="fill and stop (with --keep)")
     parser.add_argument("--runs", type=int, default=20, help="requests per page for the p95")
+    parser.add_argument(
+        "--pages",
+        metavar="TEXT",
+        action="append",
+        help="time only the pages whose label contains TEXT (repeatable); skips the query timings",
+    )
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp())
     if args.reuse:
@@ -548,8 +557,13 @@ def main() -> None:
     try:
         prepare(app, args.ops, url)
         if not args.fill_only:
-            time_queries(app)
-            time_pages(app, args.runs)
+            if not args.pages:
+                time_queries(app)
+            else:  # the health pages read the roll-ups time_queries builds
+                with app.app_context():
+                    build_rollups()
+                    db.session.remove()
+            time_pages(app, args.runs, args.pages)
         print(f"load at the end: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
     finally:
         with app.app_context():

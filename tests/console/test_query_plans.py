@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 
 import pytest
@@ -105,6 +106,27 @@ def test_a_text_many_dead_letters_match_pages_through_an_index(app, monkeypatch)
         .order_by(Operation.dead_at.desc(), Operation.id.desc())
     )
     assert_indexed(explain(query.limit(51)))
+
+
+def test_a_text_most_customers_match_looks_up_each_row_s_purchase(app, monkeypatch):
+    """Past SEARCH_CANDIDATES customers (a text every email holds, such as the domain), the newest-first
+    walk of dead letters looks up the purchase or customer each row names by primary key: no set of
+    the customers' purchases (250,000 at a million operations) is built before a row is tested."""
+    monkeypatch.setattr(filters_module, "SEARCH_CANDIDATES", 0)
+    grace = shop.add_customer(email="grace@example.com")
+    shop.add_purchase(grace, shop.add_product())
+    make_op()
+    plan_as_at_a_million_rows()
+    plan = explain(page_query(Filters(q="example.com")))
+    assert_indexed(plan)
+    text = "\n".join(plan)
+    reads = [line.strip() for line in plan if re.search(r"(SCAN|SEARCH| on) (purchases|customers)\b", line)]
+    if db.engine.dialect.name == "sqlite":
+        assert "LIST SUBQUERY" not in text, text
+        assert reads and all(line.endswith("USING INTEGER PRIMARY KEY (rowid=?)") for line in reads), text
+    else:
+        assert "hashed SubPlan" not in text and "Materialize" not in text, text
+        assert reads and all(line.startswith("->  Index Scan using pk_") for line in reads), text
 
 
 @pytest.mark.parametrize("status", ["unresolved", "all"])

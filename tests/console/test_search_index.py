@@ -25,6 +25,7 @@ def _operations_and_customers() -> None:
     product = shop.add_product()
     paid = shop.add_purchase(grace, product)
     shop.add_purchase(alan, product)
+    big = shop.add_purchase(grace, product, id=10**18 + 7)  # 19 digits, as a BIGINT id may have
     make_op(error="SMTP 421 busy", subject="purchase:77", idempotency_key="welcome:grace")
     make_op(error="100% of quota used_up", payload={"to": "Someone@Else.org"})
     make_op(error="path C:\\mail\\spool full")
@@ -32,6 +33,16 @@ def _operations_and_customers() -> None:
     make_op(kind="webhook", payload={"event_id": "evt_2"}, subject=f"purchase:{paid.id}", error="boom")
     make_op(payload={"to": "x@y.z"}, subject=f"customer:{grace.id}", error="boom")
     make_op(payload={"purchase_id": "not-a-number"}, error="junk payload")
+    # Ids are compared as text: a JSON string names the purchase; other spellings name nothing.
+    make_op(kind="webhook", payload={"purchase_id": str(paid.id)}, subject="evt_3", error="boom")
+    make_op(kind="webhook", payload={"purchase_id": f"0{paid.id}"}, subject="evt_4", error="boom")
+    make_op(kind="webhook", payload={"event_id": "evt_5"}, subject=f"purchase:0{paid.id}", error="boom")
+    make_op(kind="webhook", payload={"event_id": "evt_6"}, subject=f"PURCHASE:{paid.id}", error="boom")
+    make_op(kind="webhook", payload={"event_id": "evt_7"}, subject="purchase:99999999999999999999", error="boom")
+    make_op(kind="webhook", payload={"purchase_id": "9" * 19}, subject="customer:" + "9" * 19, error="boom")
+    make_op(payload={"to": "x@y.z"}, subject=f"customer:{grace.id} ", error="boom")
+    make_op(kind="webhook", payload={"event_id": "evt_8"}, subject=f"purchase:{big.id}", error="boom")
+    make_op(kind="webhook", payload={"purchase_id": big.id}, subject="evt_9", error="boom")
     make_op(state="retrying", error=None, subject="smtp retry pending")  # live: never a dead letter
     resolved = make_op(error="SMTP relay denied")
     resolved.resolved_at = resolved.dead_at

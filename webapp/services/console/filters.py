@@ -315,17 +315,20 @@ def _search(filters: Filters):
     ``purchase_id`` or whose subject (``purchase:<id>``, ``customer:<id>``) names a purchase
     or customer with that email (Stripe webhooks, welcome emails). Over dead letters, when the
     text matches few of them and few customers, each of those is an index lookup
-    (search_index.py); otherwise, and for the other statuses, each row selected is tested.
+    (search_index.py); otherwise, and for the other statuses, each row selected is tested. When
+    it matches many customers, a row is tested by looking up the purchase or customer it names
+    (by primary key): a page of matches is then found without reading every customer's purchases,
+    but a text many customers and few dead letters match tests every dead letter of the status.
     """
     pattern = _pattern(filters.q)
-
-    def like(column):
-        return func.lower(column).like(pattern, escape="\\")
-
+    own_text = search_index.dead_text_matches(pattern)
     customer_ids = search_index.customer_ids_matching(pattern)
-    few_customers = _few(customer_ids)
-    # Through the customer index when it finds few; a text most customers match reads them all.
-    customers = Customer.id.in_(customer_ids) if few_customers else like(Customer.email)
+    if not _few(customer_ids):
+        # Most customers match: test the purchase or customer each row names by primary key
+        # rather than build every matching customer's purchases, which are read before the
+        # first row is tested; the newest-first walk then stops at a page of matches.
+        return or_(*own_text, *search_index.named_customer_matches(pattern))
+    customers = Customer.id.in_(customer_ids)
     # Compared as text: a payload's purchase_id is JSON (a number, or junk) and must never fail a cast.
     purchases_of_customer = (
         select(cast(Purchase.id, String)).join(Customer, Customer.id == Purchase.customer_id).where(customers)
@@ -337,7 +340,7 @@ def _search(filters: Filters):
         .where(customers)
     )
     customer_subjects = select(literal("customer:", String) + cast(Customer.id, String)).where(customers)
-    if filters.dead_only and few_customers and _few(search_index.dead_candidates(pattern, DEAD)):
+    if filters.dead_only and _few(search_index.dead_candidates(pattern, DEAD)):
         # Few candidates: look each up (by id, subject, purchase) instead of testing every dead row.
         return Operation.id.in_(
             union_all(
@@ -351,10 +354,7 @@ def _search(filters: Filters):
             )
         )
     return or_(
-        like(Operation.subject),
-        like(Operation.idempotency_key),
-        like(Operation.error_message),
-        like(Operation.payload["to"].as_string()),
+        *own_text,
         cast(Operation.payload["purchase_id"].as_string(), String).in_(purchases_of_customer),
         Operation.subject.in_(purchase_subjects),
         Operation.subject.in_(customer_subjects),
