@@ -88,10 +88,17 @@ def floor(backend: common.Backend, count: int, threads: int) -> float:
     module = importlib.reload(importlib.import_module("bench.floor_huey"))
     for operation_id in ids:
         module.floor_run(operation_id)
+    engine.dispose()
     process = common.huey_consumer("bench.floor_huey.huey", backend.env(), backend.tmp / "floor.log", threads)
-    done = "SELECT count(*) FROM operations WHERE name = 'bench.floor' AND state = 'succeeded'"
+    return drain_until_succeeded(backend, process, "bench.floor", count)
+
+
+def drain_until_succeeded(backend: common.Backend, process: common.Process, name: str, count: int) -> float:
+    """Seconds until ``count`` operations named ``name`` have succeeded; stops the consumer."""
+    engine = common.sql_engine(backend)
+    succeeded = "SELECT count(*) FROM operations WHERE name = :name AND state = 'succeeded'"
     try:
-        return drain(process, lambda: common.scalar(engine, done) == count)
+        return drain(process, lambda: common.scalar(engine, succeeded, name=name) == count)
     finally:
         process.stop()
         engine.dispose()
@@ -122,13 +129,7 @@ def backstop(backend: common.Backend, count: int, threads: int, flask_worker: bo
         process = common.flask_worker(env, log, threads, scheduler=False)
     else:
         process = common.huey_consumer("tasks.worker.huey", env, log, threads)
-    engine = common.sql_engine(backend)
-    succeeded = "SELECT count(*) FROM operations WHERE name = 'bench.noop' AND state = 'succeeded'"
-    try:
-        return drain(process, lambda: common.scalar(engine, succeeded) == count)
-    finally:
-        process.stop()
-        engine.dispose()
+    return drain_until_succeeded(backend, process, "bench.noop", count)
 
 
 def ledger(backend: common.Backend, count: int, name: str = "bench.noop") -> list[str]:
