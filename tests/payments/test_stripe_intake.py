@@ -216,6 +216,8 @@ def test_a_handled_event_is_stored_received_with_its_operation(store):
         "received_at": NOW.isoformat(),
     }
     assert operation.idempotency_key == "stripe-event:evt_handled"
+    assert operation.subject == f"stripe:{body['data']['object']['id']}"  # no purchase in its metadata
+    assert (operation.state, operation.next_attempt_at) == ("pending", NOW)
     assert [operation_id for operation_id, _ in store.rings] == [stored.operation_id]  # rung once committed
 
 
@@ -291,7 +293,7 @@ def test_an_integrity_error_that_is_not_a_replay_is_raised(store, monkeypatch):
         ("x" * 50, "x" * 40),
     ],
 )
-def test_the_api_version_is_kept_only_as_printable_text(store, api_version, stored):
+def test_the_api_version_is_kept_only_as_printable_text(sqlite_app, api_version, stored):
     record(event(id="evt_version", api_version=api_version))
 
     assert shop.event("evt_version").api_version == stored
@@ -309,7 +311,7 @@ def test_the_api_version_is_kept_only_as_printable_text(store, api_version, stor
         ({"metadata": {}}, None),
     ],
 )
-def test_an_operation_is_about_its_purchase_or_else_its_stripe_object(store, data_object, subject):
+def test_an_operation_is_about_its_purchase_or_else_its_stripe_object(sqlite_app, data_object, subject):
     body = build_event("checkout.session.completed", event_id="evt_subject")
     body["data"]["object"] = data_object
 
