@@ -6,20 +6,17 @@ import uuid
 
 import pytest
 
-from tests.support.engine import RecordingDoorbell
+from tests.support.engine import RecordingDoorbell, ringing_into
 from webapp.extensions import db
 from webapp.models import PeriodicJob
-from webapp.services.engine import doorbell, runner
+from webapp.services.engine import runner
 
 
 @pytest.fixture
 def bell():
     """A recording doorbell in place of the app's; the previous one is restored afterwards."""
-    previous = doorbell.get_doorbell()
-    recorder = RecordingDoorbell()
-    doorbell.set_doorbell(recorder)
-    yield recorder
-    doorbell.set_doorbell(previous)
+    with ringing_into(RecordingDoorbell()) as recorder:
+        yield recorder
 
 
 @pytest.fixture

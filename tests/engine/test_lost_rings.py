@@ -17,6 +17,7 @@ from sqlalchemy import update
 from tasks.queue import HueyDoorbell
 from tasks.runtime import register_tasks
 from tests.engine.scripted import T0, new_op
+from tests.support.engine import ringing_into
 from webapp.config import load as load_settings
 from webapp.extensions import db
 from webapp.models import Operation
@@ -28,10 +29,8 @@ def queue(sqlite_app, tmp_path):
     """The app rings into a real SqliteHuey queue for this test; the previous doorbell comes back after."""
     huey = SqliteHuey("lost-rings", filename=str(tmp_path / "queue.sqlite3"), results=False)
     bell = HueyDoorbell(huey, register_tasks(huey, sqlite_app))
-    previous = doorbell.get_doorbell()
-    doorbell.set_doorbell(bell)
-    yield bell
-    doorbell.set_doorbell(previous)
+    with ringing_into(bell):
+        yield bell
 
 
 def waiting(bell: HueyDoorbell) -> list[int]:
@@ -125,10 +124,7 @@ def test_an_unreadable_queue_leaves_the_old_rule(queue):
         def oldest_waiting(self):
             raise ConnectionError("queue unreachable")
 
-    doorbell.set_doorbell(Unreadable())
-    try:
+    with ringing_into(Unreadable()):
         assert doorbell.oldest_waiting_stamp() is None
         cutoff = reconciler.ring_cutoff(T0, 60)
-    finally:
-        doorbell.set_doorbell(queue)
     assert cutoff == T0 - timedelta(seconds=60)

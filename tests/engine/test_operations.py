@@ -14,6 +14,7 @@ from tests.support.engine import (
     count_ops,
     new_op,
     result_of,
+    ringing_into,
     run_in_thread,
 )
 from tests.support.polling import wait_for
@@ -146,12 +147,9 @@ def test_a_queue_that_is_down_does_not_fail_the_commit(app):
         def depth(self):
             raise ConnectionError("queue unreachable")
 
-    previous, failed_before = doorbell.get_doorbell(), doorbell.RingStats.failed
-    doorbell.set_doorbell(DeadQueue())
-    try:
+    failed_before = doorbell.RingStats.failed
+    with ringing_into(DeadQueue()):
         operation_id = new_op("queue-down")
-    finally:
-        doorbell.set_doorbell(previous)
 
     assert doorbell.RingStats.failed == failed_before + 1
     assert load(operation_id).state == "pending"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from contextlib import contextmanager
 from datetime import datetime, timedelta
 from types import SimpleNamespace
 
@@ -15,14 +14,13 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from tests.support import shop
 from tests.support import stripe_signing as signing
-from tests.support.engine import RecordingDoorbell
+from tests.support.engine import RecordingDoorbell, ringing_into
 from tests.support.postgres import postgres_app
 from webapp.config import load as load_settings
 from webapp.devdata.stripe_samples import build_event
 from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.models import Operation, StripeEvent, WebhookRejection
-from webapp.services.engine import doorbell
 from webapp.services.payments import intake
 from webapp.services.payments.intake import WebhookRejected
 
@@ -178,24 +176,13 @@ def record(body: dict, now=NOW) -> intake.Intake:
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=[pytest.mark.postgres, pytest.mark.redis])])
 def store(request, tmp_path):
     """An app on SQLite or PostgreSQL (where the event and its operation are one statement); records rings."""
-    recorder = RecordingDoorbell()
     if request.param == "sqlite":
         request.getfixturevalue("sqlite_app")
-        with recording(recorder):
+        with ringing_into(RecordingDoorbell()) as recorder:
             yield recorder
         return
-    with postgres_app(tmp_path), recording(recorder):
+    with postgres_app(tmp_path), ringing_into(RecordingDoorbell()) as recorder:
         yield recorder
-
-
-@contextmanager
-def recording(recorder: RecordingDoorbell):
-    previous = doorbell.get_doorbell()
-    doorbell.set_doorbell(recorder)
-    try:
-        yield
-    finally:
-        doorbell.set_doorbell(previous)
 
 
 def test_a_handled_event_is_stored_received_with_its_operation(store):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from webapp.domain.errors import Deferral, PermanentError
 from webapp.domain.retry import RetryPolicy
 from webapp.extensions import db
 from webapp.models import Operation, PeriodicJob
-from webapp.services.engine import operations, reconciler
+from webapp.services.engine import doorbell, operations, reconciler
 from webapp.services.engine.registry import handler
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -118,3 +119,14 @@ class RecordingDoorbell:
 
     def ids(self) -> list[int]:
         return [operation_id for operation_id, _ in self.rings]
+
+
+@contextmanager
+def ringing_into(bell):
+    """The app rings ``bell`` instead of its own doorbell until the block ends, then the previous one again."""
+    previous = doorbell.get_doorbell()
+    doorbell.set_doorbell(bell)
+    try:
+        yield bell
+    finally:
+        doorbell.set_doorbell(previous)
