@@ -1,14 +1,19 @@
 """Statements the hot paths reuse: a portable ``INSERT ... ON CONFLICT DO NOTHING`` (SQLite and
-PostgreSQL both have it), and inserts compiled once per dialect and sent as the driver's SQL."""
+PostgreSQL both have it), inserts compiled once per dialect and sent as the driver's SQL, and
+the autocommit connection single-statement transactions run on."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 
 from sqlalchemy import Table
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, CursorResult, Dialect
+
+from webapp.extensions import db
 
 
 @lru_cache(maxsize=32)
@@ -69,3 +74,11 @@ def prepared_insert(
         raise ValueError(f"an insert into {table.name} of {columns} also writes {sorted(set(names) - set(columns))}")
     processors = tuple(compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names)
     return PreparedInsert(compiled.string, names, processors, compiled.positional)
+
+
+@contextmanager
+def autocommit_connection() -> Iterator[Connection]:
+    """A pooled connection on which every statement is its own transaction: on PostgreSQL one
+    round trip per statement, with no BEGIN or COMMIT of its own (the pool restores the mode)."""
+    with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        yield connection

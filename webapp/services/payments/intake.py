@@ -28,7 +28,7 @@ from webapp.models import Operation, StripeEvent, WebhookRejection
 from webapp.services.engine.doorbell import ring_now
 from webapp.services.engine.operations import insert_operation, new_operation_row
 from webapp.services.engine.registry import registry
-from webapp.services.engine.sql import prepared_insert
+from webapp.services.engine.sql import autocommit_connection, prepared_insert
 
 log = logging.getLogger("backstop.stripe")
 
@@ -267,7 +267,7 @@ def _insert_in_one_round_trip(row: dict, event: dict, handled: bool) -> Intake |
     neither, and a duplicate event id with a new key fails the whole statement (IntegrityError).
     The worker is rung once the statement has returned, that is, committed.
     """
-    with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+    with autocommit_connection() as connection:
         if not handled:
             insert = prepared_insert(StripeEvent.__table__, connection.dialect, tuple(row), ignore_conflicts=True)
             stored = insert.execute(connection, insert.parameters(row)).rowcount
