@@ -402,18 +402,17 @@ def _finish(
     params.update(finishing_id=operation_id, finishing_attempt=number, new_state=target.value, new_updated_at=now)
     connection = db.session.connection()
     columns = tuple(sorted(extra))
-    if attempt_id is not None and started_monotonic is not None:
-        closing = _closed_attempt_values(attempt_id, outcome, now, started_monotonic, error)
-        if connection.dialect.name == "postgresql":
-            # One round trip: the attempt is closed in the statement that moves the operation.
-            return connection.execute(_finish_and_close_statement(columns), params | closing).scalar_one() == 1
-        if not connection.execute(_finish_statement(columns), params).rowcount:
-            return False
-        connection.execute(_CLOSE_ATTEMPT, closing)
-        return True
+    known = attempt_id is not None and started_monotonic is not None
+    closing = _closed_attempt_values(attempt_id, outcome, now, started_monotonic, error) if known else None
+    if known and connection.dialect.name == "postgresql":
+        # One round trip: the attempt is closed in the statement that moves the operation.
+        return connection.execute(_finish_and_close_statement(columns), params | closing).scalar_one() == 1
     if not connection.execute(_finish_statement(columns), params).rowcount:
         return False
-    close_attempt(operation_id, number, outcome, now, started_monotonic, error)
+    if known:
+        connection.execute(_CLOSE_ATTEMPT, closing)
+    else:
+        close_attempt(operation_id, number, outcome, now, started_monotonic, error)
     return True
 
 
