@@ -7,10 +7,10 @@ a crashed attempt would; the outcome, which says the side effect happened, must 
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import text
 
 from tests.engine.scripted import T0
-from tests.support.postgres import postgres_app
+from tests.support.postgres import postgres_app, statements_sent
 from tests.support.reads import load
 from webapp.extensions import db
 from webapp.services.engine import operations, runner
@@ -35,17 +35,8 @@ def pg_app(tmp_path):
 def test_the_claim_is_one_unflushed_autocommit_statement_and_the_outcome_commits_with_a_flush(pg_app):
     operation_id = operations.create_operation("test.commit_setting", {}, idempotency_key="commit-setting").id
     db.session.commit()
-    statements: list[tuple[bool, str]] = []
-
-    def statement(conn, cursor, sql, parameters, context, executemany):
-        autocommit = conn.connection.dbapi_connection.autocommit
-        statements.append((autocommit, " ".join(sql.split())))
-
-    event.listen(db.engine, "before_cursor_execute", statement)
-    try:
+    with statements_sent(db.engine) as statements:
         result = runner.execute(operation_id, now=T0.replace(year=2100))
-    finally:
-        event.remove(db.engine, "before_cursor_execute", statement)
 
     assert result.outcome == "succeeded"
     (autocommit, claim), *outcome = statements

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import psycopg
+from sqlalchemy import event
 
 from tests.conftest import Backend, inside, make_app
 from tests.support import servers
@@ -24,3 +28,32 @@ def postgres_app(tmp_path: Path):
     finally:
         servers.flush_redis_queue(name)
         servers.drop_postgres_database(url)
+
+
+@contextmanager
+def statements_sent(engine) -> Iterator[list[tuple[bool, str]]]:
+    """Record ``(autocommit, SQL)`` of every statement the driver sends on ``engine``'s connections.
+
+    Watched at the driver (psycopg's ``cursor_factory``), so statements sent straight to it,
+    around SQLAlchemy's execution layer, are seen as well as SQLAlchemy's own.
+    """
+    sent: list[tuple[bool, str]] = []
+
+    class RecordingCursor(psycopg.Cursor):
+        def execute(self, query, params=None, **kwargs):
+            sent.append((self.connection.autocommit, " ".join(str(query).split())))
+            return super().execute(query, params, **kwargs)
+
+    watched = []
+
+    def watch(dbapi_connection, connection_record, connection_proxy):
+        dbapi_connection.cursor_factory = RecordingCursor
+        watched.append(dbapi_connection)
+
+    event.listen(engine.pool, "checkout", watch)
+    try:
+        yield sent
+    finally:
+        event.remove(engine.pool, "checkout", watch)
+        for dbapi_connection in watched:
+            dbapi_connection.cursor_factory = psycopg.Cursor

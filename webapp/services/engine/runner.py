@@ -31,7 +31,7 @@ from webapp.models import Operation, OperationAttempt, OperationPause
 from webapp.services.engine import consumers
 from webapp.services.engine.doorbell import ring_after_commit
 from webapp.services.engine.registry import HandlerContext, UnknownHandler, registry
-from webapp.services.engine.sql import autocommit_connection
+from webapp.services.engine.sql import prepare, run_alone
 
 log = logging.getLogger("backstop.engine")
 
@@ -174,9 +174,7 @@ def _claim_in_one_round_trip(names_with_own_lease: tuple[str, ...], params: dict
     ``sent`` row, the outcome) flushes the claim's record before its own, and the outcome's
     COMMIT still waits for the disk.
     """
-    with autocommit_connection() as connection:
-        row = connection.execute(_claim_with_attempt_statement(names_with_own_lease), params).first()
-    return None if row is None else dict(row._mapping)
+    return run_alone(prepare(_claim_with_attempt_statement(names_with_own_lease), db.engine.dialect), params)
 
 
 @lru_cache(maxsize=16)

@@ -28,7 +28,7 @@ from webapp.models import Operation, StripeEvent, WebhookRejection
 from webapp.services.engine.doorbell import ring_now
 from webapp.services.engine.operations import insert_operation, new_operation_row
 from webapp.services.engine.registry import registry
-from webapp.services.engine.sql import autocommit_connection, prepared_insert
+from webapp.services.engine.sql import prepare, prepared_insert, run_alone
 
 log = logging.getLogger("backstop.stripe")
 
@@ -192,7 +192,8 @@ def record_event(raw: str, event: dict, *, now: datetime | None = None) -> Intak
         db.session.rollback()
         # The operation outlived its event row only if retention removed the row: still a replay.
         return _existing(event["id"]) or Intake(event["id"], event["type"], False, "unknown", None)
-    db.session.commit()
+    if db.session().in_transaction():  # on PostgreSQL the statement committed on its own
+        db.session.commit()
     return intake
 
 
@@ -267,17 +268,18 @@ def _insert_in_one_round_trip(row: dict, event: dict, handled: bool) -> Intake |
     neither, and a duplicate event id with a new key fails the whole statement (IntegrityError).
     The worker is rung once the statement has returned, that is, committed.
     """
-    with autocommit_connection() as connection:
-        if not handled:
-            insert = prepared_insert(StripeEvent.__table__, connection.dialect, tuple(row), ignore_conflicts=True)
-            stored = insert.execute(connection, insert.parameters(row)).rowcount
-            return Intake(event["id"], row["type"], True, row["processing_state"], None) if stored else None
-        operation = new_operation_row(**_operation_of(row, event["data"]["object"]))
-        event_columns = tuple(name for name in row if name != "operation_id")
-        parameters = {f"event_{name}": row[name] for name in event_columns}
-        parameters.update({f"operation_{name}": value for name, value in operation.items()})
-        statement = _event_with_operation(event_columns, tuple(operation))
-        operation_id = connection.execute(statement, parameters).scalar()
+    dialect = db.engine.dialect
+    if not handled:
+        events = StripeEvent.__table__
+        insert = prepared_insert(events, dialect, tuple(row), (events.c.id,), ignore_conflicts=True)
+        stored = run_alone(insert, row)
+        return Intake(event["id"], row["type"], True, row["processing_state"], None) if stored else None
+    operation = new_operation_row(**_operation_of(row, event["data"]["object"]))
+    event_columns = tuple(name for name in row if name != "operation_id")
+    parameters = {f"event_{name}": row[name] for name in event_columns}
+    parameters.update({f"operation_{name}": value for name, value in operation.items()})
+    stored = run_alone(prepare(_event_with_operation(event_columns, tuple(operation)), dialect), parameters)
+    operation_id = None if stored is None else stored["operation_id"]
     if operation_id is None:
         return None  # the operation's key exists: this event was stored before
     ring_now(operation_id, stamp=row["received_at"])

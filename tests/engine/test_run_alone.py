@@ -1,0 +1,105 @@
+"""One statement as its own transaction, straight on the driver (PostgreSQL's hot paths)."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+from sqlalchemy import bindparam, literal, select, text
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from tests.engine.scripted import T0
+from tests.support.postgres import postgres_app
+from webapp.extensions import db
+from webapp.models import Operation, StripeEvent
+from webapp.services.engine.sql import prepare, prepared_insert, run_alone
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+
+EVENTS = StripeEvent.__table__
+
+
+@pytest.fixture
+def pg_app(tmp_path):
+    """App on PostgreSQL + RedisHuey."""
+    with postgres_app(tmp_path) as app:
+        yield app
+
+
+def event_row(event_id: str) -> dict:
+    """A stored-event row with every column the insert writes."""
+    return {
+        "id": event_id,
+        "type": "test.thing",
+        "livemode": False,
+        "api_version": None,
+        "object_id": None,
+        "payload": "{}",
+        "received_at": T0,
+        "processing_state": "ignored",
+        "operation_id": None,
+        "processed_at": T0,
+    }
+
+
+def insert_event():
+    return prepared_insert(EVENTS, db.engine.dialect, tuple(event_row("x")), (EVENTS.c.id,), ignore_conflicts=True)
+
+
+def test_a_statement_commits_on_its_own_and_gives_back_its_first_row_by_column_name(pg_app):
+    assert run_alone(insert_event(), event_row("evt_1")) == {"id": "evt_1"}
+    assert run_alone(insert_event(), event_row("evt_1")) is None  # the conflict inserts nothing
+
+    db.session.rollback()  # another connection sees it: it was committed, not left in a transaction
+    assert db.session.execute(select(EVENTS.c.id)).scalars().all() == ["evt_1"]
+
+
+def test_literals_and_results_are_converted_as_sqlalchemy_converts_them(pg_app):
+    document = bindparam("document", type_=Operation.__table__.c.payload.type)
+    statement = select(literal("running").label("state"), document.label("document"), bindparam("when").label("when"))
+
+    found = run_alone(prepare(statement, db.engine.dialect), {"document": {"a": [1, "b"]}, "when": T0})
+
+    assert found == {"state": "running", "document": {"a": [1, "b"]}, "when": T0}
+
+
+def test_a_failing_statement_raises_sqlalchemys_error_without_its_parameters(pg_app):
+    run_alone(insert_event(), event_row("evt_1"))
+    duplicate = prepared_insert(EVENTS, db.engine.dialect, tuple(event_row("x")), (EVENTS.c.id,))
+    with pytest.raises(IntegrityError) as raised:
+        run_alone(duplicate, event_row("evt_1") | {"payload": "secret-card-data"})
+    assert "secret-card-data" not in str(raised.value)
+
+
+def test_the_connection_goes_back_to_the_pool_in_transactions_again(pg_app):
+    run_alone(insert_event(), event_row("evt_1"))
+    for _ in range(db.engine.pool.size() + 1):  # whichever pooled connection the session gets
+        with db.engine.connect() as connection:
+            connection.execute(text("DELETE FROM stripe_events"))
+            connection.rollback()
+            assert connection.execute(text("SELECT count(*) FROM stripe_events")).scalar() == 1
+
+
+def test_a_connection_the_server_killed_is_discarded_and_the_next_statement_gets_a_new_one(pg_app):
+    run_alone(insert_event(), event_row("evt_1"))
+    pooled = db.engine.pool.checkedin()
+    url = db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(url, autocommit=True) as admin:  # outside the pool: kill every pooled one
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    assert pooled >= 1
+    failures = 0
+    for number in range(2, pooled + 4):  # each dead pooled connection fails once, then is replaced
+        try:
+            assert run_alone(insert_event(), event_row(f"evt_{number}")) == {"id": f"evt_{number}"}
+        except OperationalError as error:
+            assert error.connection_invalidated
+            failures += 1
+    assert 1 <= failures <= pooled + 1
+    assert run_alone(insert_event(), event_row("evt_last")) == {"id": "evt_last"}
+
+
+def test_run_alone_refuses_sqlite_whose_writers_take_turns(sqlite_app):
+    with pytest.raises(ValueError, match="PostgreSQL"):
+        run_alone(insert_event(), event_row("evt_1"))
