@@ -61,3 +61,54 @@ def test_a_claim_that_takes_nothing_writes_no_attempt(pg_app):
     assert result.outcome == "not_claimed" and result.due_at is not None
     assert db.session.execute(text("SELECT count(*) FROM operation_attempts")).scalar() == 0
     assert load(operation_id).state == "pending"
+
+
+@handler("test.touches_nothing", kind="job")
+def touches_nothing(ctx):
+    """Writes nothing and reads nothing: its success has nothing to commit with."""
+    return {"done": True}
+
+
+def test_a_success_nothing_else_commits_with_is_one_durable_statement_on_its_own(pg_app, monkeypatch):
+    monkeypatch.setattr(runner, "outcome_listeners", [dead_only])  # declared: not told of successes
+    operation_id = operations.create_operation("test.touches_nothing", {}, idempotency_key="alone").id
+    db.session.commit()
+
+    with statements_sent(db.engine) as statements:
+        result = runner.execute(operation_id, now=T0.replace(year=2100))
+
+    assert result.outcome == "succeeded"
+    (claim_autocommit, claim), (outcome_autocommit, outcome) = statements  # two round trips in all
+    assert claim_autocommit and "set_config(" in claim
+    assert outcome_autocommit and outcome.startswith("WITH finished AS (UPDATE operations SET")
+    assert "set_config(" not in outcome  # the outcome waits for the disk
+    assert load(operation_id).state == "succeeded" and load(operation_id).result == {"done": True}
+    [attempt] = db.session.execute(
+        text("SELECT outcome, finished_at IS NOT NULL AS closed FROM operation_attempts WHERE operation_id = :id"),
+        {"id": operation_id},
+    ).all()
+    assert (attempt.outcome, attempt.closed) == ("succeeded", True)
+
+
+def dead_only(operation, outcome):
+    raise AssertionError(f"told of {outcome}")
+
+
+dead_only.outcomes, dead_only.kinds = frozenset({"dead"}), None
+
+
+def test_a_success_a_listener_wants_commits_with_the_listeners_writes(pg_app, outcomes):
+    operation_id = operations.create_operation("test.touches_nothing", {}, idempotency_key="heard").id
+    db.session.commit()
+
+    with statements_sent(db.engine) as statements:
+        result = runner.execute(operation_id, now=T0.replace(year=2100))
+
+    assert result.outcome == "succeeded" and outcomes[-1] == (operation_id, "succeeded", 1, "succeeded")
+    assert [autocommit for autocommit, _ in statements][:2] == [True, False]  # the outcome in a transaction
+    assert (
+        db.session.execute(
+            text("SELECT count(*) FROM periodic_jobs WHERE name LIKE :name"), {"name": f"listener-{operation_id}-%"}
+        ).scalar()
+        == 1
+    )

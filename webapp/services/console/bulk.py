@@ -453,10 +453,10 @@ def bulk_retry_handler(ctx) -> dict:
     return {"bulk_job_id": job_id, "state": job.state, "retried": job.succeeded, "skipped": job.skipped}
 
 
-@on_outcome
+@on_outcome(outcomes=("dead",))
 def _mark_failed_jobs(operation, outcome: str) -> None:
     """A bulk job whose operation was dead-lettered shows as failed, with the reason."""
-    if outcome != "dead" or operation.name != JOB_OPERATION:
+    if operation.name != JOB_OPERATION:
         return
     job_id = (operation.payload or {}).get("bulk_job_id")
     if isinstance(job_id, int):

@@ -49,26 +49,46 @@ monotonic = time.monotonic
 outcome_listeners: list = []
 
 
-def on_outcome(listener):
-    """Register ``listener(operation, outcome)``; usable as a decorator."""
-    if listener not in outcome_listeners:
-        outcome_listeners.append(listener)
-    return listener
+def on_outcome(listener=None, *, outcomes: tuple[str, ...] | None = None, kinds: tuple[str, ...] | None = None):
+    """Register ``listener(operation, outcome)``; usable as a decorator, bare or with filters.
+
+    ``outcomes`` / ``kinds``: the only outcomes and operation kinds it is told about. Declaring
+    them lets a success no listener wants commit as one statement on its own (see ``_finish``).
+    """
+
+    def register(function):
+        function.outcomes = frozenset(outcomes) if outcomes is not None else None
+        function.kinds = frozenset(kinds) if kinds is not None else None
+        if function not in outcome_listeners:
+            outcome_listeners.append(function)
+        return function
+
+    return register if listener is None else register(listener)
+
+
+def _listeners_for(operation, outcome: str) -> list:
+    """The listeners that want to hear of ``outcome`` for ``operation`` (all, if they did not say)."""
+    return [
+        listener
+        for listener in outcome_listeners
+        if (getattr(listener, "outcomes", None) is None or outcome in listener.outcomes)
+        and (getattr(listener, "kinds", None) is None or operation.kind in listener.kinds)
+    ]
 
 
 def _notify(operation_id: int, outcome: str) -> None:
     if not outcome_listeners:
         return
     operation = db.session.get(Operation, operation_id, populate_existing=True)
-    for listener in outcome_listeners:
+    for listener in _listeners_for(operation, outcome):
         listener(operation, outcome)
 
 
-def _notify_snapshot(operation: Snapshot, outcome: str, **changes) -> None:
-    """Tell the listeners about ``operation`` (a snapshot, not reloaded) as the outcome left it."""
+def _notify_snapshot(operation: Snapshot, outcome: str, listeners: list, **changes) -> None:
+    """Tell ``listeners`` about ``operation`` (a snapshot, not reloaded) as the outcome left it."""
     for key, value in changes.items():
         setattr(operation, key, value)
-    for listener in outcome_listeners:
+    for listener in listeners:
         listener(operation, outcome)
 
 
@@ -283,14 +303,26 @@ def _run_claimed(operation: Snapshot, attempt: Snapshot, clock) -> RunResult:
             "error_kind": None,
             "result": bounded_result(returned),
         }
+        listeners = _listeners_for(operation, "succeeded")
+        # Nothing else to commit with it: on PostgreSQL the outcome can be a statement on its own.
+        alone = not listeners and not db.session().in_transaction() and db.engine.dialect.name == "postgresql"
         if not _finish(
-            operation_id, number, State.SUCCEEDED, finished, started, "succeeded", extra=values, attempt_id=attempt.id
+            operation_id,
+            number,
+            State.SUCCEEDED,
+            finished,
+            started,
+            "succeeded",
+            extra=values,
+            attempt_id=attempt.id,
+            alone=alone,
         ):
             db.session.rollback()
             _log_attempt(operation_id, name, number, "lost_lease", started)
             return RunResult(operation_id, "lost_lease", attempt=number)
-        _notify_snapshot(operation, "succeeded", state=State.SUCCEEDED.value, updated_at=finished, **values)
-        db.session.commit()
+        _notify_snapshot(operation, "succeeded", listeners, state=State.SUCCEEDED.value, updated_at=finished, **values)
+        if not alone:
+            db.session.commit()
         _log_attempt(operation_id, name, number, "succeeded", started)
         return RunResult(operation_id, "succeeded", attempt=number)
     except Exception as exc:  # every handler failure is recorded, never propagated to Huey
@@ -394,14 +426,23 @@ def _finish(
     extra: dict,
     error=(None, None, None),
     attempt_id: int | None = None,
+    alone: bool = False,
 ) -> bool:
-    """Move a running operation to ``target`` if this worker still holds it; close its attempt."""
+    """Move a running operation to ``target`` if this worker still holds it; close its attempt.
+
+    ``alone`` (PostgreSQL): the caller's transaction holds nothing else, so the outcome is one
+    statement committed on its own (one round trip instead of BEGIN, the statement, COMMIT),
+    waiting for the disk as every outcome does.
+    """
     params = {f"new_{key}": value for key, value in extra.items()}
     params.update(finishing_id=operation_id, finishing_attempt=number, new_state=target.value, new_updated_at=now)
-    connection = db.session.connection()
     columns = tuple(sorted(extra))
     known = attempt_id is not None and started_monotonic is not None
     closing = _closed_attempt_values(attempt_id, outcome, now, started_monotonic, error) if known else None
+    if known and alone:
+        statement = prepare(_finish_and_close_statement(columns), db.engine.dialect)
+        return run_alone(statement, params | closing)["finished"] == 1
+    connection = db.session.connection()
     if known and connection.dialect.name == "postgresql":
         # One round trip: the attempt is closed in the statement that moves the operation.
         return connection.execute(_finish_and_close_statement(columns), params | closing).scalar_one() == 1
@@ -447,7 +488,7 @@ def _finish_and_close_statement(changed_columns: tuple[str, ...]):
     finished = _finish_statement(changed_columns).returning(_OPERATIONS.c.id).cte("finished")
     closed = _CLOSE_ATTEMPT.where(select(finished.c.id).exists()).cte("closed")
     # A data-modifying CTE runs to completion even though the SELECT does not read it.
-    return select(func.count()).select_from(finished).add_cte(closed)
+    return select(func.count().label("finished")).select_from(finished).add_cte(closed)
 
 
 def _closed_attempt_values(attempt_id: int, outcome: str, now: datetime, started_monotonic: float, error) -> dict:

@@ -219,15 +219,13 @@ def recent_alerts(limit: int = 20) -> list[Alert]:
 # --- dead-lettered operations ------------------------------------------------------------------
 
 
-@on_outcome
+@on_outcome(outcomes=("dead",), kinds=tuple(FAILURE_ALERTS))
 def alert_on_dead_letter(operation: Operation, outcome: str) -> None:
     """Outcome listener: an email or webhook operation reaching ``dead`` raises its alert.
 
     Runs inside the outcome's transaction, so the alert commits with the dead-letter. An
     ``alert`` operation dying raises nothing: alerts cannot loop.
     """
-    if outcome != "dead" or operation.kind not in FAILURE_ALERTS:
-        return
     type_, level = FAILURE_ALERTS[operation.kind]
     fingerprint = fingerprint_of(operation.error_class, operation.error_message)
     error = f"{operation.error_class or 'Error'}: {operation.error_message or ''}".strip()

@@ -19,12 +19,10 @@ from webapp.services.engine.runner import on_outcome
 STATUS_FOR_OUTCOME = {"succeeded": "sent", "retrying": "failing", "dead": "undeliverable"}
 
 
-@on_outcome
+@on_outcome(outcomes=tuple(STATUS_FOR_OUTCOME), kinds=("email",))
 def update_fulfilment(operation, outcome: str) -> None:
     """Mirror a purchase-confirmation email's outcome onto its purchase (no I/O; no commit)."""
-    status = STATUS_FOR_OUTCOME.get(outcome)
-    if status is None or operation is None or operation.kind != "email":
-        return
+    status = STATUS_FOR_OUTCOME[outcome]
     payload = operation.payload or {}
     purchase_id = payload.get("purchase_id")
     if purchase_id is None or payload.get("template") not in FULFILMENT_TEMPLATES:

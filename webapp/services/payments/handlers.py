@@ -269,10 +269,10 @@ def _str(value) -> str | None:
     return value[:255] if isinstance(value, str) and value else None
 
 
-@on_outcome
+@on_outcome(outcomes=("dead",))
 def mark_dead_events(operation, outcome: str) -> None:
     """A dead-lettered event's processing marks the stored event ``failed`` (same transaction)."""
-    if outcome != "dead" or not operation.name.startswith(OPERATION_PREFIX):
+    if not operation.name.startswith(OPERATION_PREFIX):
         return
     event_id = (operation.payload or {}).get("event_id")
     if event_id:
