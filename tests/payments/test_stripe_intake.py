@@ -263,7 +263,7 @@ def test_an_integrity_error_that_is_not_a_replay_is_raised(store, monkeypatch):
     def conflict(raw, body, now):
         raise IntegrityError("INSERT INTO stripe_events", {}, Exception("another constraint"))
 
-    monkeypatch.setattr(intake, "_insert", conflict)
+    monkeypatch.setattr(intake, "_store", conflict)
 
     with pytest.raises(IntegrityError):
         record(event(id="evt_broken"))

@@ -180,7 +180,7 @@ def record_event(raw: str, event: dict, *, now: datetime | None = None) -> Intak
     """
     now = now or utcnow()
     try:
-        intake = _insert(raw, event, now)
+        intake = _store(raw, event, now)
     except IntegrityError:
         # A concurrent delivery of the same event stored it first, or something else is wrong.
         db.session.rollback()
@@ -192,8 +192,6 @@ def record_event(raw: str, event: dict, *, now: datetime | None = None) -> Intak
         db.session.rollback()
         # The operation outlived its event row only if retention removed the row: still a replay.
         return _existing(event["id"]) or Intake(event["id"], event["type"], False, "unknown", None)
-    if db.session().in_transaction():  # on PostgreSQL the statement committed on its own
-        db.session.commit()
     return intake
 
 
@@ -209,8 +207,8 @@ def _existing(event_id: str) -> Intake | None:
     return Intake(event_id, row.type, False, row.processing_state, row.operation_id)
 
 
-def _insert(raw: str, event: dict, now: datetime) -> Intake | None:
-    """Insert the event (and its operation, when a handler exists); None when it is a replay."""
+def _store(raw: str, event: dict, now: datetime) -> Intake | None:
+    """Insert and commit the event (and its operation, when a handler exists); None when it is a replay."""
     event_type = event["type"]
     data_object = event["data"]["object"]
     object_id = data_object.get("id")  # parse_event checked: printable text or None
@@ -229,8 +227,8 @@ def _insert(raw: str, event: dict, now: datetime) -> Intake | None:
         "operation_id": None,
         "processed_at": None if handled else now,
     }
-    dialect = db.session.get_bind().dialect
-    if dialect.name == "postgresql":
+    dialect = db.engine.dialect
+    if dialect.name == "postgresql":  # without the session: its own statement, its own commit
         return _insert_in_one_round_trip(row, event, handled)
     # A handled event's duplicate id raises IntegrityError (a replay); an ignored one inserts nothing.
     insert = prepared_insert(StripeEvent.__table__, dialect, tuple(row), ignore_conflicts=not handled)
@@ -240,6 +238,7 @@ def _insert(raw: str, event: dict, now: datetime) -> Intake | None:
             return None  # the operation's key exists: this event was stored before
     if not insert.execute(db.session.connection(), insert.parameters(row)).rowcount:
         return None
+    db.session.commit()
     return Intake(event["id"], event_type, True, row["processing_state"], row["operation_id"])
 
 
