@@ -114,6 +114,7 @@ class GatedConnection(sqlite3.Connection):
     gate: WriterGate | None = None
     lock_descriptor: int | None = None
     holds_gate = False
+    checkpoint_pending = False  # this connection's last commit made a checkpoint due
 
     def attach_gate(self, path: str) -> None:
         """Queue this connection's transactions with every other writer of the file at ``path``."""
@@ -121,7 +122,10 @@ class GatedConnection(sqlite3.Connection):
         self.lock_descriptor = os.open(self.gate.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
 
     def begin_immediate(self) -> None:
-        """Take the turn, then SQLite's write lock."""
+        """Checkpoint if one is due, then take the turn, then SQLite's write lock."""
+        if self.checkpoint_pending:
+            self.checkpoint_pending = False
+            self._checkpoint()
         if self.gate is not None:
             self.gate.acquire(self.lock_descriptor)
             self.holds_gate = True
@@ -132,15 +136,19 @@ class GatedConnection(sqlite3.Connection):
             raise
 
     def commit(self) -> None:
-        """Commit, let the next writer in (only after: the write lock is free by then), then
-        checkpoint if one is due."""
-        checkpoint = self.holds_gate and self.gate.checkpoint_due()
+        """Commit, then let the next writer in (only after: the write lock is free by then).
+
+        A checkpoint this commit makes due runs when the connection next begins, before it asks
+        for the turn: neither inside the turn nor inside the committing caller's work (whose
+        timings, such as a cleanup batch's, would otherwise count a disk flush that holds nothing).
+        """
+        due = self.holds_gate and self.gate.checkpoint_due()
         try:
             super().commit()
         finally:
             self._give_back()
-        if checkpoint:
-            self._checkpoint()
+        if due:
+            self.checkpoint_pending = True
 
     def _checkpoint(self) -> None:
         # PASSIVE: copies what no reader still needs, never waits for a lock or blocks a writer.
