@@ -62,6 +62,12 @@ COVERING: dict[str, list[tuple[str, str]]] = {
     "webapp/services/engine/runner.py": [(path, SQLITE_ONLY) for path in ENGINE_FAST_TESTS]
     + [("tests/engine/test_claim_commit_on_postgres.py", ""), ("tests/engine/test_claims_and_outcomes.py", "postgres")],
     "webapp/services/engine/reconciler.py": [(path, "") for path in ENGINE_FAST_TESTS],
+    "webapp/services/engine/sql.py": [
+        ("tests/engine/test_run_alone.py", ""),
+        ("tests/engine/test_prepared_insert.py", ""),
+        ("tests/engine/test_claim_commit_on_postgres.py", ""),
+        ("tests/payments/test_stripe_intake.py", ""),
+    ],
     "webapp/services/email/ratelimit.py": [
         ("tests/email/test_send_rate_limits.py", ""),
         ("tests/email/test_delivery.py", SQLITE_ONLY),
