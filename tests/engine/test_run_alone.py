@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import psycopg
 import pytest
-from sqlalchemy import bindparam, literal, select, text
+from sqlalchemy import bindparam, create_engine, func, literal, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from tests.engine.scripted import T0
@@ -103,3 +103,51 @@ def test_a_connection_the_server_killed_is_discarded_and_the_next_statement_gets
 def test_run_alone_refuses_sqlite_whose_writers_take_turns(sqlite_app):
     with pytest.raises(ValueError, match="PostgreSQL"):
         run_alone(insert_event(), event_row("evt_1"))
+
+
+def test_a_statement_missing_a_parameter_is_refused_before_it_is_sent(pg_app):
+    row = event_row("evt_1")
+    del row["payload"]
+    with pytest.raises(KeyError, match="payload"):
+        run_alone(insert_event(), row)
+    assert db.session.execute(select(EVENTS.c.id)).scalars().all() == []
+
+
+def test_a_server_that_cannot_be_reached_raises_sqlalchemys_error(pg_app, monkeypatch):
+    unreachable = create_engine("postgresql+psycopg://postgres@127.0.0.1:1/nowhere")
+    monkeypatch.setattr(type(db), "engine", property(lambda self: unreachable))
+    with pytest.raises(OperationalError) as raised:
+        run_alone(insert_event(), event_row("evt_1"))
+    assert not raised.value.connection_invalidated  # nothing was connected to invalidate
+
+
+def backend_pid() -> int:
+    return run_alone(prepare(select(func.pg_backend_pid().label("pid")), db.engine.dialect), {})["pid"]
+
+
+def test_a_statement_that_fails_on_a_live_connection_keeps_the_connection(pg_app):
+    run_alone(insert_event(), event_row("evt_1"))
+    pid = backend_pid()
+    duplicate = prepared_insert(EVENTS, db.engine.dialect, tuple(event_row("x")), (EVENTS.c.id,))
+    with pytest.raises(IntegrityError) as raised:
+        run_alone(duplicate, event_row("evt_1"))
+
+    assert not raised.value.connection_invalidated
+    assert backend_pid() == pid  # the same server process: the pooled connection was kept
+
+
+def test_a_connection_whose_mode_cannot_be_restored_is_discarded_not_pooled_in_autocommit(pg_app, monkeypatch):
+    pid = backend_pid()
+    dialect = db.engine.dialect
+    restore = dialect.reset_isolation_level
+
+    def fails_once(dbapi_connection):
+        monkeypatch.setattr(dialect, "reset_isolation_level", restore)
+        raise psycopg.OperationalError("the connection broke while its mode was restored")
+
+    monkeypatch.setattr(dialect, "reset_isolation_level", fails_once)
+    assert run_alone(insert_event(), event_row("evt_1")) == {"id": "evt_1"}  # committed before
+
+    assert backend_pid() != pid
+    with db.engine.connect() as connection:  # whatever the pool hands out runs in transactions
+        assert connection.connection.dbapi_connection.autocommit is False

@@ -155,10 +155,9 @@ def _as_sqlalchemy_error(error: Exception, sql: str, dialect: Dialect, *, invali
     """The driver's ``error`` as SQLAlchemy would raise it, without the statement's parameters."""
     return DBAPIError.instance(
         sql,
-        None,
+        None,  # no parameters: they carry customers' data
         error,
         dialect.loaded_dbapi.Error,
-        hide_parameters=True,
         connection_invalidated=invalidated,
         dialect=dialect,
     )
