@@ -12,6 +12,9 @@ every index they have (the durable-write limit of that schema). Its rows are nam
 blocking file lock (woken the moment it is free) rather than on SQLite's busy handler, which
 sleeps in steps of milliseconds, and checkpoint the log after letting go of it (every 128
 commits, as Backstop does) rather than inside a COMMIT: the best a writer of that schema can do.
+``POST /floor-rung`` is ``/floor`` and then the ring a durable-write-plus-doorbell design cannot
+skip: one task enqueued by bare Huey on the queue backend of ``HUEY_URL`` (a queue of its own,
+nobody consuming it), carrying an operation number and a stamp as Backstop's ring does.
 """
 
 from __future__ import annotations
@@ -30,6 +33,22 @@ from flask import Flask, jsonify, request
 app = Flask(__name__)
 _local = threading.local()
 URL = os.environ.get("DATABASE_URL", "")
+_ring_task = None
+
+
+def ring_task():
+    """``/floor-rung``'s no-op task on a bare Huey queue of its own (made on first use: it needs ``HUEY_URL``)."""
+    global _ring_task
+    if _ring_task is None:
+        from bench.bare_huey import queue_from_env  # here: the module makes a queue from HUEY_URL on import
+
+        rings = queue_from_env("-rung")
+        _ring_task = rings.task(name="rung_noop")(_never_run)
+    return _ring_task
+
+
+def _never_run(number: int, stamp: datetime) -> None:
+    """Never run (nobody consumes the queue): the ring is what is measured."""
 
 
 def connection():
@@ -141,4 +160,12 @@ def durable():
 def floor():
     """Read the body, store it as Backstop's intake would with the bare driver, answer."""
     insert_floor(request.get_data())
+    return jsonify({"received": True})
+
+
+@app.post("/floor-rung")
+def floor_rung():
+    """``/floor``, then one ring enqueued by bare Huey."""
+    insert_floor(request.get_data())
+    ring_task()(next(_numbers), datetime.now(UTC).replace(tzinfo=None))
     return jsonify({"received": True})

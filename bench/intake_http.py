@@ -8,10 +8,12 @@ gunicorn with sync workers (2), wrk with 16 connections for a fixed duration, on
   (f) floor     ``POST /floor``: the same app writing what the intake writes (an ``operations`` row
                 and a ``stripe_events`` row, one transaction) with the bare driver into Backstop's
                 tables and indexes: the durable-write limit of Backstop's schema;
+  (r) floor+ring ``POST /floor-rung``: (f) and then one task enqueued by bare Huey on the same queue
+                backend, the doorbell a design that rings per event cannot skip;
   (c) backstop  ``gunicorn wsgi:app`` ``POST /webhooks/stripe`` with distinct events, each signed
                 as Stripe signs them (HMAC-SHA256 of "<t>.<body>" with the endpoint secret).
 
-Prints req/s, p50 and p99 of each and the ratios (c)/(b) (the target), (c)/(f) and (f)/(b).
+Prints req/s, p50 and p99 of each and the ratios (c)/(b) (the target), (c)/(f), (f)/(b), (r)/(b) and (c)/(r).
 Afterwards it checks the database: every stored event has its operation, and at least as many
 events were stored with their operation as Backstop answered 2xx (so no 2xx was given for an
 event that was not committed). Exits 1 otherwise.
@@ -154,14 +156,15 @@ def warm_up(url: str, count: int = 20) -> None:
 
 
 def measure_baselines(backend: common.Backend, wrk: str, args: argparse.Namespace) -> list[Load]:
-    """(a), (b) and (f) on ``bench.bare_app``."""
+    """(a), (b), (f) and (r) on ``bench.bare_app``."""
     create_durable_table(backend)
     body = backend.tmp / "body.json"
     body.write_text(sample_body().replace(PLACEHOLDER, "evt_fixed"))
     server = common.Gunicorn("bench.bare_app:app", backend.env(), backend.tmp / "bare.log", workers=args.workers)
     try:
         loads = []
-        for label, path in (("bare", "/bare"), ("durable", "/durable"), ("floor", "/floor")):
+        paths = (("bare", "/bare"), ("durable", "/durable"), ("floor", "/floor"), ("floor+ring", "/floor-rung"))
+        for label, path in paths:
             warm_up(server.url + path)
             loads.append(run_wrk(wrk, server.url + path, label, args, ["fixed", str(body)]))
         return loads
@@ -228,10 +231,11 @@ def report(name: str, loads: list[Load]) -> None:
             f"{'':<{len(name) + 2}}{load.label:<10}{load.rate:>9.0f}{load.p50_ms:>9.1f}{load.p99_ms:>9.1f}"
             f"{load.non_2xx:>9}{load.socket_errors:>9}"
         )
-    bare, durable, floor, backstop = loads
+    bare, durable, floor, rung, backstop = loads
     print(
         f"  ratio backstop/durable {backstop.rate / durable.rate:.2f}, "
         f"backstop/floor {backstop.rate / floor.rate:.2f}, floor/durable {floor.rate / durable.rate:.2f}, "
+        f"floor+ring/durable {rung.rate / durable.rate:.2f}, backstop/(floor+ring) {backstop.rate / rung.rate:.2f}, "
         f"durable/bare {durable.rate / bare.rate:.2f}"
     )
 
