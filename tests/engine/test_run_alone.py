@@ -151,3 +151,20 @@ def test_a_connection_whose_mode_cannot_be_restored_is_discarded_not_pooled_in_a
     assert backend_pid() != pid
     with db.engine.connect() as connection:  # whatever the pool hands out runs in transactions
         assert connection.connection.dbapi_connection.autocommit is False
+
+
+def test_a_connection_found_closed_when_it_is_put_in_autocommit_raises_sqlalchemys_error(pg_app, monkeypatch):
+    pid = backend_pid()
+    dialect = db.engine.dialect
+    switch = dialect.set_isolation_level
+
+    def closed_once(dbapi_connection, level):  # the connection went away while it sat in the pool
+        monkeypatch.setattr(dialect, "set_isolation_level", switch)
+        dbapi_connection.close()
+        return switch(dbapi_connection, level)
+
+    monkeypatch.setattr(dialect, "set_isolation_level", closed_once)
+    with pytest.raises(OperationalError) as raised:
+        run_alone(insert_event(), event_row("evt_1"))
+
+    assert raised.value.connection_invalidated and backend_pid() != pid

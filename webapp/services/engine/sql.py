@@ -133,20 +133,20 @@ def run_alone(prepared: PreparedStatement, values: dict) -> dict | None:
         connection = engine.raw_connection()
     except dialect.loaded_dbapi.Error as error:  # the server refused or could not be reached
         raise _as_sqlalchemy_error(error, prepared.sql, dialect, invalidated=False) from error
+    cursor = None
     try:
         dialect.set_isolation_level(connection.dbapi_connection, "AUTOCOMMIT")
         cursor = connection.cursor()
-        try:
-            cursor.execute(prepared.sql, parameters)
-            found = cursor.fetchone() if prepared.columns else None
-        except dialect.loaded_dbapi.Error as error:
-            dead = dialect.is_disconnect(error, connection.dbapi_connection, cursor)
-            if dead:
-                connection.invalidate(error)
-            raise _as_sqlalchemy_error(error, prepared.sql, dialect, invalidated=dead) from error
-        finally:
-            cursor.close()
+        cursor.execute(prepared.sql, parameters)
+        found = cursor.fetchone() if prepared.columns else None
+    except dialect.loaded_dbapi.Error as error:
+        dead = dialect.is_disconnect(error, connection.dbapi_connection, cursor)
+        if dead:
+            connection.invalidate(error)
+        raise _as_sqlalchemy_error(error, prepared.sql, dialect, invalidated=dead) from error
     finally:
+        if cursor is not None:
+            cursor.close()
         _give_back(connection, dialect)
     return None if found is None else prepared.row(found)
 
