@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import psycopg
 import pytest
-from sqlalchemy import bindparam, create_engine, func, literal, select, text
+from sqlalchemy import bindparam, create_engine, event, func, literal, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from tests.engine.scripted import T0
@@ -136,35 +138,45 @@ def test_a_statement_that_fails_on_a_live_connection_keeps_the_connection(pg_app
     assert backend_pid() == pid  # the same server process: the pooled connection was kept
 
 
-def test_a_connection_whose_mode_cannot_be_restored_is_discarded_not_pooled_in_autocommit(pg_app, monkeypatch):
+@contextmanager
+def on_next_checkout(action):
+    """Do ``action(dbapi_connection)`` to the next connection the pool hands out, only that one."""
+    done = []
+
+    def once(dbapi_connection, connection_record, connection_proxy):
+        if not done:
+            done.append(True)
+            action(dbapi_connection)
+
+    event.listen(db.engine.pool, "checkout", once)
+    try:
+        yield
+    finally:
+        event.remove(db.engine.pool, "checkout", once)
+
+
+def test_a_connection_whose_mode_cannot_be_restored_is_discarded_not_pooled_in_autocommit(pg_app):
     pid = backend_pid()
-    dialect = db.engine.dialect
-    restore = dialect.reset_isolation_level
 
-    def fails_once(dbapi_connection):
-        monkeypatch.setattr(dialect, "reset_isolation_level", restore)
-        raise psycopg.OperationalError("the connection broke while its mode was restored")
+    class DroppedAfterTheStatement(psycopg.Cursor):
+        def close(self):  # the connection goes away between the statement and the mode's return
+            super().close()
+            self.connection.close()
 
-    monkeypatch.setattr(dialect, "reset_isolation_level", fails_once)
-    assert run_alone(insert_event(), event_row("evt_1")) == {"id": "evt_1"}  # committed before
+    with on_next_checkout(
+        lambda dbapi_connection: setattr(dbapi_connection, "cursor_factory", DroppedAfterTheStatement)
+    ):
+        assert run_alone(insert_event(), event_row("evt_1")) == {"id": "evt_1"}  # committed before
 
     assert backend_pid() != pid
     with db.engine.connect() as connection:  # whatever the pool hands out runs in transactions
         assert connection.connection.dbapi_connection.autocommit is False
 
 
-def test_a_connection_found_closed_when_it_is_put_in_autocommit_raises_sqlalchemys_error(pg_app, monkeypatch):
+def test_a_connection_found_closed_when_it_is_put_in_autocommit_raises_sqlalchemys_error(pg_app):
     pid = backend_pid()
-    dialect = db.engine.dialect
-    switch = dialect.set_isolation_level
 
-    def closed_once(dbapi_connection, level):  # the connection went away while it sat in the pool
-        monkeypatch.setattr(dialect, "set_isolation_level", switch)
-        dbapi_connection.close()
-        return switch(dbapi_connection, level)
-
-    monkeypatch.setattr(dialect, "set_isolation_level", closed_once)
-    with pytest.raises(OperationalError) as raised:
-        run_alone(insert_event(), event_row("evt_1"))
+    with on_next_checkout(lambda dbapi_connection: dbapi_connection.close()), pytest.raises(OperationalError) as raised:
+        run_alone(insert_event(), event_row("evt_1"))  # the connection died while it sat in the pool
 
     assert raised.value.connection_invalidated and backend_pid() != pid

@@ -135,7 +135,9 @@ def run_alone(prepared: PreparedStatement, values: dict) -> dict | None:
         raise _as_sqlalchemy_error(error, prepared.sql, dialect, invalidated=False) from error
     cursor = None
     try:
-        dialect.set_isolation_level(connection.dbapi_connection, "AUTOCOMMIT")
+        # The driver's own switch (psycopg's, as psycopg2's): the isolation level SQLAlchemy set
+        # stays as it was, so only this flag needs putting back (half the work of the dialect's).
+        connection.dbapi_connection.autocommit = True
         cursor = connection.cursor()
         cursor.execute(prepared.sql, parameters)
         found = cursor.fetchone() if prepared.columns else None
@@ -167,7 +169,7 @@ def _give_back(connection, dialect: Dialect) -> None:
     """Restore the connection's transaction mode and return it to the pool (discarded if it cannot be)."""
     if connection.dbapi_connection is not None:  # None once invalidated
         try:
-            dialect.reset_isolation_level(connection.dbapi_connection)
+            connection.dbapi_connection.autocommit = False
         except dialect.loaded_dbapi.Error as error:
             connection.invalidate(error)
     connection.close()
