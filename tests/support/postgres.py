@@ -44,16 +44,16 @@ def statements_sent(engine) -> Iterator[list[tuple[bool, str]]]:
             sent.append((self.connection.autocommit, " ".join(str(query).split())))
             return super().execute(query, params, **kwargs)
 
-    watched = []
+    factories = {}  # each watched connection's own cursor factory, put back afterwards
 
     def watch(dbapi_connection, connection_record, connection_proxy):
+        factories.setdefault(dbapi_connection, dbapi_connection.cursor_factory)
         dbapi_connection.cursor_factory = RecordingCursor
-        watched.append(dbapi_connection)
 
     event.listen(engine.pool, "checkout", watch)
     try:
         yield sent
     finally:
         event.remove(engine.pool, "checkout", watch)
-        for dbapi_connection in watched:
-            dbapi_connection.cursor_factory = psycopg.Cursor
+        for dbapi_connection, factory in factories.items():
+            dbapi_connection.cursor_factory = factory

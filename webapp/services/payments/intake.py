@@ -229,7 +229,7 @@ def _store(raw: str, event: dict, now: datetime) -> Intake | None:
     }
     dialect = db.engine.dialect
     if dialect.name == "postgresql":  # without the session: its own statement, its own commit
-        return _insert_in_one_round_trip(row, event, handled)
+        return _insert_in_one_round_trip(row, event, handled, dialect)
     # A handled event's duplicate id raises IntegrityError (a replay); an ignored one inserts nothing.
     insert = prepared_insert(StripeEvent.__table__, dialect, tuple(row), ignore_conflicts=not handled)
     if handled:
@@ -259,7 +259,7 @@ def _operation_of(row: dict, data_object: dict) -> dict:
     }
 
 
-def _insert_in_one_round_trip(row: dict, event: dict, handled: bool) -> Intake | None:
+def _insert_in_one_round_trip(row: dict, event: dict, handled: bool, dialect) -> Intake | None:
     """PostgreSQL: the event and its operation in one statement, its own transaction (autocommit).
 
     One round trip instead of four (BEGIN, two INSERTs, COMMIT), as atomic as before: the
@@ -267,7 +267,6 @@ def _insert_in_one_round_trip(row: dict, event: dict, handled: bool) -> Intake |
     neither, and a duplicate event id with a new key fails the whole statement (IntegrityError).
     The worker is rung once the statement has returned, that is, committed.
     """
-    dialect = db.engine.dialect
     if not handled:
         events = StripeEvent.__table__
         insert = prepared_insert(events, dialect, tuple(row), (events.c.id,), ignore_conflicts=True)
