@@ -14,6 +14,49 @@ class QueueConfigurationError(ValueError):
     """``HUEY_URL`` names a backend Backstop does not support."""
 
 
+class RevocationUnsupported(NotImplementedError):
+    """Backstop's queue does not revoke tasks: stop the operation in the database instead."""
+
+
+# Huey's key for one task's revocation flag is this prefix and the task's id (``Task.revoke_id``).
+REVOKE_KEY_PREFIX = "r:"
+
+
+class WithoutRevocation:
+    """Huey without task revocation, mixed in before ``RedisHuey`` / ``SqliteHuey``.
+
+    Backstop stops an operation in the database (a paused name, a cancelled or resolved
+    operation), where the claim refuses it; it never revokes the ring. Huey still looks for a
+    revocation before every task and deletes the task's flag after it: two queue round trips per
+    operation (on SqliteHuey a read and a write transaction) for a feature nobody uses. This
+    skips both, and refuses to revoke, so nothing can rely on a revocation that is never read.
+    """
+
+    def is_revoked(self, task, timestamp=None, peek=True) -> bool:
+        """Never: nothing revokes a task on this queue."""
+        return False
+
+    def delete(self, key):
+        """Delete ``key`` from Huey's key-value store, except a task's revocation flag (never set)."""
+        if isinstance(key, str) and key.startswith(REVOKE_KEY_PREFIX):
+            return False
+        return super().delete(key)
+
+    def revoke_all(self, *args, **kwargs):
+        """Refused: see :class:`RevocationUnsupported`."""
+        raise RevocationUnsupported("pause the operation's name or cancel the operation in Backstop instead")
+
+    revoke = revoke_by_id = revoke_all
+
+
+class RedisQueue(WithoutRevocation, RedisHuey):
+    """Backstop's queue on Redis."""
+
+
+class SqliteQueue(WithoutRevocation, SqliteHuey):
+    """Backstop's queue on a SQLite file."""
+
+
 def huey_from_url(url: str, name: str, timeout: float = 2.0) -> Huey:
     """``sqlite:////abs/path.db`` → SqliteHuey; ``redis://host:port/db`` → RedisHuey whose
     connect and reads give up after ``timeout`` seconds."""
@@ -26,13 +69,13 @@ def huey_from_url(url: str, name: str, timeout: float = 2.0) -> Huey:
         # results=False: the database, not Huey, keeps every outcome. fsync=False: a ring lost to
         # a power cut is re-rung by the reconciler, so the queue need not wait for the disk on
         # every enqueue and dequeue (SQLite's default in WAL mode, ~a disk flush per ring).
-        return SqliteHuey(name, filename=path, results=False, timeout=30, fsync=False)
+        return SqliteQueue(name, filename=path, results=False, timeout=30, fsync=False)
     if scheme in ("redis", "rediss", "unix"):
         # Short timeouts: a ring to a stopped or frozen (accepting, never answering) Redis must
         # fail fast instead of holding the request that rang; the reconciler re-rings.
         pool = redis.ConnectionPool.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
         # The consumer's blocking read must return (empty) before the socket gives up on it.
-        return RedisHuey(name, connection_pool=pool, results=False, read_timeout=min(1.0, timeout / 2))
+        return RedisQueue(name, connection_pool=pool, results=False, read_timeout=min(1.0, timeout / 2))
     raise QueueConfigurationError(f"HUEY_URL must start with sqlite:// or redis://, got {scheme or url!r}")
 
 
