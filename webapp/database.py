@@ -262,14 +262,22 @@ def _ping_if_idle(dbapi_connection, connection_record, connection_proxy) -> None
         return
     if time.monotonic() - idle_since < PING_AFTER_IDLE_SECONDS:
         return
+    if not ping(dbapi_connection):
+        # A dead idle connection means its siblings likely died too (a restart): the pool replaces
+        # every connection made before now, as pool_pre_ping does, and this checkout gets a new one.
+        raise InvalidatePoolError(f"connection idle since {idle_since:.0f} failed its ping")
+
+
+def ping(dbapi_connection) -> bool:
+    """Whether a server connection answers a ``SELECT 1`` (and is left as it was found)."""
     try:
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute("SELECT 1")
         finally:
             cursor.close()
-        dbapi_connection.rollback()  # the driver began a transaction for the SELECT
-    except Exception as exc:  # any failure means this connection cannot be trusted
-        # A dead idle connection means its siblings likely died too (a restart): the pool replaces
-        # every connection made before now, as pool_pre_ping does, and this checkout gets a new one.
-        raise InvalidatePoolError(f"connection idle since {idle_since:.0f} failed its ping: {exc}") from exc
+        if not getattr(dbapi_connection, "autocommit", False):
+            dbapi_connection.rollback()  # the driver began a transaction for the SELECT
+    except Exception:  # any failure means this connection cannot be trusted
+        return False
+    return True

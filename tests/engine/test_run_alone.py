@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import pytest
-from sqlalchemy import bindparam, create_engine, event, func, literal, select, text
+from sqlalchemy import bindparam, create_engine, func, literal, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from tests.engine.scripted import T0
-from tests.support.postgres import postgres_app
+from tests.support.postgres import postgres_app, statements_sent
+from webapp.database import PING_AFTER_IDLE_SECONDS
 from webapp.extensions import db
 from webapp.models import Operation, StripeEvent
-from webapp.services.engine.sql import prepare, prepared_insert, run_alone
+from webapp.services.engine.sql import (
+    AutocommitConnections,
+    _forget_after_fork,
+    autocommit_connections,
+    prepare,
+    prepared_insert,
+    run_alone,
+)
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -138,45 +147,105 @@ def test_a_statement_that_fails_on_a_live_connection_keeps_the_connection(pg_app
     assert backend_pid() == pid  # the same server process: the pooled connection was kept
 
 
-@contextmanager
-def on_next_checkout(action):
-    """Do ``action(dbapi_connection)`` to the next connection the pool hands out, only that one."""
-    done = []
-
-    def once(dbapi_connection, connection_record, connection_proxy):
-        if not done:
-            done.append(True)
-            action(dbapi_connection)
-
-    event.listen(db.engine.pool, "checkout", once)
-    try:
-        yield
-    finally:
-        event.remove(db.engine.pool, "checkout", once)
+def side() -> AutocommitConnections:
+    return autocommit_connections(db.engine)
 
 
-def test_a_connection_whose_mode_cannot_be_restored_is_discarded_not_pooled_in_autocommit(pg_app):
+def backends() -> set[int]:
+    """The server processes connected to this test's database, other than the one asking."""
+    url = db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(url, autocommit=True) as admin:
+        rows = admin.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchall()
+    return {pid for (pid,) in rows}
+
+
+def terminate(pid: int) -> None:
+    url = db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+
+def test_statements_never_take_a_connection_from_the_engines_pool(pg_app):
+    db.session.execute(text("SELECT 1"))  # the session holds one of the pool's connections
+    session_pid = db.session.execute(select(func.pg_backend_pid())).scalar()
+    checked_out = db.engine.pool.checkedout()
+
+    assert backend_pid() != session_pid
+    assert db.engine.pool.checkedout() == checked_out
+    assert db.session.connection().connection.dbapi_connection.autocommit is False
+
+
+def test_a_connection_closed_while_it_waited_raises_sqlalchemys_error_and_is_replaced(pg_app):
     pid = backend_pid()
+    [(connection, _)] = side().idle
+    connection.dbapi_connection.close()  # it died while it sat idle
 
-    class DroppedAfterTheStatement(psycopg.Cursor):
-        def close(self):  # the connection goes away between the statement and the mode's return
-            super().close()
-            self.connection.close()
+    with pytest.raises(OperationalError) as raised:
+        run_alone(insert_event(), event_row("evt_1"))
 
-    with on_next_checkout(
-        lambda dbapi_connection: setattr(dbapi_connection, "cursor_factory", DroppedAfterTheStatement)
-    ):
-        assert run_alone(insert_event(), event_row("evt_1")) == {"id": "evt_1"}  # committed before
-
+    assert raised.value.connection_invalidated
     assert backend_pid() != pid
-    with db.engine.connect() as connection:  # whatever the pool hands out runs in transactions
-        assert connection.connection.dbapi_connection.autocommit is False
+    assert run_alone(insert_event(), event_row("evt_1")) == {"id": "evt_1"}
 
 
-def test_a_connection_found_closed_when_it_is_put_in_autocommit_raises_sqlalchemys_error(pg_app):
+def test_one_idle_for_long_is_pinged_and_a_dead_one_replaced_before_the_statement(pg_app):
     pid = backend_pid()
+    terminate(pid)  # a server restart or an idle timeout while it waited
+    [(connection, since)] = side().idle
+    side().idle[0] = (connection, since - PING_AFTER_IDLE_SECONDS)
 
-    with on_next_checkout(lambda dbapi_connection: dbapi_connection.close()), pytest.raises(OperationalError) as raised:
-        run_alone(insert_event(), event_row("evt_1"))  # the connection died while it sat in the pool
+    assert run_alone(insert_event(), event_row("evt_1")) == {"id": "evt_1"}  # no failure: pinged first
+    assert backend_pid() != pid
 
-    assert raised.value.connection_invalidated and backend_pid() != pid
+
+def test_one_used_a_moment_ago_is_not_pinged_and_one_idle_for_long_is(pg_app):
+    with statements_sent(db.engine) as sent:
+        backend_pid()  # a new connection, watched from now on
+        backend_pid()  # the same one, idle a moment
+        [(connection, since)] = side().idle
+        side().idle[0] = (connection, since - PING_AFTER_IDLE_SECONDS)
+        backend_pid()  # the same one, idle for long
+
+    pid = "SELECT pg_backend_pid() AS pid"
+    assert sent == [(True, pid), (True, pid), (True, "SELECT 1"), (True, pid)]
+
+
+def test_threads_get_a_connection_each_and_at_most_the_pool_size_wait_idle(pg_app):
+    app = pg_app
+    ready = threading.Barrier(db.engine.pool.size() + 2)
+
+    def statement(number: int) -> int:
+        with app.app_context():
+            ready.wait(timeout=10)
+            run_alone(insert_event(), event_row(f"evt_{number}"))
+            return backend_pid()
+
+    with ThreadPoolExecutor(ready.parties) as pool:
+        pids = list(pool.map(statement, range(ready.parties)))
+
+    assert db.session.execute(select(func.count()).select_from(EVENTS)).scalar() == ready.parties
+    assert len(side().idle) <= side().keep == db.engine.pool.size()
+    assert len(set(pids)) >= 2  # concurrent statements did not share a connection
+
+
+def test_disposing_of_the_engine_closes_them(pg_app):
+    pid = backend_pid()
+    assert pid in backends()
+
+    db.engine.dispose()
+
+    assert pid not in backends()
+    assert run_alone(insert_event(), event_row("evt_1")) == {"id": "evt_1"}  # new ones are made
+
+
+def test_a_forked_child_starts_without_its_parents_connections_and_leaves_them_open(pg_app):
+    pid = backend_pid()
+    parents = side()
+
+    _forget_after_fork()  # what os.fork runs in the child
+
+    assert side() is not parents
+    assert backend_pid() != pid
+    assert pid in backends()  # the parent's session is still there

@@ -12,6 +12,7 @@ from sqlalchemy import event
 
 from tests.conftest import Backend, inside, make_app
 from tests.support import servers
+from webapp.services.engine.sql import autocommit_connections
 
 
 @contextmanager
@@ -50,10 +51,14 @@ def statements_sent(engine) -> Iterator[list[tuple[bool, str]]]:
         factories.setdefault(dbapi_connection, dbapi_connection.cursor_factory)
         dbapi_connection.cursor_factory = RecordingCursor
 
-    event.listen(engine.pool, "checkout", watch)
+    pools = (engine.pool, autocommit_connections(engine).pool)
+    autocommit_connections(engine).discard_idle()  # the next statements take connections it watches
+    for pool in pools:
+        event.listen(pool, "checkout", watch)
     try:
         yield sent
     finally:
-        event.remove(engine.pool, "checkout", watch)
+        for pool in pools:
+            event.remove(pool, "checkout", watch)
         for dbapi_connection, factory in factories.items():
             dbapi_connection.cursor_factory = factory
