@@ -27,6 +27,7 @@ import importlib
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -36,12 +37,26 @@ from bench import common
 BATCH = 200
 
 
-def drain(process: common.Process, done, timeout: float = 600) -> float:
-    """Seconds from the consumer's start-up line until ``done()`` is true."""
+@dataclass(frozen=True)
+class Drain:
+    """One consumer's drain: wall seconds, and the CPU seconds its process used meanwhile."""
+
+    seconds: float
+    cpu_seconds: float
+
+
+def drain(process: common.Process, done, timeout: float = 600) -> Drain:
+    """Seconds (and the consumer's CPU seconds) from its start-up line until ``done()`` is true."""
     common.wait_for(lambda: common.started_offset(process) or _exited(process), interval=0.005, message="start")
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), cpu_seconds(process)
     common.wait_for(lambda: done() or _exited(process), timeout=timeout, interval=0.02, message="the drain")
-    return time.perf_counter() - started
+    return Drain(time.perf_counter() - started, cpu_seconds(process) - cpu)
+
+
+def cpu_seconds(process: common.Process) -> float:
+    """User and system CPU seconds the process has used so far, all its threads (Linux' /proc)."""
+    fields = Path(f"/proc/{process.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _exited(process: common.Process) -> bool:
@@ -50,7 +65,7 @@ def _exited(process: common.Process) -> bool:
     return False
 
 
-def bare_huey(backend: common.Backend, count: int, threads: int) -> float:
+def bare_huey(backend: common.Backend, count: int, threads: int) -> Drain:
     """Enqueue ``count`` bare no-op tasks, then time one consumer draining them."""
     os.environ.update(HUEY_URL=backend.huey_url, HUEY_NAME=backend.huey_name)
     module = importlib.import_module("bench.bare_huey")
@@ -72,7 +87,7 @@ FLOOR_INSERT = (
 )
 
 
-def floor(backend: common.Backend, count: int, threads: int) -> float:
+def floor(backend: common.Backend, count: int, threads: int) -> Drain:
     """Insert ``count`` operations and ring the floor's queue for each, then time its consumer."""
     from datetime import UTC, datetime
 
@@ -93,7 +108,7 @@ def floor(backend: common.Backend, count: int, threads: int) -> float:
     return drain_until_succeeded(backend, process, "bench.floor", count)
 
 
-def drain_until_succeeded(backend: common.Backend, process: common.Process, name: str, count: int) -> float:
+def drain_until_succeeded(backend: common.Backend, process: common.Process, name: str, count: int) -> Drain:
     """Seconds until ``count`` operations named ``name`` have succeeded; stops the consumer."""
     engine = common.sql_engine(backend)
     succeeded = "SELECT count(*) FROM operations WHERE name = :name AND state = 'succeeded'"
@@ -120,7 +135,7 @@ def fill_operations(backend: common.Backend, count: int) -> None:
         db.engine.dispose()
 
 
-def backstop(backend: common.Backend, count: int, threads: int, flask_worker: bool) -> float:
+def backstop(backend: common.Backend, count: int, threads: int, flask_worker: bool) -> Drain:
     """Fill ``count`` operations, then time one consumer running them all."""
     fill_operations(backend, count)
     env = backend.env(BACKSTOP_HANDLER_MODULES="bench.noop_handlers", WORKER_THREADS=threads)
@@ -172,15 +187,22 @@ def main() -> None:
             problems += [f"{name}: {problem}" for problem in ledger(backend, args.ops)]
             problems += [f"{name} floor: {problem}" for problem in ledger(backend, args.ops, "bench.floor")]
         queue = "SqliteHuey" if name == "sqlite" else "Redis (+ PostgreSQL)"
-        results.append((queue, args.ops / bare, args.ops / least, args.ops / full))
+        results.append((queue, bare, least, full))
     print(f"\n{args.ops} no-op items, one consumer, {args.threads} threads")
     header = f"{'queue':<22}{'bare Huey /s':>14}{'floor /s':>10}{'Backstop /s':>13}"
     print(header + f"{'floor/bare':>12}{'Backstop/bare':>15}{'Backstop/floor':>16}")
-    for queue, bare_rate, floor_rate, rate in results:
+    for queue, bare, least, full in results:
+        bare_rate, floor_rate, rate = (args.ops / side.seconds for side in (bare, least, full))
         print(
             f"{queue:<22}{bare_rate:>14.0f}{floor_rate:>10.0f}{rate:>13.0f}"
             f"{floor_rate / bare_rate:>12.2f}{rate / bare_rate:>15.2f}{rate / floor_rate:>16.2f}"
         )
+    # The consumer's own CPU per item: steadier than the rates on a shared machine, and the part
+    # that its single interpreter lock caps.
+    print(f"\n{'consumer CPU ms/item':<22}{'bare Huey':>14}{'floor':>10}{'Backstop':>13}")
+    for queue, bare, least, full in results:
+        per_item = [side.cpu_seconds * 1000 / args.ops for side in (bare, least, full)]
+        print(f"{queue:<22}{per_item[0]:>14.3f}{per_item[1]:>10.3f}{per_item[2]:>13.3f}")
     if problems:
         print("\nPROBLEMS:\n  " + "\n  ".join(problems))
         sys.exit(1)

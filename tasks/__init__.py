@@ -10,7 +10,7 @@ from flask import Flask
 from huey import Huey
 
 from tasks import cli
-from tasks.queue import HueyDoorbell, huey_from_url
+from tasks.queue import HueyDoorbell, drop_huey_task_lines, huey_from_url
 from tasks.runtime import register_tasks
 from webapp.services.engine.doorbell import set_doorbell
 
@@ -20,6 +20,7 @@ def bind(app: Flask) -> Huey:
     huey = huey_from_url(
         app.config["HUEY_URL"], name=app.config["HUEY_NAME"], timeout=app.config["HUEY_TIMEOUT_SECONDS"]
     )
+    drop_huey_task_lines()  # the engine logs each attempt itself
     run_operation = register_tasks(huey, app)
     set_doorbell(HueyDoorbell(huey, run_operation))
     app.extensions["backstop.huey"] = huey

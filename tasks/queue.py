@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -47,6 +48,26 @@ class WithoutRevocation:
         raise RevocationUnsupported("pause the operation's name or cancel the operation in Backstop instead")
 
     revoke = revoke_by_id = revoke_all
+
+
+# Huey's two INFO lines for every task it runs. The engine logs each attempt once (operation,
+# name, attempt, outcome, duration); these would only repeat it, with Huey's task id.
+HUEY_TASK_LINES = frozenset({"Executing %s", "%s executed in %0.3fs"})
+
+
+class WithoutHueyTaskLines(logging.Filter):
+    """Drops Huey's per-task INFO lines (:data:`HUEY_TASK_LINES`); its warnings and errors pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """False for one of Huey's per-task INFO lines."""
+        return not (record.levelno <= logging.INFO and record.msg in HUEY_TASK_LINES)
+
+
+def drop_huey_task_lines() -> None:
+    """Install :class:`WithoutHueyTaskLines` on Huey's logger (once per process)."""
+    logger = logging.getLogger("huey")
+    if not any(isinstance(installed, WithoutHueyTaskLines) for installed in logger.filters):
+        logger.addFilter(WithoutHueyTaskLines())
 
 
 class RedisQueue(WithoutRevocation, RedisHuey):

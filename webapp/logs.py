@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from functools import lru_cache
 
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
@@ -39,13 +40,19 @@ def redact_text(text: str) -> str:
 
 def redact_value(key: str, value):
     """A log field's value, redacted when its name marks a secret (recursively for dicts)."""
-    if SECRET_KEY.search(str(key)):
+    if _names_a_secret(str(key)):
         return REDACTED
     if isinstance(value, dict):
         return {k: redact_value(k, v) for k, v in value.items()}
     if isinstance(value, str):
         return redact_text(value)
     return value
+
+
+@lru_cache(maxsize=1024)
+def _names_a_secret(key: str) -> bool:
+    # Cached: a handful of field names recur on every line (the engine logs each attempt).
+    return SECRET_KEY.search(key) is not None
 
 
 class RedactingFilter(logging.Filter):

@@ -140,7 +140,7 @@ def claim(operation_id: int, *, now: datetime, default_lease: float = DEFAULT_LE
     for index, (_, seconds) in enumerate(own_leases):
         params[f"lease_until_{index}"] = now + timedelta(seconds=seconds)
     names = tuple(name for name, _ in own_leases)
-    if db.session.get_bind().dialect.name == "postgresql":
+    if db.engine.dialect.name == "postgresql":
         values = _claim_in_one_round_trip(names, params)
     else:
         values = _claim_in_one_transaction(names, params)
@@ -305,7 +305,7 @@ def _run_claimed(operation: Snapshot, attempt: Snapshot, clock) -> RunResult:
         }
         listeners = _listeners_for(operation, "succeeded")
         # Nothing else to commit with it: on PostgreSQL the outcome can be a statement on its own.
-        alone = not listeners and not db.session().in_transaction() and db.engine.dialect.name == "postgresql"
+        alone = not listeners and not _session_in_transaction() and db.engine.dialect.name == "postgresql"
         if not _finish(
             operation_id,
             number,
@@ -332,6 +332,12 @@ def _run_claimed(operation: Snapshot, attempt: Snapshot, clock) -> RunResult:
         result = record_failure(operation_id, number, exc, now=clock(), started_monotonic=started)
         _log_attempt(operation_id, name, number, result.outcome, started, exc)
         return result
+
+
+def _session_in_transaction() -> bool:
+    """Whether this context's session holds a transaction (without making a session to ask)."""
+    registry = db.session.registry
+    return registry.has() and registry().in_transaction()
 
 
 def _permanent(exc: Exception) -> Exception:

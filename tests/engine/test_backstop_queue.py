@@ -1,4 +1,4 @@
-"""Backstop's Huey queue skips task revocation: no revocation read before a task, no delete after it.
+"""Backstop's Huey queue: no revocation round trips per task, and no log lines of Huey's own per task.
 
 Huey looks up a task's revocation flags before running it and deletes its flag after: two queue
 round trips per operation. Backstop stops operations in the database instead, so its queue
@@ -9,12 +9,21 @@ keys fails here instead of quietly bringing the round trips back).
 
 from __future__ import annotations
 
+import logging
 import uuid
 
 import pytest
 from huey import RedisHuey, SqliteHuey
 
-from tasks.queue import RedisQueue, RevocationUnsupported, SqliteQueue, huey_from_url
+from tasks.queue import (
+    HUEY_TASK_LINES,
+    RedisQueue,
+    RevocationUnsupported,
+    SqliteQueue,
+    WithoutHueyTaskLines,
+    drop_huey_task_lines,
+    huey_from_url,
+)
 from tests.support.servers import REDIS_HOST, REDIS_PORT, flush_redis_queue, require_server
 
 
@@ -99,3 +108,62 @@ def test_other_keys_are_still_deleted(queues):
     ours.put("lock:example", "held")
     assert ours.delete("lock:example")
     assert ours.get("lock:example") is None
+
+
+# --- one log line per attempt ------------------------------------------------------------------
+
+
+class Records(logging.Handler):
+    """Keeps what reaches it (attached to Huey's logger: after that logger's filters)."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def huey_logger():
+    """Huey's logger at INFO, watched by a :class:`Records`, without Backstop's filter; all put back after."""
+    logger = logging.getLogger("huey")
+    level, filters = logger.level, list(logger.filters)
+    records = Records()
+    logger.setLevel(logging.INFO)
+    logger.addHandler(records)
+    for existing in filters:  # this process may have installed it already (any app's bind)
+        logger.removeFilter(existing)
+    yield logger, records
+    logger.removeHandler(records)
+    logger.setLevel(level)
+    logger.filters[:] = filters
+
+
+def test_huey_logs_no_line_of_its_own_per_task_but_still_its_errors(tmp_path, huey_logger):
+    logger, seen = huey_logger
+    huey = huey_from_url(f"sqlite:///{tmp_path / 'queue.sqlite3'}", "lines")
+    noop = huey.task(name="noop")(lambda: None)
+
+    @huey.task(name="broken")
+    def broken():
+        raise RuntimeError("boom")
+
+    def run_both() -> list[logging.LogRecord]:
+        seen.records.clear()
+        for task in (noop, broken):
+            task()
+            huey.execute(huey.dequeue())
+        return list(seen.records)
+
+    # Plain Huey writes both lines for every task: the templates still match its own.
+    plain = run_both()
+    assert {record.msg for record in plain if record.levelno == logging.INFO} == HUEY_TASK_LINES
+
+    drop_huey_task_lines()
+    drop_huey_task_lines()  # once only
+    assert sum(isinstance(existing, WithoutHueyTaskLines) for existing in logger.filters) == 1
+    quiet = run_both()
+
+    assert [record.levelname for record in quiet] == ["ERROR"]
+    assert "Unhandled exception in task" in quiet[0].getMessage()
