@@ -6,9 +6,11 @@ import socket
 import time
 from urllib.parse import urlparse
 
+from flask import Response
+
 from tests.conftest import inside, make_app
 from tests.support.http_server import serve
-from webapp.headers import SECURITY_HEADERS
+from webapp.headers import SECURITY_HEADERS, add_security_headers
 
 
 def test_every_kind_of_response_carries_the_security_headers(sqlite_app):
@@ -32,6 +34,16 @@ def test_every_kind_of_response_carries_the_security_headers(sqlite_app):
     assert policy["script-src"] == "'self'" and policy["frame-ancestors"] == "'none'"
     assert "unsafe" not in SECURITY_HEADERS["Content-Security-Policy"]
     assert SECURITY_HEADERS["X-Frame-Options"] == "DENY"
+
+
+def test_a_header_the_response_already_carries_is_kept_whatever_its_case():
+    own = Response("framed", headers={"x-frame-options": "SAMEORIGIN", "Content-Security-Policy": "default-src *"})
+
+    headers = add_security_headers(own).headers
+
+    assert headers.getlist("X-Frame-Options") == ["SAMEORIGIN"]
+    assert headers.getlist("Content-Security-Policy") == ["default-src *"]
+    assert headers["X-Content-Type-Options"] == "nosniff" and headers["Referrer-Policy"] == "same-origin"
 
 
 # --- request size limits ---------------------------------------------------------------------
