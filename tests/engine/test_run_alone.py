@@ -227,6 +227,8 @@ def test_threads_get_a_connection_each_and_at_most_the_pool_size_wait_idle(pg_ap
 
     assert db.session.execute(select(func.count()).select_from(EVENTS)).scalar() == ready.parties
     assert len(side().idle) <= side().keep == db.engine.pool.size()
+    # The ones beyond it were closed, not left idle in the copy of the pool.
+    assert len(backends()) <= side().keep + db.engine.pool.checkedin() + db.engine.pool.checkedout()
     assert len(set(pids)) >= 2  # concurrent statements did not share a connection
 
 

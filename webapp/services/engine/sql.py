@@ -163,10 +163,8 @@ class AutocommitConnections:
             if not self.closed and len(self.idle) < self.keep:
                 self.idle.append((connection, time.monotonic()))
                 return
-        if self.closed:
-            connection.invalidate()
-        else:
-            connection.close()  # back to the copy of the pool, still in autocommit
+        # Closed for good, not returned to the copy of the pool: it would keep as many again idle.
+        connection.invalidate()
 
     def discard(self, connection: PoolProxiedConnection, error: BaseException | None) -> None:
         """Close ``connection`` for good (the statement found it dead, or it is in an unknown state)."""
