@@ -248,6 +248,8 @@ def run_alone(prepared: PreparedStatement, values: dict) -> dict | None:
         cursor.close()
     except dialect.loaded_dbapi.Error as error:
         dead = dialect.is_disconnect(error, dbapi_connection, cursor)
+        if cursor is not None:
+            cursor.close()  # a client-side cursor: closing it sends nothing
         if dead:
             connections.discard(connection, error)
         else:
