@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import pytest
-from sqlalchemy import bindparam, create_engine, func, literal, select, text
+from sqlalchemy import bindparam, create_engine, event, func, literal, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from tests.engine.scripted import T0
@@ -251,3 +251,46 @@ def test_a_forked_child_starts_without_its_parents_connections_and_leaves_them_o
     assert side() is not parents
     assert backend_pid() != pid
     assert pid in backends()  # the parent's session is still there
+
+
+def test_a_new_connection_that_cannot_be_put_in_autocommit_raises_sqlalchemys_error(pg_app):
+    side().discard_idle()
+
+    def closed_at_once(dbapi_connection, connection_record, connection_proxy):
+        dbapi_connection.close()  # it died between being made and its first statement
+
+    event.listen(side().pool, "checkout", closed_at_once, once=True)
+    with pytest.raises(OperationalError):
+        run_alone(insert_event(), event_row("evt_1"))
+
+    assert side().idle == [] and side().pool.checkedout() == 0  # discarded, neither kept nor leaked
+    assert run_alone(insert_event(), event_row("evt_1")) == {"id": "evt_1"}
+
+
+def test_a_statement_interrupted_by_anything_else_discards_its_connection(pg_app):
+    pid = backend_pid()
+    [(connection, _)] = side().idle
+
+    class Interrupted(psycopg.Cursor):
+        def execute(self, query, params=None, **kwargs):
+            raise KeyboardInterrupt  # as a signal handler's exception would, mid-statement
+
+    connection.dbapi_connection.cursor_factory = Interrupted
+    with pytest.raises(KeyboardInterrupt):
+        run_alone(insert_event(), event_row("evt_1"))
+
+    assert not connection.is_valid and side().idle == []
+    assert backend_pid() != pid
+
+
+def test_closing_them_closes_the_idle_ones_and_any_given_back_later(pg_app):
+    connections = side()
+    busy = connections.take()  # a statement still running when the engine is disposed of
+    backend_pid()  # another connection, idle after its statement
+    [(idle, _)] = connections.idle
+
+    db.engine.dispose()
+
+    assert not idle.is_valid and connections.idle == []
+    connections.give_back(busy)
+    assert not busy.is_valid and connections.idle == []

@@ -141,13 +141,15 @@ class AutocommitConnections:
     def take(self) -> PoolProxiedConnection:
         """An idle connection (pinged first if it sat idle long), else a new one."""
         with self.lock:
-            connection, since = self.idle.pop() if self.idle else (None, 0.0)
-        stale = connection is not None and time.monotonic() - since >= PING_AFTER_IDLE_SECONDS
-        if stale and not ping(connection.dbapi_connection):
-            # A dead idle connection means its siblings likely died too (a restart).
-            self.discard(connection, None)
-            self.discard_idle()
-            connection = None
+            found = self.idle.pop() if self.idle else None
+        connection = None
+        if found is not None:
+            connection, since = found
+            if time.monotonic() - since >= PING_AFTER_IDLE_SECONDS and not ping(connection.dbapi_connection):
+                # A dead idle connection means its siblings likely died too (a restart).
+                self.discard(connection, None)
+                self.discard_idle()
+                connection = None
         if connection is None:
             connection = self.pool.connect()
             try:
