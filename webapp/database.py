@@ -262,14 +262,15 @@ def _ping_if_idle(dbapi_connection, connection_record, connection_proxy) -> None
         return
     if time.monotonic() - idle_since < PING_AFTER_IDLE_SECONDS:
         return
-    if not ping(dbapi_connection):
+    failure = ping(dbapi_connection)
+    if failure is not None:
         # A dead idle connection means its siblings likely died too (a restart): the pool replaces
         # every connection made before now, as pool_pre_ping does, and this checkout gets a new one.
-        raise InvalidatePoolError(f"connection idle since {idle_since:.0f} failed its ping")
+        raise InvalidatePoolError(f"connection idle since {idle_since:.0f} failed its ping: {failure}") from failure
 
 
-def ping(dbapi_connection) -> bool:
-    """Whether a server connection answers a ``SELECT 1`` (and is left as it was found)."""
+def ping(dbapi_connection) -> Exception | None:
+    """Send a server connection a ``SELECT 1`` (leaving it as it was found); what it raised, or None."""
     try:
         cursor = dbapi_connection.cursor()
         try:
@@ -278,6 +279,6 @@ def ping(dbapi_connection) -> bool:
             cursor.close()
         if not getattr(dbapi_connection, "autocommit", False):
             dbapi_connection.rollback()  # the driver began a transaction for the SELECT
-    except Exception:  # any failure means this connection cannot be trusted
-        return False
-    return True
+    except Exception as failure:  # any failure means this connection cannot be trusted
+        return failure
+    return None

@@ -52,6 +52,13 @@ def event_row(event_id: str) -> dict:
     }
 
 
+def admin_connection() -> psycopg.Connection:
+    """A connection to this test's database outside every pool (use it in a ``with``)."""
+    return psycopg.connect(
+        db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False), autocommit=True
+    )
+
+
 def insert_event():
     return prepared_insert(EVENTS, db.engine.dialect, tuple(event_row("x")), (EVENTS.c.id,), ignore_conflicts=True)
 
@@ -93,8 +100,7 @@ def test_the_connection_goes_back_to_the_pool_in_transactions_again(pg_app):
 def test_a_connection_the_server_killed_is_discarded_and_the_next_statement_gets_a_new_one(pg_app):
     run_alone(insert_event(), event_row("evt_1"))
     pooled = db.engine.pool.checkedin()
-    url = db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(url, autocommit=True) as admin:  # outside the pool: kill every pooled one
+    with admin_connection() as admin:  # outside the pool: kill every pooled one
         admin.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
             " WHERE datname = current_database() AND pid <> pg_backend_pid()"
@@ -153,8 +159,7 @@ def side() -> AutocommitConnections:
 
 def backends() -> set[int]:
     """The server processes connected to this test's database, other than the one asking."""
-    url = db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(url, autocommit=True) as admin:
+    with admin_connection() as admin:
         rows = admin.execute(
             "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
         ).fetchall()
@@ -162,8 +167,7 @@ def backends() -> set[int]:
 
 
 def terminate(pid: int) -> None:
-    url = db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(url, autocommit=True) as admin:
+    with admin_connection() as admin:
         admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
 
 
@@ -213,11 +217,10 @@ def test_one_used_a_moment_ago_is_not_pinged_and_one_idle_for_long_is(pg_app):
 
 
 def test_threads_get_a_connection_each_and_at_most_the_pool_size_wait_idle(pg_app):
-    app = pg_app
     ready = threading.Barrier(db.engine.pool.size() + 2)
 
     def statement(number: int) -> int:
-        with app.app_context():
+        with pg_app.app_context():
             ready.wait(timeout=10)
             run_alone(insert_event(), event_row(f"evt_{number}"))
             return backend_pid()

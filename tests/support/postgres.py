@@ -51,8 +51,9 @@ def statements_sent(engine) -> Iterator[list[tuple[bool, str]]]:
         factories.setdefault(dbapi_connection, dbapi_connection.cursor_factory)
         dbapi_connection.cursor_factory = RecordingCursor
 
-    pools = (engine.pool, autocommit_connections(engine).pool)
-    autocommit_connections(engine).discard_idle()  # the next statements take connections it watches
+    autocommit = autocommit_connections(engine)
+    autocommit.discard_idle()  # the next statements take connections it watches
+    pools = (engine.pool, autocommit.pool)
     for pool in pools:
         event.listen(pool, "checkout", watch)
     try:

@@ -145,7 +145,7 @@ class AutocommitConnections:
         connection = None
         if found is not None:
             connection, since = found
-            if time.monotonic() - since >= PING_AFTER_IDLE_SECONDS and not ping(connection.dbapi_connection):
+            if time.monotonic() - since >= PING_AFTER_IDLE_SECONDS and ping(connection.dbapi_connection) is not None:
                 # A dead idle connection means its siblings likely died too (a restart).
                 self.discard(connection, None)
                 self.discard_idle()
