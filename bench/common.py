@@ -188,6 +188,10 @@ class Process:
         """Whether the process still runs."""
         return self.proc.poll() is None
 
+    def cpu_seconds(self) -> float:
+        """User and system CPU seconds the process has used so far, all its threads (Linux' /proc)."""
+        return cpu_seconds(self.proc.pid)
+
     def kill9(self) -> None:
         """SIGKILL, as an OOM killer or a lost host would."""
         if self.alive():
@@ -206,6 +210,12 @@ class Process:
         self._log.close()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds process ``pid`` has used so far, all its threads (Linux' /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Gunicorn(Process):
     """``gunicorn`` with sync workers on an ephemeral port; ``url`` once every worker has loaded the app."""
 
@@ -221,6 +231,14 @@ class Gunicorn(Process):
             lambda: len(set(re.findall(r"Worker ready with pid: (\d+)", self.output()))) >= workers,
             message="every gunicorn worker to load the app",
         )
+
+    def worker_pids(self) -> list[int]:
+        """The sync workers' process ids (gunicorn names each as it becomes ready)."""
+        return sorted({int(pid) for pid in re.findall(r"Worker ready with pid: (\d+)", self.output())})
+
+    def workers_cpu_seconds(self) -> float:
+        """CPU seconds the workers have used so far (the requests' cost, without wrk's or the database's)."""
+        return sum(cpu_seconds(pid) for pid in self.worker_pids())
 
     def _port(self):
         if not self.alive():

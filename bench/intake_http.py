@@ -60,6 +60,12 @@ class Load:
     p50_ms: float
     p99_ms: float
     wrapped: int = 0
+    worker_cpu_seconds: float = 0.0  # the gunicorn workers' CPU during the run
+
+    @property
+    def cpu_ms_per_request(self) -> float:
+        """The workers' CPU milliseconds per request (the app's own cost; wrk and the database excluded)."""
+        return self.worker_cpu_seconds * 1000 / self.requests
 
     @property
     def rate(self) -> float:
@@ -115,11 +121,14 @@ def write_signed_events(folder: Path, template: str, count: int, secret: str, ta
     return paths
 
 
-def run_wrk(wrk: str, url: str, label: str, args: argparse.Namespace, script_args: list[str]) -> Load:
-    """One wrk run; parse the line the Lua script prints."""
-    command = [wrk, "-t", str(args.wrk_threads), "-c", str(args.connections), "-d", f"{args.duration}s"]
+def run_wrk(server: common.Gunicorn, path: str, label: str, args: argparse.Namespace, script_args: list[str]) -> Load:
+    """One wrk run against ``server``; parse the line the Lua script prints, and note the workers' CPU."""
+    url = server.url + path
+    command = [args.wrk, "-t", str(args.wrk_threads), "-c", str(args.connections), "-d", f"{args.duration}s"]
     command += ["--timeout", "30s", "-s", str(LUA), url, "--", *script_args]
+    cpu = server.workers_cpu_seconds()
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    cpu = server.workers_cpu_seconds() - cpu
     match = re.search(r"BENCH-RESULT (.*)", output)
     if not match:
         raise RuntimeError(f"wrk printed no result:\n{output}")
@@ -133,6 +142,7 @@ def run_wrk(wrk: str, url: str, label: str, args: argparse.Namespace, script_arg
         p50_ms=values["p50_us"] / 1000,
         p99_ms=values["p99_us"] / 1000,
         wrapped=values["wrapped"],
+        worker_cpu_seconds=cpu,
     )
 
 
@@ -155,7 +165,7 @@ def warm_up(url: str, count: int = 20) -> None:
         requests.post(url, data=b"{}", timeout=180)  # a worker may still be importing the app
 
 
-def measure_baselines(backend: common.Backend, wrk: str, args: argparse.Namespace) -> list[Load]:
+def measure_baselines(backend: common.Backend, args: argparse.Namespace) -> list[Load]:
     """(a), (b), (f) and (r) on ``bench.bare_app``."""
     create_durable_table(backend)
     body = backend.tmp / "body.json"
@@ -166,13 +176,13 @@ def measure_baselines(backend: common.Backend, wrk: str, args: argparse.Namespac
         paths = (("bare", "/bare"), ("durable", "/durable"), ("floor", "/floor"), ("floor+ring", "/floor-rung"))
         for label, path in paths:
             warm_up(server.url + path)
-            loads.append(run_wrk(wrk, server.url + path, label, args, ["fixed", str(body)]))
+            loads.append(run_wrk(server, path, label, args, ["fixed", str(body)]))
         return loads
     finally:
         server.stop()
 
 
-def measure_backstop(backend: common.Backend, wrk: str, args: argparse.Namespace) -> tuple[Load, int]:
+def measure_backstop(backend: common.Backend, args: argparse.Namespace) -> tuple[Load, int]:
     """(c): signed distinct events to Backstop's webhook; returns the load and the 2xx of the warm-up."""
     import requests
 
@@ -195,7 +205,7 @@ def measure_backstop(backend: common.Backend, wrk: str, args: argparse.Namespace
                 raise RuntimeError(f"warm-up delivery answered {answer.status_code}: {answer.text[:300]}")
             warm_ok += 1
         script = ["signed", str(events), str(prefix), str(suffix), str(args.wrk_threads)]
-        return run_wrk(wrk, server.url + "/webhooks/stripe", "backstop", args, script), warm_ok
+        return run_wrk(server, "/webhooks/stripe", "backstop", args, script), warm_ok
     finally:
         server.stop()
 
@@ -225,11 +235,12 @@ def verify(backend: common.Backend, answered_ok: int) -> list[str]:
 
 def report(name: str, loads: list[Load]) -> None:
     """The table for one backend."""
-    print(f"\n{name}: {'endpoint':<10}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}{'sock err':>9}")
+    columns = f"{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'CPU ms/req':>12}{'non-2xx':>9}{'sock err':>9}"
+    print(f"\n{name}: {'endpoint':<10}{columns}")
     for load in loads:
         print(
             f"{'':<{len(name) + 2}}{load.label:<10}{load.rate:>9.0f}{load.p50_ms:>9.1f}{load.p99_ms:>9.1f}"
-            f"{load.non_2xx:>9}{load.socket_errors:>9}"
+            f"{load.cpu_ms_per_request:>12.3f}{load.non_2xx:>9}{load.socket_errors:>9}"
         )
     bare, durable, floor, rung, backstop = loads
     print(
@@ -252,14 +263,14 @@ def main() -> None:
     parser.add_argument("--only-postgres", action="store_true", help="PostgreSQL + Redis queue only")
     args = parser.parse_args()
     args.events = args.events or args.duration * 6000
-    wrk = ensure_wrk()
+    args.wrk = ensure_wrk()
     names = ["sqlite"] * (not args.only_postgres) + ["postgres"] * (args.postgres or args.only_postgres)
     common.require_servers("postgres" in names)
     problems = []
     for name in names:
         with common.backend(name, "intake") as backend:
-            loads = measure_baselines(backend, wrk, args)
-            backstop, warm_ok = measure_backstop(backend, wrk, args)
+            loads = measure_baselines(backend, args)
+            backstop, warm_ok = measure_backstop(backend, args)
             loads.append(backstop)
             report(name, loads)
             if backstop.wrapped:

@@ -9,6 +9,7 @@ with ``sys.setprofile``) and, with ``--top N``, the N functions with the most cu
 (cProfile) for Backstop's webhook.
 
     .venv/bin/python bench/intake_profile.py [--requests 2000] [--postgres] [--top 40] [--sort tottime]
+        [--callers REGEX]
 """
 
 from __future__ import annotations
@@ -119,6 +120,7 @@ def main() -> None:
     parser.add_argument("--postgres", action="store_true", help="PostgreSQL + Redis instead of SQLite + SqliteHuey")
     parser.add_argument("--top", type=int, default=0, help="print the N costliest functions (cProfile)")
     parser.add_argument("--sort", default="cumulative", help="pstats sort key for --top")
+    parser.add_argument("--callers", default="", help="with --top: also who calls the functions matching this regex")
     args = parser.parse_args()
     name = "postgres" if args.postgres else "sqlite"
     common.require_servers(args.postgres)
@@ -166,7 +168,10 @@ def main() -> None:
             for environ in environs:
                 call(wsgi.app, environ)
             profile.disable()
-            pstats.Stats(profile).sort_stats(args.sort).print_stats(args.top)
+            stats = pstats.Stats(profile).sort_stats(args.sort)
+            stats.print_stats(args.top)
+            if args.callers:
+                stats.print_callers(args.callers)
 
 
 if __name__ == "__main__":

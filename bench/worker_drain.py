@@ -48,15 +48,9 @@ class Drain:
 def drain(process: common.Process, done, timeout: float = 600) -> Drain:
     """Seconds (and the consumer's CPU seconds) from its start-up line until ``done()`` is true."""
     common.wait_for(lambda: common.started_offset(process) or _exited(process), interval=0.005, message="start")
-    started, cpu = time.perf_counter(), cpu_seconds(process)
+    started, cpu = time.perf_counter(), process.cpu_seconds()
     common.wait_for(lambda: done() or _exited(process), timeout=timeout, interval=0.02, message="the drain")
-    return Drain(time.perf_counter() - started, cpu_seconds(process) - cpu)
-
-
-def cpu_seconds(process: common.Process) -> float:
-    """User and system CPU seconds the process has used so far, all its threads (Linux' /proc)."""
-    fields = Path(f"/proc/{process.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return Drain(time.perf_counter() - started, process.cpu_seconds() - cpu)
 
 
 def _exited(process: common.Process) -> bool:

@@ -6,6 +6,7 @@ import sqlite3
 from datetime import timedelta
 
 from sqlalchemy import func, select
+from werkzeug.security import check_password_hash, generate_password_hash
 
 from tests.conftest import inside, make_app
 from tests.support.console import PASSWORD, IsolatedClient, login
@@ -102,3 +103,12 @@ def test_the_lock_message_gives_the_true_number_of_minutes(sqlite_app, admin):
     assert admins.lock_message(until, now).endswith("Try again in 1 minute.")
     assert admins.lock_message(until - timedelta(seconds=59), now).endswith("Try again in 1 minute.")
     assert admins.lock_message(until + timedelta(seconds=1), now).endswith("Try again in 2 minutes.")
+
+
+def test_the_unknown_email_hash_costs_what_a_real_one_costs():
+    # An unknown email is checked against DUMMY_HASH so both paths take the same time: its method
+    # and work factors must be those a new admin's hash gets (a Werkzeug upgrade may change them).
+    fresh = generate_password_hash("any password at all")
+    assert admins.DUMMY_HASH.split("$")[0] == fresh.split("$")[0]
+    assert len(admins.DUMMY_HASH) == len(fresh)
+    assert not check_password_hash(admins.DUMMY_HASH, "")
