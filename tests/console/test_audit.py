@@ -442,9 +442,9 @@ def _lock_waits(connection) -> int:
 
 @pytest.mark.postgres
 @pytest.mark.redis
-def test_run_now_waiting_behind_a_claim_on_postgresql_finds_it_running(tmp_path):
+def test_run_now_waiting_behind_a_claim_on_postgresql_finds_it_running(tmp_path, templates):
     """The real race: a worker's claim holds the row; run now waits for it, then re-checks and refuses."""
-    with postgres_app(tmp_path) as app:
+    with postgres_app(tmp_path, templates) as app:
         op = _retrying()
         due = utcnow()
         result = {}

@@ -26,9 +26,9 @@ def report_commit_setting(ctx):
 
 
 @pytest.fixture
-def pg_app(tmp_path):
+def pg_app(tmp_path, templates):
     """App on PostgreSQL + RedisHuey."""
-    with postgres_app(tmp_path) as app:
+    with postgres_app(tmp_path, templates) as app:
         yield app
 
 

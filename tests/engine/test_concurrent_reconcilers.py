@@ -21,9 +21,9 @@ LATER = T0 + timedelta(minutes=10)
 
 
 @pytest.fixture
-def pg_app(tmp_path):
+def pg_app(tmp_path, templates):
     """App on PostgreSQL + RedisHuey (the rows-locking behaviour exists only there)."""
-    with postgres_app(tmp_path) as app:
+    with postgres_app(tmp_path, templates) as app:
         yield app
 
 

@@ -30,9 +30,9 @@ EVENTS = StripeEvent.__table__
 
 
 @pytest.fixture
-def pg_app(tmp_path):
+def pg_app(tmp_path, templates):
     """App on PostgreSQL + RedisHuey."""
-    with postgres_app(tmp_path) as app:
+    with postgres_app(tmp_path, templates) as app:
         yield app
 
 

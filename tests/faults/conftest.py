@@ -20,4 +20,4 @@ def postgres_backend(tmp_path, templates):
         yield Backend("postgres", url, f"redis://{servers.REDIS_HOST}:{servers.REDIS_PORT}/0", name, tmp_path)
     finally:
         servers.flush_redis_queue(name)
-        servers.drop_postgres_database(url)
+        templates.give_back_postgres(url)

@@ -174,14 +174,14 @@ def record(body: dict, now=NOW) -> intake.Intake:
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=[pytest.mark.postgres, pytest.mark.redis])])
-def store(request, tmp_path):
+def store(request, tmp_path, templates):
     """An app on SQLite or PostgreSQL (where the event and its operation are one statement); records rings."""
     if request.param == "sqlite":
         request.getfixturevalue("sqlite_app")
         with ringing_into(RecordingDoorbell()) as recorder:
             yield recorder
         return
-    with postgres_app(tmp_path), ringing_into(RecordingDoorbell()) as recorder:
+    with postgres_app(tmp_path, templates), ringing_into(RecordingDoorbell()) as recorder:
         yield recorder
 
 

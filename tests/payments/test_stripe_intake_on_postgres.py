@@ -15,8 +15,8 @@ NOW = datetime(2030, 1, 1, 12, 0, 0)
 
 
 @pytest.fixture
-def pg_app(tmp_path):
-    with postgres_app(tmp_path) as app:
+def pg_app(tmp_path, templates):
+    with postgres_app(tmp_path, templates) as app:
         yield app
 
 

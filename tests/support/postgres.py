@@ -10,16 +10,16 @@ from pathlib import Path
 import psycopg
 from sqlalchemy import event
 
-from tests.conftest import Backend, inside, make_app
+from tests.conftest import Backend, Templates, inside, make_app
 from tests.support import servers
 from webapp.services.engine.sql import autocommit_connections
 
 
 @contextmanager
-def postgres_app(tmp_path: Path):
-    """Yield an app on a new PostgreSQL database inside its context; skip (or fail in CI) without servers."""
+def postgres_app(tmp_path: Path, templates: Templates):
+    """Yield an app on a PostgreSQL database at head, inside its context; skip (or fail in CI) without servers."""
     servers.require_server("Redis", servers.REDIS_HOST, servers.REDIS_PORT)
-    url = servers.create_postgres_database()
+    url = templates.postgres_copy()
     name = f"q{uuid.uuid4().hex[:8]}"
     backend = Backend("postgres", url, f"redis://{servers.REDIS_HOST}:{servers.REDIS_PORT}/0", name, tmp_path)
     try:
@@ -28,7 +28,7 @@ def postgres_app(tmp_path: Path):
             yield app
     finally:
         servers.flush_redis_queue(name)
-        servers.drop_postgres_database(url)
+        templates.give_back_postgres(url)
 
 
 @contextmanager
