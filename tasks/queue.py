@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import redis
 from huey import Huey, RedisHuey, SqliteHuey
+from huey.storage import RedisStorage
+
+from webapp.services.engine.doorbell import RingStats
+
+log = logging.getLogger("backstop.doorbell")
 
 
 class QueueConfigurationError(ValueError):
@@ -100,6 +107,77 @@ def huey_from_url(url: str, name: str, timeout: float = 2.0) -> Huey:
     raise QueueConfigurationError(f"HUEY_URL must start with sqlite:// or redis://, got {scheme or url!r}")
 
 
+class PipelinedLpush:
+    """``LPUSH``es onto a Redis list without waiting for Redis's reply; the thread's next push reads it.
+
+    A ring is only a doorbell: the database holds the operation, and the reconciler re-rings one
+    whose ring was lost. So a ring need not hold the request (or task) that rang for Redis's
+    reply; the reply waits in the socket until the same thread rings again. A reply that turns
+    out to be an error is logged and counted as a failed ring naming the operation it was for.
+    A connection found broken (or silent past its timeout) while reading it fails that earlier
+    ring and this push too, and is replaced at the next push: a ring still gives up within the
+    queue's timeout. Each thread has its own connection, made from the queue's pool (its
+    timeouts); a forked child makes its own rather than share its parent's socket.
+    """
+
+    def __init__(self, pool: redis.ConnectionPool, key: str):
+        self.pool = pool
+        self.key = key
+        self._local = threading.local()
+
+    def push(self, data: bytes, label: object) -> None:
+        """Send ``LPUSH key data``; ``label`` names this push if its reply, read later, is an error."""
+        connection = self.settle() or self._connect()
+        try:
+            connection.send_command("LPUSH", self.key, data)
+        except BaseException:
+            self._drop(connection)
+            raise
+        self._local.unread = label
+
+    def settle(self):
+        """Read the reply still waiting on this thread's connection; the connection, or None if there is none.
+
+        Raises what broke the connection (after logging the earlier ring as not confirmed).
+        """
+        local = self._local
+        connection = getattr(local, "connection", None)
+        if connection is None or local.pid != os.getpid():
+            return None
+        label, local.unread = local.unread, None
+        if label is not None:
+            try:
+                connection.read_response()
+            except redis.ResponseError as exc:  # Redis refused that push; the connection itself is fine
+                self._report(label, exc)
+            except BaseException as exc:
+                self._report(label, exc)
+                self._drop(connection)
+                raise
+        return connection
+
+    def connection_of_this_thread(self):
+        """This thread's connection (None before its first push or after one failed)."""
+        local = self._local
+        return getattr(local, "connection", None) if getattr(local, "pid", None) == os.getpid() else None
+
+    def _connect(self):
+        connection = self.pool.make_connection()
+        self._local.connection, self._local.pid, self._local.unread = connection, os.getpid(), None
+        return connection
+
+    def _drop(self, connection) -> None:
+        self._local.connection = self._local.unread = None
+        connection.disconnect()
+
+    @staticmethod
+    def _report(label: object, exc: BaseException) -> None:
+        RingStats.failed += 1
+        log.warning(
+            "the ring of operation %s was not confirmed (%s: %s); the reconciler will", label, type(exc).__name__, exc
+        )
+
+
 # Messages read from the head of the queue to find the oldest ring (ticks may come first).
 PEEK = 8
 
@@ -110,10 +188,16 @@ class HueyDoorbell:
     def __init__(self, huey: Huey, run_operation):
         self.huey = huey
         self.run_operation = run_operation
+        storage = huey.storage
+        # On Redis a ring at once is pushed without waiting for the reply (see PipelinedLpush).
+        self.lpush = PipelinedLpush(storage.pool, storage.queue_key) if type(storage) is RedisStorage else None
 
     def ring(self, operation_id: int, eta: datetime | None = None, stamp: datetime | None = None) -> None:
         """Enqueue a run of ``operation_id`` (the claim makes duplicates harmless), carrying ``stamp``."""
-        if eta is None:
+        if eta is None and self.lpush is not None:
+            # The message Huey's enqueue would push (Backstop uses no enqueue signal, expiry or result).
+            self.lpush.push(self.huey.serialize_task(self.run_operation.s(operation_id, stamp)), operation_id)
+        elif eta is None:
             self.run_operation(operation_id, stamp)
         else:
             # Our datetimes are naive UTC, but Huey reads a naive eta as local time (and drops
