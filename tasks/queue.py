@@ -116,8 +116,10 @@ class PipelinedLpush:
     out to be an error is logged and counted as a failed ring naming the operation it was for.
     A connection found broken (or silent past its timeout) while reading it fails that earlier
     ring and this push too, and is replaced at the next push: a ring still gives up within the
-    queue's timeout. Each thread has its own connection, made from the queue's pool (its
-    timeouts); a forked child makes its own rather than share its parent's socket.
+    queue's timeout. A connection Redis has closed (its idle ``timeout``, a restart) is noticed
+    before a push is sent into it, and replaced. Each thread has its own connection, made from
+    the queue's pool (its timeouts); a forked child makes its own rather than share its parent's
+    socket.
     """
 
     def __init__(self, pool: redis.ConnectionPool, key: str):
@@ -138,7 +140,8 @@ class PipelinedLpush:
     def settle(self):
         """Read the reply still waiting on this thread's connection; the connection, or None if there is none.
 
-        Raises what broke the connection (after logging the earlier ring as not confirmed).
+        None also when Redis has closed the connection (it is dropped). Raises what broke the
+        connection while the reply was awaited (after logging the earlier ring as not confirmed).
         """
         local = self._local
         connection = getattr(local, "connection", None)
@@ -154,7 +157,15 @@ class PipelinedLpush:
                 self._report(label, exc)
                 self._drop(connection)
                 raise
-        return connection
+        # Nothing else may wait on the socket: anything there is Redis closing the connection (its
+        # idle ``timeout``, a restart), and a push sent into a closed socket would be lost unseen.
+        try:
+            if not connection.can_read(timeout=0):
+                return connection
+        except redis.ConnectionError:
+            pass
+        self._drop(connection)
+        return None
 
     def connection_of_this_thread(self):
         """This thread's connection (None before its first push or after one failed)."""

@@ -114,6 +114,19 @@ def test_a_reply_that_never_comes_fails_that_ring_and_the_next_then_the_connecti
     assert [args for _, args in queued(bell)] == [(1, STAMP), (2, STAMP), (4, STAMP)]
 
 
+def test_a_connection_redis_closed_while_idle_is_replaced_before_the_next_push(bell):
+    bell.ring(1, stamp=STAMP)
+    connection = bell.lpush.settle()
+    connection.send_command("CLIENT", "ID")
+    client_id = connection.read_response()
+    # As Redis's idle ``timeout`` (or a restart) would: the server closes the connection.
+    assert bell.huey.storage.conn.client_kill_filter(_id=client_id) == 1
+    bell.ring(2, stamp=STAMP)  # sent into the closed socket, it would be lost without a word
+    bell.lpush.settle()
+    assert bell.lpush.connection_of_this_thread() is not connection
+    assert [args for _, args in queued(bell)] == [(1, STAMP), (2, STAMP)]
+
+
 def test_a_queue_that_cannot_be_reached_fails_the_ring_at_once():
     huey = huey_from_url("redis://127.0.0.1:1/0", "unreachable", timeout=1.0)
     bell = HueyDoorbell(huey, huey.task(name="tasks.runtime.run_operation")(lambda operation_id, stamp=None: None))
