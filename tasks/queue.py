@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import weakref
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -130,12 +131,12 @@ class PipelinedLpush:
     def push(self, data: bytes, label: object) -> None:
         """Send ``LPUSH key data``; ``label`` names this push if its reply, read later, is an error."""
         connection = self.settle() or self._connect()
+        self._local.unread = label  # before sending: a reply must never be left without its reader
         try:
             connection.send_command("LPUSH", self.key, data)
         except BaseException:
             self._drop(connection)
             raise
-        self._local.unread = label
 
     def settle(self):
         """Read the reply still waiting on this thread's connection; the connection, or None if there is none.
@@ -173,12 +174,19 @@ class PipelinedLpush:
         return getattr(local, "connection", None) if getattr(local, "pid", None) == os.getpid() else None
 
     def _connect(self):
-        connection = self.pool.make_connection()
-        self._local.connection, self._local.pid, self._local.unread = connection, os.getpid(), None
+        # Made from the pool's settings but not counted by it: the pool's own commands (the
+        # consumer's reads, the queue's depth) must never wait for a slot these hold.
+        connection = self.pool.connection_class(**self.pool.connection_kwargs)
+        local = self._local
+        local.connection, local.pid, local.unread = connection, os.getpid(), None
+        # Closed when the thread is gone (a development server's thread per request), not left to the collector.
+        local.closer = weakref.finalize(threading.current_thread(), connection.disconnect)
         return connection
 
     def _drop(self, connection) -> None:
-        self._local.connection = self._local.unread = None
+        local = self._local
+        local.connection = local.unread = None
+        local.closer.detach()
         connection.disconnect()
 
     @staticmethod

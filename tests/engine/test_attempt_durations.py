@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 from datetime import timedelta
 
 import pytest
 
 from tests.engine.scripted import T0, Boom, new_op
+from tests.support.logs import records_of
 from tests.support.reads import attempts_of
 from webapp.services.engine import runner
 
@@ -32,13 +32,8 @@ def timer(monkeypatch):
 @pytest.fixture
 def attempt_log():
     """The records of the engine's one-line-per-attempt log (its logger does not propagate)."""
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler(logging.INFO)
-    handler.emit = records.append
-    logger = logging.getLogger("backstop.engine")
-    logger.addHandler(handler)
-    yield records
-    logger.removeHandler(handler)
+    with records_of("backstop.engine") as records:
+        yield records
 
 
 def runs_for(timer: Timer, seconds: float, then=None):

@@ -18,6 +18,7 @@ import pytest
 import redis
 
 from tasks.queue import HueyDoorbell, huey_from_url
+from tests.support.logs import records_of
 from tests.support.servers import REDIS_HOST, REDIS_PORT, flush_redis_queue, require_server
 from webapp.services.engine import doorbell
 
@@ -37,14 +38,9 @@ def bell():
 
 @pytest.fixture
 def warnings():
-    """Messages of the ``backstop.doorbell`` logger (the ``backstop`` loggers do not propagate once an app exists)."""
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = records.append
-    logger = logging.getLogger("backstop.doorbell")
-    logger.addHandler(handler)
-    yield records
-    logger.removeHandler(handler)
+    """Warnings of the ``backstop.doorbell`` logger."""
+    with records_of("backstop.doorbell", logging.WARNING) as records:
+        yield records
 
 
 def queued(bell: HueyDoorbell) -> list[tuple]:
@@ -125,6 +121,24 @@ def test_a_connection_redis_closed_while_idle_is_replaced_before_the_next_push(b
     bell.lpush.settle()
     assert bell.lpush.connection_of_this_thread() is not connection
     assert [args for _, args in queued(bell)] == [(1, STAMP), (2, STAMP)]
+
+
+def test_replaced_connections_take_no_slot_of_the_queues_pool():
+    require_server("Redis", REDIS_HOST, REDIS_PORT)
+    name = f"ring-{uuid.uuid4().hex[:8]}"
+    # A pool of one connection: the queue's own commands must still get it, however often rings reconnect.
+    huey = huey_from_url(f"redis://{REDIS_HOST}:{REDIS_PORT}/0?max_connections=1", name, timeout=1.0)
+    bell = HueyDoorbell(huey, huey.task(name="tasks.runtime.run_operation")(lambda operation_id, stamp=None: None))
+    try:
+        for operation_id in range(3):
+            bell.ring(operation_id, stamp=STAMP)
+            connection = bell.lpush.settle()
+            connection.send_command("CLIENT", "ID")
+            client_id = connection.read_response()
+            assert huey.storage.conn.client_kill_filter(_id=client_id) == 1
+        assert huey.pending_count() == 3
+    finally:
+        flush_redis_queue(name)
 
 
 def test_a_queue_that_cannot_be_reached_fails_the_ring_at_once():

@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from tests.support import shop
 from tests.support import stripe_signing as signing
 from tests.support.engine import RecordingDoorbell, ringing_into
+from tests.support.logs import records_of
 from tests.support.postgres import postgres_app
 from webapp.config import load as load_settings
 from webapp.devdata.stripe_samples import build_event
@@ -49,13 +50,8 @@ def refused(body: dict) -> str:
 @pytest.fixture
 def stripe_log():
     """Records of the ``backstop.stripe`` logger (which does not propagate)."""
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler(logging.INFO)
-    handler.emit = records.append
-    logger = logging.getLogger("backstop.stripe")
-    logger.addHandler(handler)
-    yield records
-    logger.removeHandler(handler)
+    with records_of("backstop.stripe") as records:
+        yield records
 
 
 # --- what a verified body must be ---------------------------------------------------------------

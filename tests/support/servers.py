@@ -53,33 +53,54 @@ def drop_postgres_database(url: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-# Everything a test could change about a database other than its rows, as one text: tables and
-# their columns, indexes, constraints, triggers, functions, views, sequences' settings,
-# extensions and the database's own settings. (Rows are emptied; this must come out the same.)
+# Everything a test could change about a database other than its rows, as one text: schemas,
+# relations and their owners, grants, options and row security, columns (with their statistics
+# targets), indexes, constraints, triggers (and whether they are enabled), policies, functions,
+# views, types, sequences' settings, extensions, comments and the database's own settings.
+# (Rows are emptied; this must come out as the template's.)
 SCHEMA_TEXT = """
 SELECT string_agg(line, E'\\n' ORDER BY line) FROM (
-  SELECT 'column ' || c.relname || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
-         || ' ' || a.attnotnull || ' ' || coalesce(pg_get_expr(d.adbin, d.adrelid), '') AS line
+  SELECT 'schema ' || nspname || ' ' || nspowner::regrole || ' ' || coalesce(nspacl::text, '') AS line
+  FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' AND nspname <> 'information_schema'
+  UNION ALL SELECT 'column ' || c.relname || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
+         || ' ' || a.attnotnull || ' ' || a.attstattarget || ' ' || a.attidentity::text || a.attgenerated::text
+         || ' ' || coalesce(pg_get_expr(d.adbin, d.adrelid), '')
   FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
   LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-  WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') AND a.attnum > 0
+  WHERE n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema' AND a.attnum > 0
     AND NOT a.attisdropped AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
-  UNION ALL SELECT 'relation ' || n.nspname || '.' || c.relname || ' ' || c.relkind::text
+  UNION ALL SELECT 'relation ' || n.nspname || '.' || c.relname || ' ' || c.relkind::text || ' '
+         || c.relowner::regrole || ' ' || coalesce(c.relacl::text, '') || ' ' || c.relrowsecurity
+         || c.relforcerowsecurity || ' ' || coalesce(c.reloptions::text, '') || ' ' || c.relreplident::text
+         || ' ' || coalesce(obj_description(c.oid, 'pg_class'), '')
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-  WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
+  WHERE n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema'
   UNION ALL SELECT 'index ' || indexdef FROM pg_indexes WHERE schemaname NOT IN ('pg_catalog', 'information_schema')
   UNION ALL SELECT 'constraint ' || conrelid::regclass || ' ' || conname || ' ' || pg_get_constraintdef(oid)
   FROM pg_constraint WHERE connamespace = 'public'::regnamespace
-  UNION ALL SELECT 'trigger ' || pg_get_triggerdef(oid) FROM pg_trigger WHERE NOT tgisinternal
+  UNION ALL SELECT 'trigger ' || tgenabled::text || ' ' || pg_get_triggerdef(oid) FROM pg_trigger WHERE NOT tgisinternal
+  UNION ALL SELECT 'policy ' || polrelid::regclass || ' ' || polname FROM pg_policy
   UNION ALL SELECT 'function ' || p.oid::regprocedure || ' ' || md5(p.prosrc)
-  FROM pg_proc p WHERE p.pronamespace = 'public'::regnamespace
+  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+  WHERE n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema'
+  UNION ALL SELECT 'type ' || t.oid::regtype || ' ' || t.typtype::text FROM pg_type t
+  JOIN pg_namespace n ON n.oid = t.typnamespace WHERE n.nspname = 'public' AND t.typtype IN ('e', 'd', 'c', 'r')
+  UNION ALL SELECT 'enum ' || enumtypid::regtype || ' ' || enumlabel FROM pg_enum
+  UNION ALL SELECT 'statistics ' || stxname FROM pg_statistic_ext
   UNION ALL SELECT 'view ' || viewname || ' ' || definition FROM pg_views WHERE schemaname = 'public'
   UNION ALL SELECT 'sequence ' || sequencename || ' ' || start_value || ' ' || increment_by || ' ' || cycle
   FROM pg_sequences WHERE schemaname = 'public'
   UNION ALL SELECT 'extension ' || extname || ' ' || extversion FROM pg_extension
+  UNION ALL SELECT 'publication ' || pubname FROM pg_publication
+  UNION ALL SELECT 'large objects ' || count(*) FROM pg_largeobject_metadata
   UNION ALL SELECT 'setting ' || array_to_string(setconfig, ',') FROM pg_db_role_setting
   WHERE setdatabase = (SELECT oid FROM pg_database WHERE datname = current_database())
 ) lines
+"""
+# Planner statistics gathered on the copy (a fresh copy has none): ANALYZE, autovacuum's included.
+GATHERED_STATISTICS = """
+SELECT count(*) FROM pg_statistic s JOIN pg_class c ON c.oid = s.starelid
+WHERE c.relnamespace = 'public'::regnamespace
 """
 
 
@@ -104,32 +125,43 @@ def tables_with_rows(url: str) -> list[str]:
         return [t for t in tables if t != "alembic_version" and conn.execute(f'SELECT 1 FROM "{t}" LIMIT 1').fetchone()]
 
 
-def empty_postgres_database(url: str, schema: str, max_bytes: int) -> bool:
-    """Make a copy of a template whose tables held no rows as good as a new copy; False if it cannot be.
+def recycle_postgres_database(url: str, schema: str, max_bytes: int) -> str | None:
+    """Empty a copy of a template whose tables held no rows, under a new name; its new URL, or None.
 
-    Ends every session on it, deletes every row (but ``alembic_version``'s) and restarts every
-    sequence, in one transaction. Refuses (False, nothing deleted) a database whose schema or
-    settings are no longer ``schema`` or that has grown past ``max_bytes`` (emptying large tables
-    costs more than a new copy, and leaves them bloated): the caller drops it instead.
+    Every session on it is ended and the database renamed, so a process a test left behind
+    cannot write into the next test's data: it finds no database by the old name (the rename
+    fails if one reconnected in between, and the copy is dropped). Then every table is
+    truncated and every sequence restarted, in one statement that waits for any transaction
+    still holding a table. A copy whose schema or settings are no longer ``schema``, that holds
+    planner statistics (a fresh copy has none), or that has grown past ``max_bytes`` is dropped
+    instead, and None returned.
     """
     import psycopg
 
-    name = url.rsplit("/", 1)[1]
+    require_server("PostgreSQL", POSTGRES_HOST, POSTGRES_PORT)
+    name, new_name = url.rsplit("/", 1)[1], f"backstop_test_{uuid.uuid4().hex[:12]}"
+    new_url = f"{url.rsplit('/', 1)[0]}/{new_name}"
     with psycopg.connect(f"postgresql://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}/test", autocommit=True) as admin:
-        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
-    with psycopg.connect(_driver_url(url)) as conn:
-        if conn.execute("SELECT pg_database_size(current_database())").fetchone()[0] > max_bytes:
-            return False
-        if conn.execute(SCHEMA_TEXT).fetchone()[0] != schema:
-            return False
-        # Foreign keys' triggers off for this transaction: every table is emptied, in any order.
-        conn.execute("SET LOCAL session_replication_role = replica")
-        for (table,) in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall():
-            if table != "alembic_version":
-                conn.execute(f'DELETE FROM "{table}"')
-        for (sequence,) in conn.execute("SELECT sequencename FROM pg_sequences WHERE schemaname = 'public'").fetchall():
-            conn.execute(f'ALTER SEQUENCE "{sequence}" RESTART')
-    return True
+        admin.execute("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE datname = %s", (name,))
+        try:
+            admin.execute(f'ALTER DATABASE "{name}" RENAME TO "{new_name}"')
+        except psycopg.errors.ObjectInUse:
+            drop_postgres_database(url)
+            return None
+    with psycopg.connect(_driver_url(new_url)) as conn:
+        reusable = (
+            conn.execute("SELECT pg_database_size(current_database())").fetchone()[0] <= max_bytes
+            and conn.execute(GATHERED_STATISTICS).fetchone()[0] == 0
+            and conn.execute(SCHEMA_TEXT).fetchone()[0] == schema
+        )
+        if reusable:
+            tables = [t for (t,) in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+            listed = ", ".join(f'"{table}"' for table in tables if table != "alembic_version")
+            conn.execute(f"TRUNCATE {listed} RESTART IDENTITY")
+    if not reusable:
+        drop_postgres_database(new_url)
+        return None
+    return new_url
 
 
 def flush_redis_queue(name: str) -> None:

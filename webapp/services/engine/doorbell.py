@@ -52,7 +52,11 @@ class SilentDoorbell:
 
 
 class RingStats:
-    """Counts of rings made and failed in this process."""
+    """Counts of rings made and failed in this process.
+
+    On Redis a ring counts as made once sent (its reply is read by the thread's next ring); one
+    whose reply then proves an error is counted as failed as well.
+    """
 
     rung = 0
     failed = 0
