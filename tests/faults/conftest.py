@@ -8,6 +8,7 @@ import pytest
 
 from tests.conftest import Backend
 from tests.support import servers
+from tests.support.redis_server import PrivateRedis, require_redis_server
 
 
 @pytest.fixture
@@ -21,3 +22,12 @@ def postgres_backend(tmp_path, templates):
     finally:
         servers.flush_redis_queue(name)
         templates.give_back_postgres(url)
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    """A private redis-server, stopped afterwards; missing binary: skip (fail in CI)."""
+    require_redis_server()
+    server = PrivateRedis(tmp_path).start()
+    yield server
+    server.stop()

@@ -11,30 +11,22 @@ confirmation email reaches the SMTP server exactly once.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import signal
-import subprocess
 import time
 import uuid
 
 import pytest
-import redis
 from sqlalchemy import func, select
 
 from tests.conftest import Backend, inside, make_app
 from tests.faults.intake import EMAIL, SECRET, finished, ready, states, work
-from tests.support import servers
 from tests.support.load import Load, drive
 from tests.support.polling import wait_for
-from tests.support.ports import free_port
 from webapp.domain.time import utcnow
 from webapp.extensions import db
 from webapp.models import Operation, OperationAttempt, Purchase
 from webapp.services.access import tokens
 
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 CLIENTS = 4
 PER_PHASE = 10  # requests sent in each phase (half events, half purchases)
 # One ring to an unreachable or frozen queue may take at most this long, as timed by the server
@@ -47,67 +39,6 @@ RING_BOUND = 3.0
 REQUEST_BOUND = 10.0
 FAILED_RING = re.compile(r"could not enqueue operation \d+ after ([0-9.]+) s")
 QUEUE_TIMEOUT = {"HUEY_TIMEOUT_SECONDS": "1"}
-
-
-class PrivateRedis:
-    """A ``redis-server`` of this test alone, without persistence, that can be stopped, restarted and frozen."""
-
-    def __init__(self, folder):
-        self.port = free_port()
-        self.folder = folder
-        self.proc = None
-
-    @property
-    def url(self) -> str:
-        """HUEY_URL for this server."""
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> PrivateRedis:
-        """Start listening (again) on the same port."""
-        self.proc = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            cwd=self.folder,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port, socket_connect_timeout=1)
-        wait_for(lambda: self._pong(client), message="redis-server to answer")
-        return self
-
-    @staticmethod
-    def _pong(client) -> bool:
-        try:
-            return client.ping()
-        except redis.RedisError:
-            return False
-
-    def stop(self) -> None:
-        """Stop the server (its queued messages are lost with it, as in a crash)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)  # a frozen server must be able to exit
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-
-    def freeze(self) -> None:
-        """SIGSTOP: the kernel still accepts connections, nobody answers them."""
-        self.proc.send_signal(signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        """SIGCONT."""
-        self.proc.send_signal(signal.SIGCONT)
-
-
-@pytest.fixture
-def private_redis(tmp_path):
-    """A private redis-server, stopped afterwards; missing binary: skip (fail in CI)."""
-    if not os.access(REDIS_SERVER, os.X_OK):
-        message = f"redis-server is not installed at {REDIS_SERVER}"
-        if servers.REQUIRED:
-            pytest.fail(message + " (BACKSTOP_REQUIRE_SERVERS=1: CI needs every server)")
-        pytest.skip(message)
-    server = PrivateRedis(tmp_path).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
