@@ -30,6 +30,13 @@ settings.load_profile("backstop")
 # The real SMTP server and gunicorn fixtures for every test module; the lock that lets `alone` tests run by themselves.
 pytest_plugins = ["tests.support.smtp", "tests.support.gunicorn", "tests.support.parallel"]
 
+# pytest keeps the assertion-rewritten test modules it compiles only where bytecode may be
+# written. Where PYTHONDONTWRITEBYTECODE is set (this project's machines set it), each of the
+# six xdist workers would rewrite and compile every test module again, ~5 s of CPU each
+# (``tests.prepare`` has them written once, with the project's bytecode). The processes the
+# tests start keep the variable.
+sys.dont_write_bytecode = False
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # Fast engine timings so the end-to-end tests finish in seconds.

@@ -50,7 +50,17 @@ def compile_sources() -> None:
     compileall.compile_file(ROOT / "wsgi.py", quiet=1)
 
 
+def rewrite_test_modules() -> None:
+    """Have pytest write its assertion-rewritten test modules once (a collection, no test run).
+
+    Each of the suite's six xdist workers then loads them ready-made instead of rewriting and
+    compiling every test module again (``tests/conftest.py`` lets pytest keep them)."""
+    command = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-n", "0", "-p", "no:cacheprovider"]
+    subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+
+
 if __name__ == "__main__":
     install_front_end()
     install_chromium()
     compile_sources()
+    rewrite_test_modules()
