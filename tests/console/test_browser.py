@@ -43,12 +43,7 @@ TIMEOUT_MS = 20_000
 
 
 def _require_chromium() -> None:
-    if CHROMIUM.exists():
-        return
-    message = f"{CHROMIUM} is missing (apt-get install -y chromium)"
-    if servers.REQUIRED:
-        pytest.fail(message + " (BACKSTOP_REQUIRE_SERVERS=1: CI needs every part)")
-    pytest.skip(message)
+    servers.require(CHROMIUM.exists(), f"{CHROMIUM} is missing (apt-get install -y chromium)")
 
 
 class Site:

@@ -7,7 +7,6 @@ import shutil
 import signal
 import subprocess
 
-import pytest
 import redis
 
 from tests.support import servers
@@ -19,11 +18,7 @@ REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 def require_redis_server() -> None:
     """Skip (fail in CI) when the ``redis-server`` binary is missing."""
-    if not os.access(REDIS_SERVER, os.X_OK):
-        message = f"redis-server is not installed at {REDIS_SERVER}"
-        if servers.REQUIRED:
-            pytest.fail(message + " (BACKSTOP_REQUIRE_SERVERS=1: CI needs every server)")
-        pytest.skip(message)
+    servers.require(os.access(REDIS_SERVER, os.X_OK), f"redis-server is not installed at {REDIS_SERVER}")
 
 
 class PrivateRedis:

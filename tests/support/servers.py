@@ -23,12 +23,16 @@ def _listening(host: str, port: int) -> bool:
 
 def require_server(name: str, host: str, port: int) -> None:
     """Skip the test with a reason if the server is absent; fail instead when required (CI)."""
-    if _listening(host, port):
+    require(_listening(host, port), f"{name} is not reachable at {host}:{port}")
+
+
+def require(present: bool, missing: str) -> None:
+    """Nothing if ``present``; else skip the test saying what is ``missing``, or fail when required (CI)."""
+    if present:
         return
-    message = f"{name} is not reachable at {host}:{port}"
     if REQUIRED:
-        pytest.fail(message + " (BACKSTOP_REQUIRE_SERVERS=1: CI needs every server)")
-    pytest.skip(message)
+        pytest.fail(missing + " (BACKSTOP_REQUIRE_SERVERS=1: CI needs every server and program)")
+    pytest.skip(missing)
 
 
 def create_postgres_database(template_url: str | None = None) -> str:
