@@ -173,6 +173,20 @@ class Templates:
         self._idle_postgres.clear()
 
 
+@contextmanager
+def postgres_backend(templates: Templates, tmp_path: Path):
+    """PostgreSQL (a copy of the template) + RedisHuey on the shared Redis under a queue name of its
+    own; afterwards the queue is emptied and the copy given back. Skips (fails in CI) without servers."""
+    servers.require_server("Redis", servers.REDIS_HOST, servers.REDIS_PORT)
+    url = templates.postgres_copy()
+    name = f"q{uuid.uuid4().hex[:8]}"
+    try:
+        yield Backend("postgres", url, f"redis://{servers.REDIS_HOST}:{servers.REDIS_PORT}/0", name, tmp_path)
+    finally:
+        servers.flush_redis_queue(name)
+        templates.give_back_postgres(url)
+
+
 @pytest.fixture(scope="session")
 def templates(tmp_path_factory):
     """The session's migrated template databases."""
@@ -187,14 +201,8 @@ def backend(request, tmp_path, templates):
     if request.param == "sqlite":
         yield templates.sqlite_copy(_sqlite_backend(tmp_path))
         return
-    servers.require_server("Redis", servers.REDIS_HOST, servers.REDIS_PORT)
-    url = templates.postgres_copy()
-    name = f"q{uuid.uuid4().hex[:8]}"
-    try:
-        yield Backend("postgres", url, f"redis://{servers.REDIS_HOST}:{servers.REDIS_PORT}/0", name, tmp_path)
-    finally:
-        servers.flush_redis_queue(name)
-        templates.give_back_postgres(url)
+    with postgres_backend(templates, tmp_path) as backend:
+        yield backend
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ def driver(url: str) -> psycopg.Connection:
 
 def oid_of(url: str) -> int | None:
     """The object id of the database of ``url``, or None when no database has that name."""
-    with psycopg.connect(f"postgresql://postgres@{servers.POSTGRES_HOST}:{servers.POSTGRES_PORT}/test") as conn:
+    with psycopg.connect(servers.MAINTENANCE_DSN) as conn:
         name = url.rsplit("/", 1)[1]
         row = conn.execute("SELECT oid FROM pg_database WHERE datname = %s", (name,)).fetchone()
         return row and row[0]
@@ -26,7 +26,7 @@ def oid_of(url: str) -> int | None:
 
 def dropped(oid: int) -> bool:
     """Whether the database with object id ``oid`` is gone (under any name)."""
-    with psycopg.connect(f"postgresql://postgres@{servers.POSTGRES_HOST}:{servers.POSTGRES_PORT}/test") as conn:
+    with psycopg.connect(servers.MAINTENANCE_DSN) as conn:
         return conn.execute("SELECT 1 FROM pg_database WHERE oid = %s", (oid,)).fetchone() is None
 
 

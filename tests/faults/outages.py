@@ -23,9 +23,7 @@ class Outage:
 
     @staticmethod
     def _admin():
-        return psycopg.connect(
-            f"postgresql://postgres@{servers.POSTGRES_HOST}:{servers.POSTGRES_PORT}/test", autocommit=True
-        )
+        return psycopg.connect(servers.MAINTENANCE_DSN, autocommit=True)
 
     def _terminate(self, conn) -> None:
         self.terminated += conn.execute(

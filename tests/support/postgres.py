@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -10,25 +9,15 @@ from pathlib import Path
 import psycopg
 from sqlalchemy import event
 
-from tests.conftest import Backend, Templates, inside, make_app
-from tests.support import servers
+from tests.conftest import Templates, inside, make_app, postgres_backend
 from webapp.services.engine.sql import autocommit_connections
 
 
 @contextmanager
 def postgres_app(tmp_path: Path, templates: Templates):
     """Yield an app on a PostgreSQL database at head, inside its context; skip (or fail in CI) without servers."""
-    servers.require_server("Redis", servers.REDIS_HOST, servers.REDIS_PORT)
-    url = templates.postgres_copy()
-    name = f"q{uuid.uuid4().hex[:8]}"
-    backend = Backend("postgres", url, f"redis://{servers.REDIS_HOST}:{servers.REDIS_PORT}/0", name, tmp_path)
-    try:
-        app = make_app(backend)
-        with inside(app):
-            yield app
-    finally:
-        servers.flush_redis_queue(name)
-        templates.give_back_postgres(url)
+    with postgres_backend(templates, tmp_path) as backend, inside(make_app(backend)) as app:
+        yield app
 
 
 @contextmanager

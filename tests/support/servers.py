@@ -11,6 +11,8 @@ import pytest
 POSTGRES_HOST, POSTGRES_PORT = "127.0.0.1", 5432
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 REQUIRED = os.environ.get("BACKSTOP_REQUIRE_SERVERS") == "1"
+# The database the suite connects to for creating, renaming and dropping its own.
+MAINTENANCE_DSN = f"postgresql://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}/test"
 
 
 def _listening(host: str, port: int) -> bool:
@@ -43,7 +45,7 @@ def create_postgres_database(template_url: str | None = None) -> str:
     require_server("PostgreSQL", POSTGRES_HOST, POSTGRES_PORT)
     name = f"backstop_test_{uuid.uuid4().hex[:12]}"
     template = f' TEMPLATE "{template_url.rsplit("/", 1)[1]}"' if template_url else ""
-    with psycopg.connect(f"postgresql://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}/test", autocommit=True) as conn:
+    with psycopg.connect(MAINTENANCE_DSN, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"{template}')
     return f"postgresql+psycopg://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}/{name}"
 
@@ -53,7 +55,7 @@ def drop_postgres_database(url: str) -> None:
     import psycopg
 
     name = url.rsplit("/", 1)[1]
-    with psycopg.connect(f"postgresql://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}/test", autocommit=True) as conn:
+    with psycopg.connect(MAINTENANCE_DSN, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
@@ -112,6 +114,12 @@ def _driver_url(url: str) -> str:
     return url.replace("postgresql+psycopg://", "postgresql://")
 
 
+def _public_tables(conn) -> list[str]:
+    """The tables of the public schema but ``alembic_version``."""
+    rows = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename")
+    return [table for (table,) in rows if table != "alembic_version"]
+
+
 def postgres_schema(url: str) -> str:
     """:data:`SCHEMA_TEXT` of the database at ``url``."""
     import psycopg
@@ -125,8 +133,7 @@ def tables_with_rows(url: str) -> list[str]:
     import psycopg
 
     with psycopg.connect(_driver_url(url)) as conn:
-        tables = [row[0] for row in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
-        return [t for t in tables if t != "alembic_version" and conn.execute(f'SELECT 1 FROM "{t}" LIMIT 1').fetchone()]
+        return [t for t in _public_tables(conn) if conn.execute(f'SELECT 1 FROM "{t}" LIMIT 1').fetchone()]
 
 
 def recycle_postgres_database(url: str, schema: str, max_bytes: int) -> str | None:
@@ -145,7 +152,7 @@ def recycle_postgres_database(url: str, schema: str, max_bytes: int) -> str | No
     require_server("PostgreSQL", POSTGRES_HOST, POSTGRES_PORT)
     name, new_name = url.rsplit("/", 1)[1], f"backstop_test_{uuid.uuid4().hex[:12]}"
     new_url = f"{url.rsplit('/', 1)[0]}/{new_name}"
-    with psycopg.connect(f"postgresql://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}/test", autocommit=True) as admin:
+    with psycopg.connect(MAINTENANCE_DSN, autocommit=True) as admin:
         admin.execute("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE datname = %s", (name,))
         try:
             admin.execute(f'ALTER DATABASE "{name}" RENAME TO "{new_name}"')
@@ -159,8 +166,7 @@ def recycle_postgres_database(url: str, schema: str, max_bytes: int) -> str | No
             and conn.execute(SCHEMA_TEXT).fetchone()[0] == schema
         )
         if reusable:
-            tables = [t for (t,) in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
-            listed = ", ".join(f'"{table}"' for table in tables if table != "alembic_version")
+            listed = ", ".join(f'"{table}"' for table in _public_tables(conn))
             conn.execute(f"TRUNCATE {listed} RESTART IDENTITY")
     if not reusable:
         drop_postgres_database(new_url)
